@@ -1,0 +1,192 @@
+//! One connection: its stream, its claim state, and the [`Link`] behind its [`Socket`]s.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::sync::Weak;
+
+use parking_lot::Mutex;
+
+use crate::handler::CloseReason;
+use crate::queue::{Queue, Task};
+use crate::socket::{Link, SendError};
+use crate::table::Keyed;
+use crate::Stream;
+
+thread_local! {
+    /// Id of the connection whose callbacks this thread is running (0: none). A send to that
+    /// connection is only queued: its owner flushes every reply at once when the callback returns.
+    static RUNNING: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Marks this thread as running callbacks of connection `id` until the guard drops.
+pub(crate) struct RunningGuard(u64);
+
+impl RunningGuard {
+    pub fn enter(id: u64) -> RunningGuard {
+        RunningGuard(RUNNING.replace(id))
+    }
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        RUNNING.set(self.0);
+    }
+}
+
+/// Who may drive a connection. The connection is driven only by the thread that moved it out
+/// of `Idle`, from then until it sets `Idle` again; everything else that wants the connection
+/// driven (an epoll event, a close from another thread) either claims it, if idle, or leaves a
+/// note for the owner.
+///
+/// | from           | event                       | to             |
+/// |----------------|-----------------------------|----------------|
+/// | `Idle`         | a worker claims it          | `Running`      |
+/// | `Running`      | event / request meanwhile   | `RunningAgain` |
+/// | `RunningAgain` | owner starts another round  | `Running`      |
+/// | `Running`      | owner finishes its turn     | `Idle`         |
+///
+/// Every transition happens under the connection's lock, so a request that lands just as the
+/// owner finishes is either seen by the owner (`RunningAgain`) or finds the connection `Idle`
+/// and is scheduled: a wake-up is never lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    Idle,
+    Running,
+    RunningAgain,
+}
+
+/// The mutable part of a connection, under its lock.
+pub(crate) struct State<S> {
+    /// `None` once the connection is closed: the socket is out of epoll and closed.
+    pub stream: Option<S>,
+    pub claim: Claim,
+    /// The peer closed its side: nothing more to read, close once the output is written.
+    pub read_closed: bool,
+    /// Set when the connection must close at the owner's next look (a local close, or an
+    /// error seen by a thread that was not the owner).
+    pub closing: Option<CloseReason>,
+}
+
+impl<S> State<S> {
+    /// Asks for a turn: returns `true` if the connection is idle and the caller must schedule
+    /// one, or leaves a note for the running owner and returns `false`.
+    #[inline]
+    pub fn nudge(&mut self) -> bool {
+        match self.claim {
+            Claim::Idle => true,
+            Claim::Running => {
+                self.claim = Claim::RunningAgain;
+                false
+            }
+            Claim::RunningAgain => false,
+        }
+    }
+}
+
+/// One connection: fixed facts plus the locked [`State`].
+pub(crate) struct Conn<S> {
+    pub id: u64,
+    pub slot: usize,
+    pub peer: SocketAddr,
+    pub fd: RawFd,
+    pub state: Mutex<State<S>>,
+    /// Where to schedule a turn. Weak, so a handle kept after the server stops does not keep
+    /// the server's descriptors open.
+    queue: Weak<Queue>,
+}
+
+impl<S: Stream> Conn<S> {
+    /// A new connection, claimed (`Running`) by the thread that accepted it.
+    pub fn new(id: u64, slot: usize, peer: SocketAddr, stream: S, queue: Weak<Queue>) -> Conn<S> {
+        use std::os::fd::AsRawFd;
+        Conn {
+            id,
+            slot,
+            peer,
+            fd: stream.as_fd().as_raw_fd(),
+            state: Mutex::new(State {
+                stream: Some(stream),
+                claim: Claim::Running,
+                read_closed: false,
+                closing: None,
+            }),
+            queue,
+        }
+    }
+
+    /// Schedules a turn on a worker.
+    fn schedule(&self) {
+        if let Some(queue) = self.queue.upgrade() {
+            queue.push(Task::Conn {
+                slot: self.slot,
+                id: self.id,
+            });
+        }
+    }
+}
+
+impl<S> Keyed for Conn<S> {
+    fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+impl<S: Stream> Link for Conn<S> {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    fn send(&self, frame: &[u8]) -> Result<(), SendError> {
+        let mut state = self.state.lock();
+        if state.closing.is_some() {
+            return Err(SendError::Closed);
+        }
+        let Some(stream) = state.stream.as_mut() else {
+            return Err(SendError::Closed);
+        };
+        stream.send(frame).map_err(SendError::Rejected)?;
+        if RUNNING.get() == self.id {
+            // Our own callback: the owner flushes when the callback returns.
+            return Ok(());
+        }
+        // Another thread, or another connection's callback. The lock makes this thread the only
+        // writer for now, whoever owns the turn; write at once. If the socket is full, the
+        // kernel reports it writable later and a worker flushes the rest.
+        match stream.flush() {
+            Ok(()) => Ok(()),
+            Err(err) => {
+                tracing::debug!(conn = self.id, error = %err, "write failed");
+                state.closing = Some(CloseReason::from_io(err));
+                let schedule = state.nudge();
+                drop(state);
+                if schedule {
+                    self.schedule();
+                }
+                Err(SendError::Closed)
+            }
+        }
+    }
+
+    fn close(&self) {
+        let mut state = self.state.lock();
+        if state.stream.is_none() || state.closing.is_some() {
+            return;
+        }
+        state.closing = Some(CloseReason::Local);
+        let schedule = state.nudge();
+        drop(state);
+        if schedule {
+            self.schedule();
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        let state = self.state.lock();
+        state.stream.is_none() || state.closing.is_some()
+    }
+}

@@ -1,0 +1,162 @@
+//! The [`Handler`] trait (the server's callbacks) and [`CloseReason`].
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+
+use crate::{Socket, Stream};
+
+/// The application's side of the server: callbacks the worker threads make.
+///
+/// One instance serves every connection, shared by reference among the workers, so it is
+/// `Sync`; keep per-connection state in the [`Stream`], or in your own map keyed by
+/// [`Socket::id`].
+///
+/// # What callbacks may do
+///
+/// - For one connection, callbacks never run at the same time, and they run in order:
+///   [`on_connection_opened`](Handler::on_connection_opened), then
+///   [`on_frame`](Handler::on_frame) once per frame in arrival order, then
+///   [`on_connection_removed`](Handler::on_connection_removed) exactly once.
+///   Callbacks for different connections run in parallel on different workers.
+/// - No lock of the library is held during a callback: from inside one you may send to this or
+///   any other connection, close any connection, or hand a [`Socket`] to another thread.
+/// - A callback occupies its worker thread until it returns. Keep them short; a callback that
+///   blocks (on a database, say) holds one worker, and the server runs on the others.
+pub trait Handler<S: Stream>: Send + Sync + 'static {
+    /// Called once from [`Server::run`](crate::Server::run), before the first connection is
+    /// accepted, with the listening socket (to set options on it, for instance).
+    fn on_server_created(&self, listener: &TcpListener) {
+        let _ = listener;
+    }
+
+    /// Builds the [`Stream`] for a newly accepted connection from `peer`.
+    ///
+    /// The socket is already in non-blocking mode. Set socket options here (for example
+    /// `tcp.set_nodelay(true)`). Returning an error refuses the connection: the socket is
+    /// closed and no other callback runs for it.
+    fn on_new_connection(&self, tcp: TcpStream, peer: SocketAddr) -> io::Result<S>;
+
+    /// Called once a connection is set up, before its first frame is delivered. Keep the
+    /// [`Socket`] (cloned) to send to this connection later, from anywhere.
+    fn on_connection_opened(&self, socket: &Socket) {
+        let _ = socket;
+    }
+
+    /// Called for every complete frame, in the order the peer sent them.
+    ///
+    /// Reply with [`Socket::send`]. Copy the frame if you need it after returning.
+    fn on_frame(&self, socket: &Socket, frame: &[u8]) {
+        let _ = (socket, frame);
+    }
+
+    /// Called exactly once for every connection that was opened, after it is closed: its socket
+    /// is closed and every [`Socket::send`] to it now fails.
+    fn on_connection_removed(&self, socket: &Socket, reason: &CloseReason) {
+        let _ = (socket, reason);
+    }
+}
+
+/// A shared handler is a handler: run the server with an `Arc<H>` and keep a clone to read the
+/// handler's state from other threads.
+impl<S: Stream, H: Handler<S>> Handler<S> for Arc<H> {
+    fn on_server_created(&self, listener: &TcpListener) {
+        (**self).on_server_created(listener)
+    }
+
+    fn on_new_connection(&self, tcp: TcpStream, peer: SocketAddr) -> io::Result<S> {
+        (**self).on_new_connection(tcp, peer)
+    }
+
+    fn on_connection_opened(&self, socket: &Socket) {
+        (**self).on_connection_opened(socket)
+    }
+
+    fn on_frame(&self, socket: &Socket, frame: &[u8]) {
+        (**self).on_frame(socket, frame)
+    }
+
+    fn on_connection_removed(&self, socket: &Socket, reason: &CloseReason) {
+        (**self).on_connection_removed(socket, reason)
+    }
+}
+
+/// Why a connection was removed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer closed the connection in an orderly way (end of stream), after every frame it
+    /// sent was delivered and the replies queued by then were written.
+    PeerClosed,
+    /// The peer reset the connection, or it broke (`ECONNRESET`, `EPIPE`, `ECONNABORTED`).
+    Reset,
+    /// The peer broke the framing protocol (for example a wrong start byte, a frame over the
+    /// maximum length, or end of stream in the middle of a frame).
+    Protocol(io::Error),
+    /// Any other I/O error on the socket.
+    Io(io::Error),
+    /// The application closed it with [`Socket::close`].
+    Local,
+    /// The server was shut down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// Sorts an error returned by a [`Stream`] into a reason.
+    pub(crate) fn from_io(err: io::Error) -> CloseReason {
+        match err.kind() {
+            io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => {
+                CloseReason::Protocol(err)
+            }
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => CloseReason::Reset,
+            _ => CloseReason::Io(err),
+        }
+    }
+
+    /// Whether the connection ended because something went wrong (not a close by either side,
+    /// nor the server's shutdown).
+    pub fn is_error(&self) -> bool {
+        matches!(
+            self,
+            CloseReason::Reset | CloseReason::Protocol(_) | CloseReason::Io(_)
+        )
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::PeerClosed => f.write_str("closed by the peer"),
+            CloseReason::Reset => f.write_str("reset by the peer"),
+            CloseReason::Protocol(e) => write!(f, "protocol error: {e}"),
+            CloseReason::Io(e) => write!(f, "I/O error: {e}"),
+            CloseReason::Local => f.write_str("closed by the application"),
+            CloseReason::Shutdown => f.write_str("server shut down"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_sort_into_reasons() {
+        let r = CloseReason::from_io(io::Error::from(io::ErrorKind::InvalidData));
+        assert!(matches!(r, CloseReason::Protocol(_)));
+        let r = CloseReason::from_io(io::Error::from(io::ErrorKind::UnexpectedEof));
+        assert!(matches!(r, CloseReason::Protocol(_)));
+        let r = CloseReason::from_io(io::Error::from(io::ErrorKind::ConnectionReset));
+        assert!(matches!(r, CloseReason::Reset));
+        let r = CloseReason::from_io(io::Error::from(io::ErrorKind::BrokenPipe));
+        assert!(matches!(r, CloseReason::Reset));
+        let r = CloseReason::from_io(io::Error::from(io::ErrorKind::PermissionDenied));
+        assert!(matches!(r, CloseReason::Io(_)));
+        assert!(r.is_error());
+        assert!(!CloseReason::Local.is_error());
+        assert_eq!(CloseReason::PeerClosed.to_string(), "closed by the peer");
+    }
+}

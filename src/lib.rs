@@ -1,0 +1,49 @@
+//! hydrogen: TCP servers on Linux that hold very many connections and exchange small framed
+//! messages with low latency.
+//!
+//! You provide a [`Handler`] (what to do with each connection and frame); the library accepts
+//! connections, watches them with epoll, reads and decodes frames, runs your callbacks on a pool
+//! of worker threads, and writes replies, queuing what the socket cannot take yet.
+//!
+//! - [`Server`] binds and runs; a [`ShutdownHandle`] stops it.
+//! - [`Handler`] receives the callbacks; [`Socket`] is a handle to one connection that sends from
+//!   any thread.
+//! - [`Stream`] is one connection's transport and framing. [`Framed`] implements it for the
+//!   built-in framings, [`SimpleFrame`] (compatible with the `simple-stream` crate) and
+//!   [`LengthPrefixed`] (u32 big-endian length), so most servers never implement it.
+//! - [`client::Client`] is a small blocking client for the same framings.
+//!
+//! # Guarantees
+//!
+//! For each connection, frames reach [`Handler::on_frame`] in order and exactly once, and the
+//! callbacks of one connection never run at the same time. Frames sent through a [`Socket`] go out
+//! in order, whole, without waiting for the peer to speak. A [`Socket`] whose connection has
+//! closed fails with [`SendError::Closed`]; it never reaches a later connection. Every opened
+//! connection gets exactly one [`Handler::on_connection_removed`], with a [`CloseReason`].
+//! Frames the peer sent just before closing are delivered, and replies to them are written.
+//!
+//! # Example
+//!
+//! ```no_run
+//! ```
+#![deny(missing_docs, missing_debug_implementations)]
+#![forbid(unsafe_code)]
+
+mod config;
+mod conn;
+mod frames;
+mod handler;
+mod queue;
+mod server;
+mod socket;
+mod stream;
+mod sys;
+mod table;
+mod worker;
+
+pub use config::Config;
+pub use frames::{Frames, Iter};
+pub use handler::{CloseReason, Handler};
+pub use server::{Server, ShutdownHandle};
+pub use socket::{SendError, Socket};
+pub use stream::{RecvStatus, Stream};

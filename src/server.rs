@@ -1,0 +1,195 @@
+//! [`Server`]: binds, runs the workers, and shuts down.
+
+use std::fmt;
+use std::io;
+use std::marker::PhantomData;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Weak};
+use std::thread;
+
+use socket2::{Domain, Protocol, Type};
+
+use crate::queue::Queue;
+use crate::sys::epoll::Poller;
+use crate::table::{self, Table};
+use crate::worker::{Core, Worker};
+use crate::{Config, Handler, Stream};
+
+/// Upper bound on the connection table's shards; beyond it, more shards buy nothing with the
+/// shard locks held for a lookup only.
+const MAX_SHARDS: usize = 64;
+
+/// A bound TCP server, ready to [`run`](Server::run).
+///
+/// `S` is the [`Stream`] type each connection gets and `H` the [`Handler`] that makes them.
+///
+/// ```no_run
+/// use std::io;
+/// use std::net::{SocketAddr, TcpStream};
+/// use hydrogen::{Config, Handler, LengthPrefixed, LengthPrefixedStream, Server, Socket};
+///
+/// struct Echo;
+///
+/// impl Handler<LengthPrefixedStream> for Echo {
+///     fn on_new_connection(&self, tcp: TcpStream, _: SocketAddr) -> io::Result<LengthPrefixedStream> {
+///         Ok(LengthPrefixedStream::new(tcp, LengthPrefixed::default()))
+///     }
+///
+///     fn on_frame(&self, socket: &Socket, frame: &[u8]) {
+///         let _ = socket.send(frame);
+///     }
+/// }
+///
+/// fn main() -> io::Result<()> {
+///     let server = Server::<LengthPrefixedStream, Echo>::bind(Config::default())?;
+///     println!("listening on {}", server.local_addr()?);
+///     server.run(Echo)
+/// }
+/// ```
+pub struct Server<S, H> {
+    config: Config,
+    listener: TcpListener,
+    poller: Poller,
+    queue: Arc<Queue>,
+    _types: PhantomData<fn() -> (S, H)>,
+}
+
+impl<S: Stream, H: Handler<S>> Server<S, H> {
+    /// Creates the listening socket (with `SO_REUSEADDR` and the configured backlog) and the
+    /// epoll instance. Connections that arrive before [`run`](Server::run) wait in the backlog.
+    ///
+    /// # Errors
+    ///
+    /// An invalid `Config`, an address that does not resolve, or a failure to bind (the port is
+    /// in use, say) or to listen.
+    pub fn bind(config: Config) -> io::Result<Server<S, H>> {
+        config.validate()?;
+        let addr = config.socket_addr()?;
+        let socket = socket2::Socket::new(
+            Domain::for_address(addr),
+            Type::STREAM.nonblocking().cloexec(),
+            Some(Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket
+            .bind(&addr.into())
+            .map_err(|err| io::Error::new(err.kind(), format!("cannot bind {addr}: {err}")))?;
+        socket.listen(config.backlog as i32)?;
+        let listener = TcpListener::from(socket);
+
+        let poller = Poller::new()?;
+        let queue = Arc::new(Queue::new()?);
+        poller.add_input(&listener, table::LISTENER)?;
+        poller.add_input(queue.notifier().as_fd(), table::NOTIFY)?;
+        tracing::info!(addr = %listener.local_addr()?, "listening");
+        Ok(Server {
+            config,
+            listener,
+            poller,
+            queue,
+            _types: PhantomData,
+        })
+    }
+
+    /// The address the server listens on (with the real port when `Config::port` was 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// A handle that stops this server from any thread.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            queue: Arc::downgrade(&self.queue),
+        }
+    }
+
+    /// Serves connections with `handler` until a [`ShutdownHandle`] stops the server.
+    ///
+    /// Runs `Config::max_threads` workers, the calling thread among them. On shutdown the
+    /// workers finish their current turn and stop, every remaining connection is closed (its
+    /// removal callback gets [`CloseReason::Shutdown`](crate::CloseReason::Shutdown)), every
+    /// thread is joined and every descriptor the server opened is closed before `run` returns.
+    ///
+    /// # Errors
+    ///
+    /// Fails if a worker thread cannot be spawned, if `epoll_wait` fails, or if a worker thread
+    /// panicked (a callback panicked); the server is shut down first in each case.
+    pub fn run(self, handler: H) -> io::Result<()> {
+        let threads = self.config.max_threads;
+        let shards = (threads * 4)
+            .next_power_of_two()
+            .min(MAX_SHARDS)
+            .min(self.config.pre_allocated.max(1).next_power_of_two());
+        let core = Core {
+            handler,
+            table: Table::new(shards, self.config.pre_allocated),
+            poller: self.poller,
+            listener: self.listener,
+            queue: self.queue,
+        };
+        core.handler.on_server_created(&core.listener);
+
+        let result = thread::scope(|scope| {
+            let mut spawned = Vec::with_capacity(threads - 1);
+            let mut result = Ok(());
+            for i in 1..threads {
+                let core = &core;
+                let worker = thread::Builder::new()
+                    .name(format!("hydrogen-worker-{i}"))
+                    .spawn_scoped(scope, move || Worker::new(core).run());
+                match worker {
+                    Ok(handle) => spawned.push(handle),
+                    Err(err) => {
+                        result = Err(err);
+                        core.queue.shut_down();
+                        break;
+                    }
+                }
+            }
+            if result.is_ok() {
+                result = Worker::new(&core).run();
+            }
+            core.queue.shut_down();
+            for handle in spawned {
+                let joined = handle
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("a worker thread panicked")));
+                if result.is_ok() {
+                    result = joined;
+                }
+            }
+            result
+        });
+        core.close_all();
+        tracing::info!("server stopped");
+        result
+    }
+}
+
+impl<S, H> fmt::Debug for Server<S, H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.listener.local_addr().ok())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// Stops a [`Server`] from any thread; cheap to clone.
+///
+/// Shutting down a server that has not started running makes its `run` return at once; a
+/// handle to a server that has stopped does nothing.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    queue: Weak<Queue>,
+}
+
+impl ShutdownHandle {
+    /// Asks the server to stop. Returns at once; `run` returns once the workers have stopped
+    /// and every connection is closed.
+    pub fn shutdown(&self) {
+        if let Some(queue) = self.queue.upgrade() {
+            queue.shut_down();
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! A thin edge-triggered epoll wrapper and an eventfd notifier.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+/// One readiness report: the token it was registered with and whether it reports input.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Event {
+    pub token: u64,
+    /// Data, a hang-up or an error may be waiting: worth a read.
+    pub readable: bool,
+}
+
+/// A reusable buffer for [`Poller::wait`].
+pub(crate) struct Events(Vec<EpollEvent>);
+
+impl Events {
+    pub fn with_capacity(n: usize) -> Events {
+        Events(vec![EpollEvent::empty(); n.max(1)])
+    }
+}
+
+/// The epoll instance every worker waits on.
+///
+/// Sockets are registered once, edge-triggered, for input and output together, and never
+/// modified: who may touch a connection is decided by the connection's claim state, not by
+/// re-arming, which saves an `epoll_ctl` per wake-up. Several threads may call [`wait`](Self::wait)
+/// at once; the kernel wakes one waiter per new event.
+#[derive(Debug)]
+pub(crate) struct Poller {
+    epoll: Epoll,
+}
+
+const READABLE: EpollFlags = EpollFlags::EPOLLIN
+    .union(EpollFlags::EPOLLPRI)
+    .union(EpollFlags::EPOLLRDHUP)
+    .union(EpollFlags::EPOLLHUP)
+    .union(EpollFlags::EPOLLERR);
+
+impl Poller {
+    pub fn new() -> io::Result<Poller> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        Ok(Poller { epoll })
+    }
+
+    /// Registers a connection socket: input, output and peer hang-up, edge-triggered.
+    pub fn add_socket(&self, fd: impl AsFd, token: u64) -> io::Result<()> {
+        let flags = EpollFlags::EPOLLIN
+            | EpollFlags::EPOLLOUT
+            | EpollFlags::EPOLLRDHUP
+            | EpollFlags::EPOLLET;
+        Ok(self.epoll.add(fd, EpollEvent::new(flags, token))?)
+    }
+
+    /// Registers a descriptor for input only, edge-triggered (the listener and the notifier).
+    pub fn add_input(&self, fd: impl AsFd, token: u64) -> io::Result<()> {
+        let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLET;
+        Ok(self.epoll.add(fd, EpollEvent::new(flags, token))?)
+    }
+
+    /// Removes a descriptor. Must happen before the descriptor is closed, so the kernel never
+    /// reports a later socket that reuses the number under this one's token.
+    pub fn delete(&self, fd: impl AsFd) -> io::Result<()> {
+        Ok(self.epoll.delete(fd)?)
+    }
+
+    /// Waits with no timeout for at least one event and returns those that arrived.
+    /// An interrupted wait returns no events.
+    pub fn wait<'a>(&self, events: &'a mut Events) -> io::Result<impl Iterator<Item = Event> + 'a> {
+        let n = match self.epoll.wait(&mut events.0, EpollTimeout::NONE) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(events.0[..n].iter().map(|ev| Event {
+            token: ev.data(),
+            readable: ev.events().intersects(READABLE),
+        }))
+    }
+}
+
+/// Wakes a worker out of `epoll_wait` through an eventfd registered with the [`Poller`].
+///
+/// Redundant wakes are skipped: only the first [`notify`](Self::notify) after a worker
+/// [`acknowledge`](Self::acknowledge)d writes to the eventfd.
+#[derive(Debug)]
+pub(crate) struct Notifier {
+    fd: EventFd,
+    /// Set by `notify`, cleared by `acknowledge`; while set, further notifies are free.
+    signalled: AtomicBool,
+}
+
+impl Notifier {
+    pub fn new() -> io::Result<Notifier> {
+        let fd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?;
+        Ok(Notifier {
+            fd,
+            signalled: AtomicBool::new(false),
+        })
+    }
+
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Makes the eventfd readable, which wakes one waiting worker.
+    pub fn notify(&self) {
+        if !self.signalled.swap(true, Ordering::AcqRel) {
+            // EAGAIN would mean the counter is about to overflow, which needs 2^64 unread
+            // wakes; the fd is then readable anyway, so every error is safe to ignore.
+            let _ = self.fd.write(1);
+        }
+    }
+
+    /// Called by the worker that received the eventfd's event, before it looks for work.
+    pub fn acknowledge(&self) {
+        self.signalled.store(false, Ordering::Release);
+        // Reset the counter. EAGAIN means another worker already did.
+        let _ = self.fd.read();
+    }
+}

@@ -1,0 +1,308 @@
+//! The worker loop: wait on epoll, claim connections, drive their streams, run callbacks.
+//!
+//! Every worker waits on the shared epoll instance itself (no hand-off thread): the kernel wakes
+//! one waiter per event, and the worker that receives an event for an idle connection claims it
+//! and drives it to the end of its turn. Sockets are registered edge-triggered, so a turn must
+//! read until the stream reports `Drained` (or schedule another turn), and any event that
+//! arrives while a turn is running leaves a note (`Claim::RunningAgain`) that makes the owner
+//! go round once more before it lets go.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::conn::{Claim, Conn, RunningGuard, State};
+use crate::handler::CloseReason;
+use crate::queue::{Queue, Task};
+use crate::sys::epoll::{Events, Poller};
+use crate::table::{self, Table};
+use crate::{Frames, Handler, RecvStatus, Socket, Stream};
+
+/// Events taken from epoll per wait. Small, so one worker does not sit on events another idle
+/// worker could serve.
+const EVENTS_PER_WAIT: usize = 16;
+/// Connections accepted per listener wake-up before other work gets a turn.
+const ACCEPT_BUDGET: usize = 64;
+/// Rounds one turn may take (each round reads until drained) before the connection is sent to
+/// the back of the queue.
+const MAX_ROUNDS: usize = 8;
+/// A worker keeps at most this much frame buffer between turns.
+const FRAMES_KEEP: usize = 256 * 1024;
+
+/// Connection ids come from one process-wide counter, so an id names one connection of one
+/// server for the life of the process.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Everything the workers of one server share.
+pub(crate) struct Core<S, H> {
+    pub handler: H,
+    pub table: Table<Conn<S>>,
+    pub poller: Poller,
+    pub listener: TcpListener,
+    pub queue: Arc<Queue>,
+}
+
+/// One worker thread's loop and its reusable buffers.
+pub(crate) struct Worker<'a, S, H> {
+    core: &'a Core<S, H>,
+    frames: Frames,
+}
+
+impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
+    pub fn new(core: &'a Core<S, H>) -> Self {
+        Worker {
+            core,
+            frames: Frames::new(),
+        }
+    }
+
+    /// Serves events until the server shuts down.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(EVENTS_PER_WAIT);
+        loop {
+            if self.core.queue.is_shut_down() {
+                // Pass the word on: the eventfd's edge woke only one of us.
+                self.core.queue.notifier().notify();
+                return Ok(());
+            }
+            for event in self.core.poller.wait(&mut events)? {
+                match event.token {
+                    table::LISTENER => self.accept(),
+                    table::NOTIFY => self.on_notify(),
+                    token => {
+                        let (slot, tag) = table::split(token);
+                        self.on_event(slot, tag, event.readable);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_notify(&mut self) {
+        let queue = &self.core.queue;
+        queue.notifier().acknowledge();
+        if queue.is_shut_down() {
+            return; // the loop sees it next
+        }
+        match queue.pop() {
+            Some(Task::Conn { slot, id }) => self.on_event(slot, table::tag(id), true),
+            Some(Task::Accept) => self.accept(),
+            None => {}
+        }
+    }
+
+    /// An event or a scheduled turn for the connection in `slot`: claim it and drive it, or,
+    /// if another thread is driving it, leave it a note.
+    fn on_event(&mut self, slot: usize, tag: u64, readable: bool) {
+        let Some(conn) = self.core.table.get(slot, tag) else {
+            tracing::trace!(slot, "event for a connection that is gone");
+            return;
+        };
+        {
+            let mut state = conn.state.lock();
+            if state.stream.is_none() {
+                return;
+            }
+            if state.claim != Claim::Idle {
+                state.claim = Claim::RunningAgain;
+                return;
+            }
+            state.claim = Claim::Running;
+        }
+        self.drive(&conn, readable);
+    }
+
+    /// Drives a connection this thread has claimed until its turn ends: read, deliver, write,
+    /// then either let go (`Idle`), go round again, or close it.
+    fn drive(&mut self, conn: &Arc<Conn<S>>, mut read: bool) {
+        let core = self.core;
+        let socket = Socket::new(conn.clone());
+        let _span = tracing::trace_span!("conn", id = conn.id, fd = conn.fd).entered();
+        let mut round = 0;
+        loop {
+            round += 1;
+            // Read, with the lock held only for the stream call.
+            let mut status = Ok(RecvStatus::Drained);
+            if read {
+                let mut state = conn.state.lock();
+                if state.closing.is_none() && !state.read_closed {
+                    if let Some(stream) = state.stream.as_mut() {
+                        status = stream.recv(&mut self.frames);
+                    }
+                }
+            }
+
+            // Deliver, with no lock held.
+            if !self.frames.is_empty() {
+                let _running = RunningGuard::enter(conn.id);
+                for frame in &self.frames {
+                    core.handler.on_frame(&socket, frame);
+                }
+            }
+            self.frames.reset(FRAMES_KEEP);
+
+            // Write what the callbacks queued, and decide what comes next.
+            let mut state = conn.state.lock();
+            let mut more = false;
+            match status {
+                Ok(RecvStatus::Drained) => {}
+                Ok(RecvStatus::MoreAvailable) => more = true,
+                Ok(RecvStatus::Eof) => state.read_closed = true,
+                Err(err) => {
+                    if state.closing.is_none() {
+                        state.closing = Some(CloseReason::from_io(err));
+                    }
+                }
+            }
+            let State {
+                stream,
+                closing,
+                read_closed,
+                ..
+            } = &mut *state;
+            let stream = stream.as_mut().expect("only the owner closes a connection");
+            if stream.has_pending_output() {
+                if let Err(err) = stream.flush() {
+                    closing.get_or_insert(CloseReason::from_io(err));
+                }
+            }
+            if closing.is_none() && *read_closed && !stream.has_pending_output() {
+                *closing = Some(CloseReason::PeerClosed);
+            }
+            if let Some(reason) = closing.take() {
+                self.finalize(conn, state, &socket, reason);
+                return;
+            }
+            if state.claim == Claim::RunningAgain && round < MAX_ROUNDS {
+                state.claim = Claim::Running;
+                read = true;
+                continue;
+            }
+            // Stopped early with input left, or still wanted after MAX_ROUNDS: go to the back
+            // of the queue so other connections get their turn first.
+            let requeue = more || state.claim == Claim::RunningAgain;
+            state.claim = Claim::Idle;
+            drop(state);
+            if requeue {
+                core.queue.push(Task::Conn {
+                    slot: conn.slot,
+                    id: conn.id,
+                });
+            }
+            return;
+        }
+    }
+
+    /// Closes a connection this thread owns and tells the handler.
+    fn finalize(
+        &self,
+        conn: &Arc<Conn<S>>,
+        mut state: parking_lot::MutexGuard<'_, State<S>>,
+        socket: &Socket,
+        reason: CloseReason,
+    ) {
+        let core = self.core;
+        let mut stream = state.stream.take().expect("finalized twice");
+        state.claim = Claim::Idle;
+        // Out of epoll before the descriptor is closed, so its number can be reused safely.
+        if let Err(err) = core.poller.delete(stream.as_fd()) {
+            tracing::debug!(conn = conn.id, error = %err, "epoll delete failed");
+        }
+        if let Err(err) = stream.shutdown() {
+            tracing::trace!(conn = conn.id, error = %err, "shutdown failed");
+        }
+        drop(state);
+        drop(stream);
+        core.table.remove(conn.slot, conn.id);
+        tracing::debug!(conn = conn.id, peer = %conn.peer, %reason, "connection removed");
+        core.handler.on_connection_removed(socket, &reason);
+    }
+
+    /// Accepts pending connections, up to a budget.
+    fn accept(&mut self) {
+        for _ in 0..ACCEPT_BUDGET {
+            match self.core.listener.accept() {
+                Ok((tcp, peer)) => self.open(tcp, peer),
+                Err(err) => match err.kind() {
+                    io::ErrorKind::WouldBlock => return,
+                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => continue,
+                    _ => {
+                        // Out of descriptors or memory. The connection stays in the backlog;
+                        // accepting resumes at the listener's next event.
+                        tracing::warn!(error = %err, "accept failed");
+                        return;
+                    }
+                },
+            }
+        }
+        self.core.queue.push(Task::Accept);
+    }
+
+    /// Sets up one accepted connection and gives it its first turn.
+    fn open(&mut self, tcp: TcpStream, peer: SocketAddr) {
+        let core = self.core;
+        if let Err(err) = tcp.set_nonblocking(true) {
+            tracing::warn!(%peer, error = %err, "cannot make the socket non-blocking");
+            return;
+        }
+        let stream = match core.handler.on_new_connection(tcp, peer) {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::debug!(%peer, error = %err, "connection refused by the handler");
+                return;
+            }
+        };
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let queue = Arc::downgrade(&core.queue);
+        let Some(conn) = core
+            .table
+            .insert(id, |slot| Conn::new(id, slot, peer, stream, queue))
+        else {
+            tracing::warn!(%peer, "connection table full");
+            return;
+        };
+        let registered = {
+            let state = conn.state.lock();
+            let stream = state.stream.as_ref().expect("new connection has its stream");
+            core.poller
+                .add_socket(stream.as_fd(), table::token(conn.slot, id))
+        };
+        if let Err(err) = registered {
+            tracing::warn!(%peer, error = %err, "cannot register the connection with epoll");
+            let stream = conn.state.lock().stream.take();
+            drop(stream);
+            core.table.remove(conn.slot, id);
+            return;
+        }
+        tracing::debug!(conn = id, %peer, fd = conn.fd, "connection opened");
+        {
+            let socket = Socket::new(conn.clone());
+            let _running = RunningGuard::enter(id);
+            core.handler.on_connection_opened(&socket);
+        }
+        // Its registration reports the socket at once, so the first read follows at once too.
+        self.drive(&conn, false);
+    }
+}
+
+impl<S: Stream, H: Handler<S>> Core<S, H> {
+    /// Closes every connection left after the workers stopped, telling the handler.
+    pub fn close_all(&self) {
+        for conn in self.table.drain() {
+            let mut state = conn.state.lock();
+            let Some(mut stream) = state.stream.take() else {
+                continue;
+            };
+            if let Err(err) = self.poller.delete(stream.as_fd()) {
+                tracing::debug!(conn = conn.id, error = %err, "epoll delete failed");
+            }
+            let _ = stream.shutdown();
+            drop(state);
+            drop(stream);
+            let socket = Socket::new(conn.clone());
+            self.handler
+                .on_connection_removed(&socket, &CloseReason::Shutdown);
+        }
+    }
+}
