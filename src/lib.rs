@@ -24,13 +24,53 @@
 //!
 //! # Example
 //!
-//! ```no_run
+//! An echo server on a free port, one client, and a clean shutdown:
+//!
+//! ```
+//! use std::io;
+//! use std::net::{SocketAddr, TcpStream};
+//! use std::thread;
+//!
+//! use hydrogen::client::Client;
+//! use hydrogen::{Config, Handler, Server, SimpleFrame, SimpleStream, Socket};
+//!
+//! struct Echo;
+//!
+//! impl Handler<SimpleStream> for Echo {
+//!     fn on_new_connection(&self, tcp: TcpStream, _peer: SocketAddr) -> io::Result<SimpleStream> {
+//!         tcp.set_nodelay(true)?;
+//!         Ok(SimpleStream::new(tcp, SimpleFrame))
+//!     }
+//!
+//!     fn on_frame(&self, socket: &Socket, frame: &[u8]) {
+//!         // Fails only if the connection is already gone.
+//!         let _ = socket.send(frame);
+//!     }
+//! }
+//!
+//! fn main() -> io::Result<()> {
+//!     let config = Config { port: 0, max_threads: 2, ..Config::default() };
+//!     let server = Server::<SimpleStream, Echo>::bind(config)?;
+//!     let addr = server.local_addr()?;
+//!     let stop = server.shutdown_handle();
+//!     let running = thread::spawn(move || server.run(Echo));
+//!
+//!     let mut client = Client::connect(addr, SimpleFrame)?;
+//!     client.send(b"hello")?;
+//!     assert_eq!(client.recv()?.as_deref(), Some(&b"hello"[..]));
+//!
+//!     stop.shutdown();
+//!     running.join().expect("server thread panicked")
+//! }
 //! ```
 #![deny(missing_docs, missing_debug_implementations)]
 #![forbid(unsafe_code)]
 
+pub mod client;
+pub mod codec;
 mod config;
 mod conn;
+mod framed;
 mod frames;
 mod handler;
 mod queue;
@@ -41,7 +81,9 @@ mod sys;
 mod table;
 mod worker;
 
+pub use codec::{Codec, Decoded, FrameError, LengthPrefixed, SimpleFrame};
 pub use config::Config;
+pub use framed::{Framed, LengthPrefixedStream, SimpleStream};
 pub use frames::{Frames, Iter};
 pub use handler::{CloseReason, Handler};
 pub use server::{Server, ShutdownHandle};

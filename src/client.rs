@@ -1,0 +1,398 @@
+//! A small blocking client that speaks any [`Codec`].
+//!
+//! [`Client`] is meant for tests, command-line tools and simple programs that talk to a
+//! `hydrogen` server one request at a time. It uses plain blocking I/O on one socket; it is not
+//! built for many connections or for reading and writing at the same time from different threads.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use crate::codec::{self, Codec};
+
+/// How many bytes one read asks for.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// An empty write buffer keeps its allocation only up to this capacity.
+const WBUF_KEEP: usize = 64 * 1024;
+
+/// A blocking TCP client that sends and receives frames with a [`Codec`].
+///
+/// Intended for tests, tools and simple clients. Reads are buffered: [`recv`](Client::recv)
+/// returns frames already buffered before it reads from the socket again. Writes are buffered
+/// too: [`feed`](Client::feed) queues frames, [`flush`](Client::flush) writes them, and
+/// [`send`](Client::send) does both.
+///
+/// ```no_run
+/// use hydrogen::client::Client;
+/// use hydrogen::SimpleFrame;
+///
+/// let mut client = Client::connect("127.0.0.1:7000", SimpleFrame)?;
+/// client.send(b"ping")?;
+/// match client.recv()? {
+///     Some(reply) => println!("got {} bytes", reply.len()),
+///     None => println!("server closed the connection"),
+/// }
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct Client<C> {
+    tcp: TcpStream,
+    codec: C,
+    /// Received bytes; `rbuf[rpos..]` are not yet decoded.
+    rbuf: Vec<u8>,
+    rpos: usize,
+    /// Encoded frames not yet written.
+    wbuf: Vec<u8>,
+}
+
+impl<C: Codec> Client<C> {
+    /// Connects to `addr` and sets `TCP_NODELAY`, so small frames go out at once.
+    ///
+    /// # Errors
+    ///
+    /// Any error from resolving the address, connecting, or setting the option.
+    pub fn connect<A: ToSocketAddrs>(addr: A, codec: C) -> io::Result<Self> {
+        let tcp = TcpStream::connect(addr)?;
+        tcp.set_nodelay(true)?;
+        Ok(Client::from_stream(tcp, codec))
+    }
+
+    /// Wraps a connected socket as it is, without changing any option.
+    ///
+    /// The socket is expected to be in blocking mode; in non-blocking mode, `recv` and `flush`
+    /// return `WouldBlock` errors that can simply be retried.
+    pub fn from_stream(tcp: TcpStream, codec: C) -> Self {
+        Client {
+            tcp,
+            codec,
+            rbuf: Vec::new(),
+            rpos: 0,
+            wbuf: Vec::new(),
+        }
+    }
+
+    /// Encodes one frame and writes it, together with any frames queued by
+    /// [`feed`](Client::feed).
+    ///
+    /// # Errors
+    ///
+    /// The codec's [`FrameError`](crate::FrameError) as kind [`io::ErrorKind::InvalidData`]
+    /// (nothing is queued or written then), or any error from [`flush`](Client::flush).
+    pub fn send(&mut self, payload: &[u8]) -> io::Result<()> {
+        self.feed(payload)?;
+        self.flush()
+    }
+
+    /// Encodes one frame into the write buffer without writing anything, so several frames can
+    /// go out in one write with [`flush`](Client::flush).
+    ///
+    /// # Errors
+    ///
+    /// The codec's [`FrameError`](crate::FrameError) as kind [`io::ErrorKind::InvalidData`]; the
+    /// write buffer is then unchanged.
+    pub fn feed(&mut self, payload: &[u8]) -> io::Result<()> {
+        let before = self.wbuf.len();
+        if let Err(e) = self.codec.encode(payload, &mut self.wbuf) {
+            self.wbuf.truncate(before);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Writes every buffered byte, blocking until the socket has taken them all.
+    ///
+    /// # Errors
+    ///
+    /// Any write error other than `Interrupted` (which is retried), or
+    /// [`io::ErrorKind::WriteZero`] if the socket accepts no bytes. The bytes not yet written stay
+    /// buffered, so a later `flush` continues where this one stopped.
+    pub fn flush(&mut self) -> io::Result<()> {
+        let mut pos = 0;
+        let result = loop {
+            if pos == self.wbuf.len() {
+                break Ok(());
+            }
+            match (&self.tcp).write(&self.wbuf[pos..]) {
+                Ok(0) => {
+                    break Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "socket accepted no bytes",
+                    ));
+                }
+                Ok(n) => pos += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        if pos == self.wbuf.len() && self.wbuf.capacity() > WBUF_KEEP {
+            self.wbuf = Vec::new();
+        } else {
+            self.wbuf.drain(..pos);
+        }
+        result
+    }
+
+    /// Returns the next frame's payload, reading from the socket (and blocking) only when no
+    /// complete frame is buffered.
+    ///
+    /// Returns `Ok(None)` when the server closed the connection cleanly, between frames.
+    ///
+    /// # Errors
+    ///
+    /// - [`io::ErrorKind::UnexpectedEof`] if the connection closed in the middle of a frame.
+    /// - [`io::ErrorKind::InvalidData`] (wrapping a [`FrameError`](crate::FrameError)) if the
+    ///   bytes received are not valid framing. The connection cannot recover from that.
+    /// - `WouldBlock` or `TimedOut` when a [read timeout](Client::set_read_timeout) expires;
+    ///   bytes of a partly received frame stay buffered, so `recv` can be called again.
+    /// - Any other read error.
+    pub fn recv(&mut self) -> io::Result<Option<Vec<u8>>> {
+        loop {
+            if let Some(payload) = self.next_buffered()? {
+                return Ok(Some(payload));
+            }
+            // Move the undecoded bytes to the front before reading more.
+            if self.rpos > 0 {
+                self.rbuf.drain(..self.rpos);
+                self.rpos = 0;
+            }
+            let mut chunk = [0u8; READ_CHUNK];
+            match (&self.tcp).read(&mut chunk) {
+                Ok(0) if self.rbuf.is_empty() => return Ok(None),
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed mid-frame",
+                    ));
+                }
+                Ok(n) => self.rbuf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Decodes one frame from the buffered bytes, if a complete one is there.
+    fn next_buffered(&mut self) -> io::Result<Option<Vec<u8>>> {
+        let rest = &self.rbuf[self.rpos..];
+        if rest.is_empty() {
+            return Ok(None);
+        }
+        let Some(decoded) = self.codec.decode(rest)? else {
+            return Ok(None);
+        };
+        codec::check_decoded(&decoded, rest.len())?;
+        let payload = rest[decoded.payload].to_vec();
+        self.rpos += decoded.consumed;
+        if self.rpos == self.rbuf.len() {
+            self.rbuf.clear();
+            self.rpos = 0;
+        }
+        Ok(Some(payload))
+    }
+
+    /// Sets how long [`recv`](Client::recv) waits for bytes before failing; `None` waits forever.
+    ///
+    /// # Errors
+    ///
+    /// As [`TcpStream::set_read_timeout`]; notably a zero duration is rejected.
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.tcp.set_read_timeout(timeout)
+    }
+
+    /// Closes the sending side: the server sees end of stream, and replies can still be read.
+    ///
+    /// Bytes queued with [`feed`](Client::feed) but not flushed are not sent.
+    ///
+    /// # Errors
+    ///
+    /// As [`TcpStream::shutdown`].
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        self.tcp.shutdown(Shutdown::Write)
+    }
+
+    /// The underlying socket.
+    pub fn get_ref(&self) -> &TcpStream {
+        &self.tcp
+    }
+}
+
+impl<C: fmt::Debug> fmt::Debug for Client<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("tcp", &self.tcp)
+            .field("codec", &self.codec)
+            .field("buffered_in", &(self.rbuf.len() - self.rpos))
+            .field("pending_out", &self.wbuf.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{LengthPrefixed, SimpleFrame};
+    use std::net::{SocketAddr, TcpListener};
+    use std::thread::{self, JoinHandle};
+
+    /// A one-connection server that echoes bytes back as they come, until end of stream.
+    fn echo_server() -> (SocketAddr, JoinHandle<()>) {
+        raw_server(|mut tcp| {
+            let mut buf = [0u8; 4096];
+            loop {
+                match tcp.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tcp.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// A one-connection server running `serve`, then closing.
+    fn raw_server<F>(serve: F) -> (SocketAddr, JoinHandle<()>)
+    where
+        F: FnOnce(TcpStream) + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handle = thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            serve(tcp);
+        });
+        (addr, handle)
+    }
+
+    #[test]
+    fn simple_frames_echo() {
+        let (addr, server) = echo_server();
+        let mut client = Client::connect(addr, SimpleFrame).unwrap();
+        assert!(client.get_ref().nodelay().unwrap());
+        client.send(b"hello").unwrap();
+        assert_eq!(client.recv().unwrap().unwrap(), b"hello");
+        client.send(b"").unwrap();
+        assert_eq!(client.recv().unwrap().unwrap(), b"");
+        let max = vec![0x17u8; 65_535];
+        client.send(&max).unwrap();
+        assert_eq!(client.recv().unwrap().unwrap(), max);
+        client.shutdown_write().unwrap();
+        assert_eq!(client.recv().unwrap(), None);
+        assert_eq!(client.recv().unwrap(), None, "stays at end of stream");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn fed_frames_come_back_in_order() {
+        let (addr, server) = echo_server();
+        let mut client = Client::connect(addr, LengthPrefixed::default()).unwrap();
+        let payloads: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i; usize::from(i) * 37]).collect();
+        for p in &payloads {
+            client.feed(p).unwrap();
+        }
+        client.flush().unwrap();
+        assert!(client.wbuf.is_empty());
+        for p in &payloads {
+            assert_eq!(&client.recv().unwrap().unwrap(), p);
+        }
+        client.shutdown_write().unwrap();
+        assert_eq!(client.recv().unwrap(), None);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn large_frame_spans_many_reads() {
+        let (addr, server) = echo_server();
+        let mut client = Client::connect(addr, LengthPrefixed::default()).unwrap();
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        client.send(&big).unwrap();
+        assert_eq!(client.recv().unwrap().unwrap(), big);
+        assert_eq!(client.wbuf.capacity(), 0, "large write buffer released");
+        drop(client);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn feed_error_leaves_buffer_unchanged() {
+        let (addr, server) = echo_server();
+        let mut client = Client::connect(addr, LengthPrefixed::new(4)).unwrap();
+        client.feed(b"abcd").unwrap();
+        let err = client.send(b"abcde").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(client.wbuf, [0, 0, 0, 4, b'a', b'b', b'c', b'd']);
+        client.flush().unwrap();
+        assert_eq!(client.recv().unwrap().unwrap(), b"abcd");
+        drop(client);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn eof_mid_frame() {
+        let (addr, server) = raw_server(|mut tcp| {
+            tcp.write_all(&[0x01, 0x00, 0x02, b'o', b'k', 0x17])
+                .unwrap();
+            tcp.write_all(&[0x01, 0x00, 0x05, b'h']).unwrap();
+        });
+        let mut client = Client::connect(addr, SimpleFrame).unwrap();
+        assert_eq!(client.recv().unwrap().unwrap(), b"ok");
+        let err = client.recv().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn bad_framing_is_invalid_data() {
+        let (addr, server) = raw_server(|mut tcp| {
+            tcp.write_all(&[0x01, 0x00, 0x01, b'x', 0x17, 0x05])
+                .unwrap();
+        });
+        let mut client = Client::connect(addr, SimpleFrame).unwrap();
+        assert_eq!(client.recv().unwrap().unwrap(), b"x");
+        let err = client.recv().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("0x05"), "{err}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn read_timeout_keeps_partial_frame() {
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (addr, server) = raw_server(move |mut tcp| {
+            tcp.write_all(&[0, 0, 0, 3, b'a']).unwrap();
+            go_rx.recv().unwrap();
+            tcp.write_all(b"bc").unwrap();
+        });
+        let mut client = Client::connect(addr, LengthPrefixed::default()).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let err = client.recv().unwrap_err();
+        assert!(
+            matches!(
+                err.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
+            "{err:?}"
+        );
+        go_tx.send(()).unwrap();
+        client.set_read_timeout(None).unwrap();
+        assert_eq!(client.recv().unwrap().unwrap(), b"abc");
+        assert_eq!(client.recv().unwrap(), None);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn debug_output() {
+        let (addr, server) = echo_server();
+        let client = Client::connect(addr, SimpleFrame).unwrap();
+        let dbg = format!("{client:?}");
+        assert!(
+            dbg.contains("Client") && dbg.contains("SimpleFrame"),
+            "{dbg}"
+        );
+        drop(client);
+        server.join().unwrap();
+    }
+}

@@ -1,0 +1,635 @@
+//! [`Framed`]: a ready-made [`Stream`] pairing a TCP socket with a [`Codec`].
+
+use std::cell::Cell;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
+
+use crate::codec::{self, Codec, LengthPrefixed, SimpleFrame};
+use crate::{Frames, RecvStatus, Stream};
+
+/// Size of the per-thread buffer every `recv` reads into.
+const SCRATCH_LEN: usize = 64 * 1024;
+
+/// An empty write buffer keeps its allocation only up to this capacity.
+const WBUF_KEEP: usize = 4 * 1024;
+
+/// A read buffer holding a small leftover in a much larger allocation is shrunk once its
+/// capacity exceeds this.
+const RBUF_SHRINK_ABOVE: usize = 64 * 1024;
+
+thread_local! {
+    /// The buffer `recv` reads into, allocated once per thread. It is taken out while in use, so
+    /// a nested call (from inside a codec, say) allocates its own instead of failing.
+    static SCRATCH: Cell<Option<Box<[u8]>>> = const { Cell::new(None) };
+}
+
+fn take_scratch() -> Box<[u8]> {
+    SCRATCH
+        .try_with(Cell::take)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| vec![0u8; SCRATCH_LEN].into_boxed_slice())
+}
+
+fn put_scratch(buf: Box<[u8]>) {
+    // Fails only while the thread is exiting; the buffer is then simply dropped.
+    let _ = SCRATCH.try_with(|cell| cell.set(Some(buf)));
+}
+
+/// A [`Stream`] over an accepted TCP connection, framed by a [`Codec`].
+///
+/// This is the stream to use unless you need a transport of your own: give it the accepted
+/// socket and a codec, and it reads, decodes, encodes and writes as the [`Stream`] contract asks.
+///
+/// - Reads go into a 64 KiB buffer shared by all connections of a worker thread. Complete frames
+///   are decoded straight from it; only the bytes of an incomplete frame are kept by the
+///   connection, and that buffer is freed once the frame completes, so an idle connection holds
+///   no read buffer.
+/// - Each [`recv`](Stream::recv) reads at most a budget of bytes
+///   ([`DEFAULT_READ_BUDGET`](Framed::DEFAULT_READ_BUDGET), 256 KiB, unless changed with
+///   [`with_read_budget`](Framed::with_read_budget)) so one busy peer cannot hold a worker; it
+///   then returns [`RecvStatus::MoreAvailable`].
+/// - [`send`](Stream::send) only encodes into a write queue; [`flush`](Stream::flush) writes it.
+///   Once the queue is written out its memory is released, except for a small buffer.
+///
+/// ```no_run
+/// use std::net::TcpListener;
+/// use hydrogen::{Framed, LengthPrefixed, LengthPrefixedStream};
+///
+/// let listener = TcpListener::bind("127.0.0.1:0")?;
+/// let (tcp, _) = listener.accept()?;
+/// let stream: LengthPrefixedStream =
+///     Framed::new(tcp, LengthPrefixed::new(1024 * 1024)).with_read_budget(64 * 1024);
+/// // ... hand `stream` to the server.
+/// # let _ = stream;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct Framed<C> {
+    tcp: TcpStream,
+    codec: C,
+    /// The bytes of an incomplete frame, and nothing else between calls.
+    rbuf: Vec<u8>,
+    /// Encoded frames waiting to be written; `wbuf[..wpos]` is already written.
+    wbuf: Vec<u8>,
+    wpos: usize,
+    read_budget: usize,
+}
+
+/// A [`Framed`] stream speaking the [`SimpleFrame`] format.
+pub type SimpleStream = Framed<SimpleFrame>;
+
+/// A [`Framed`] stream speaking the [`LengthPrefixed`] format.
+pub type LengthPrefixedStream = Framed<LengthPrefixed>;
+
+impl<C> Framed<C> {
+    /// How many bytes one [`recv`](Stream::recv) call reads at most, unless changed with
+    /// [`with_read_budget`](Framed::with_read_budget): 256 KiB.
+    pub const DEFAULT_READ_BUDGET: usize = 256 * 1024;
+}
+
+impl<C: Codec> Framed<C> {
+    /// Wraps an accepted connection.
+    ///
+    /// It does not change any socket option: the library puts the socket in non-blocking mode
+    /// when it takes the stream, and options such as `TCP_NODELAY` are left to the caller.
+    pub fn new(tcp: TcpStream, codec: C) -> Self {
+        Framed {
+            tcp,
+            codec,
+            rbuf: Vec::new(),
+            wbuf: Vec::new(),
+            wpos: 0,
+            read_budget: Self::DEFAULT_READ_BUDGET,
+        }
+    }
+
+    /// Sets how many bytes one [`recv`](Stream::recv) call reads at most before it returns
+    /// [`RecvStatus::MoreAvailable`] to let other connections have a turn. A budget of 0 is
+    /// treated as 1.
+    pub fn with_read_budget(mut self, bytes: usize) -> Self {
+        self.read_budget = bytes.max(1);
+        self
+    }
+
+    /// The underlying socket, for reading addresses or options.
+    pub fn get_ref(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// The codec.
+    pub fn codec(&self) -> &C {
+        &self.codec
+    }
+
+    fn recv_into(&mut self, scratch: &mut [u8], frames: &mut Frames) -> io::Result<RecvStatus> {
+        let mut read = 0;
+        loop {
+            let room = self.read_budget - read;
+            if room == 0 {
+                return Ok(RecvStatus::MoreAvailable);
+            }
+            let want = room.min(scratch.len());
+            match (&self.tcp).read(&mut scratch[..want]) {
+                Ok(0) if self.rbuf.is_empty() => return Ok(RecvStatus::Eof),
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed mid-frame",
+                    ));
+                }
+                Ok(n) => {
+                    read += n;
+                    self.ingest(&scratch[..n], frames)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(RecvStatus::Drained);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Decodes every complete frame in the buffered bytes followed by `data`, keeping the bytes
+    /// of a trailing incomplete frame.
+    fn ingest(&mut self, data: &[u8], frames: &mut Frames) -> io::Result<()> {
+        if self.rbuf.is_empty() {
+            let used = decode_all(&mut self.codec, data, frames)?;
+            self.rbuf.extend_from_slice(&data[used..]);
+            return Ok(());
+        }
+        self.rbuf.extend_from_slice(data);
+        let used = decode_all(&mut self.codec, &self.rbuf, frames)?;
+        if used == 0 {
+            return Ok(());
+        }
+        if used == self.rbuf.len() {
+            self.rbuf = Vec::new();
+        } else {
+            self.rbuf.drain(..used);
+            // A small leftover after a large frame should not pin the large allocation.
+            if self.rbuf.capacity() > RBUF_SHRINK_ABOVE
+                && self.rbuf.len() < self.rbuf.capacity() / 4
+            {
+                self.rbuf.shrink_to(self.rbuf.len());
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the written prefix of the write queue once it is more than half of it.
+    fn compact(&mut self) {
+        if self.wpos > self.wbuf.len() / 2 {
+            self.wbuf.drain(..self.wpos);
+            self.wpos = 0;
+        }
+    }
+}
+
+/// Pushes every complete frame at the start of `buf` and returns how many bytes they occupy.
+fn decode_all<C: Codec>(codec: &mut C, buf: &[u8], frames: &mut Frames) -> io::Result<usize> {
+    let mut pos = 0;
+    while pos < buf.len() {
+        let rest = &buf[pos..];
+        let Some(decoded) = codec.decode(rest)? else {
+            break;
+        };
+        codec::check_decoded(&decoded, rest.len())?;
+        frames.push(&rest[decoded.payload]);
+        pos += decoded.consumed;
+    }
+    Ok(pos)
+}
+
+impl<C: Codec> Stream for Framed<C> {
+    /// Reads until the socket reports `WouldBlock` ([`RecvStatus::Drained`]), the peer closes
+    /// ([`RecvStatus::Eof`]) or the read budget is used up ([`RecvStatus::MoreAvailable`]),
+    /// pushing every complete frame to `frames`.
+    ///
+    /// # Errors
+    ///
+    /// - Malformed input: the codec's [`FrameError`](crate::FrameError), as an error of kind
+    ///   [`io::ErrorKind::InvalidData`]. Frames decoded before it are already in `frames`.
+    /// - The peer closed in the middle of a frame: [`io::ErrorKind::UnexpectedEof`], again after
+    ///   the frames before it.
+    /// - Any socket error other than `WouldBlock` and `Interrupted`.
+    fn recv(&mut self, frames: &mut Frames) -> io::Result<RecvStatus> {
+        let mut scratch = take_scratch();
+        let result = self.recv_into(&mut scratch, frames);
+        put_scratch(scratch);
+        result
+    }
+
+    /// Encodes `frame` onto the write queue. Nothing is written until [`flush`](Stream::flush).
+    ///
+    /// # Errors
+    ///
+    /// The codec's [`FrameError`](crate::FrameError) (for example, a payload too large for the
+    /// format) as kind [`io::ErrorKind::InvalidData`]; the queue is then unchanged.
+    fn send(&mut self, frame: &[u8]) -> io::Result<()> {
+        let before = self.wbuf.len();
+        if let Err(e) = self.codec.encode(frame, &mut self.wbuf) {
+            self.wbuf.truncate(before);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Writes the queue until it is empty or the socket reports `WouldBlock`.
+    ///
+    /// # Errors
+    ///
+    /// Any socket error other than `WouldBlock` and `Interrupted`, or
+    /// [`io::ErrorKind::WriteZero`] if the socket accepts no bytes.
+    fn flush(&mut self) -> io::Result<()> {
+        while self.wpos < self.wbuf.len() {
+            match (&self.tcp).write(&self.wbuf[self.wpos..]) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "socket accepted no bytes",
+                    ));
+                }
+                Ok(n) => self.wpos += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.compact();
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.wpos = 0;
+        if self.wbuf.capacity() > WBUF_KEEP {
+            self.wbuf = Vec::new();
+        } else {
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    fn has_pending_output(&self) -> bool {
+        self.wpos < self.wbuf.len()
+    }
+
+    /// Shuts the socket down in both directions. A socket that is no longer connected is not an
+    /// error.
+    fn shutdown(&mut self) -> io::Result<()> {
+        match self.tcp.shutdown(Shutdown::Both) {
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+            other => other,
+        }
+    }
+}
+
+impl<C> AsFd for Framed<C> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.tcp.as_fd()
+    }
+}
+
+impl<C: fmt::Debug> fmt::Debug for Framed<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Framed")
+            .field("tcp", &self.tcp)
+            .field("codec", &self.codec)
+            .field("buffered_in", &self.rbuf.len())
+            .field("pending_out", &(self.wbuf.len() - self.wpos))
+            .field("read_budget", &self.read_budget)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Client;
+    use std::net::TcpListener;
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// A connected pair: the server end non-blocking (as the library uses it), the peer blocking.
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        peer.set_nodelay(true).unwrap();
+        (server, peer)
+    }
+
+    fn simple(payloads: &[&[u8]]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        for p in payloads {
+            SimpleFrame.encode(p, &mut wire).unwrap();
+        }
+        wire
+    }
+
+    fn collect(frames: &Frames) -> Vec<Vec<u8>> {
+        frames.iter().map(<[u8]>::to_vec).collect()
+    }
+
+    /// Waits until `n` bytes are readable on the (non-blocking) server socket.
+    fn wait_readable(tcp: &TcpStream, n: usize) {
+        let mut buf = vec![0u8; n];
+        let start = Instant::now();
+        loop {
+            match tcp.peek(&mut buf) {
+                Ok(got) if got >= n => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("peek: {e}"),
+            }
+            assert!(start.elapsed() < TIMEOUT, "bytes never arrived");
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Calls `recv` until it returns Eof or an error, sleeping when drained.
+    fn recv_to_end<C: Codec>(
+        stream: &mut Framed<C>,
+        frames: &mut Frames,
+    ) -> io::Result<RecvStatus> {
+        let start = Instant::now();
+        loop {
+            match stream.recv(frames)? {
+                RecvStatus::Eof => return Ok(RecvStatus::Eof),
+                RecvStatus::MoreAvailable => {}
+                RecvStatus::Drained => thread::sleep(Duration::from_millis(1)),
+            }
+            assert!(start.elapsed() < TIMEOUT, "no end of stream");
+        }
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let (server, peer) = pair();
+        let mut stream = Framed::new(server, SimpleFrame);
+        let mut client = Client::from_stream(peer, SimpleFrame);
+        for p in [&b"one"[..], b"", b"three"] {
+            client.feed(p).unwrap();
+        }
+        client.flush().unwrap();
+        let wire_len = simple(&[b"one", b"", b"three"]).len();
+        wait_readable(stream.get_ref(), wire_len);
+
+        let mut frames = Frames::new();
+        assert_eq!(stream.recv(&mut frames).unwrap(), RecvStatus::Drained);
+        assert_eq!(collect(&frames), [&b"one"[..], b"", b"three"]);
+        assert_eq!(stream.rbuf.capacity(), 0);
+
+        // And back the other way.
+        for p in collect(&frames) {
+            stream.send(&p).unwrap();
+        }
+        assert!(stream.has_pending_output());
+        stream.flush().unwrap();
+        assert!(!stream.has_pending_output());
+        assert_eq!(client.recv().unwrap().unwrap(), b"one");
+        assert_eq!(client.recv().unwrap().unwrap(), b"");
+        assert_eq!(client.recv().unwrap().unwrap(), b"three");
+
+        // The peer closes: Eof.
+        client.shutdown_write().unwrap();
+        frames.clear();
+        assert_eq!(
+            recv_to_end(&mut stream, &mut frames).unwrap(),
+            RecvStatus::Eof
+        );
+        assert!(frames.is_empty());
+        stream.shutdown().unwrap();
+        assert_eq!(client.recv().unwrap(), None);
+        // Shutting down again is fine.
+        stream.shutdown().unwrap();
+    }
+
+    #[test]
+    fn frames_split_across_reads() {
+        let (server, mut peer) = pair();
+        let mut stream = Framed::new(server, SimpleFrame);
+        let big = vec![0xabu8; 70_000 - 4];
+        let payloads: Vec<&[u8]> = vec![b"alpha", b"", &big[..60_000], b"omega"];
+        let wire = simple(&payloads);
+        let mut frames = Frames::new();
+        let mut sent = 0;
+        // Uneven pieces, each one drained before the next is written.
+        for piece in [1usize, 2, 5, 3, 700, 40_000, 19_000, 7] {
+            let end = (sent + piece).min(wire.len());
+            peer.write_all(&wire[sent..end]).unwrap();
+            wait_readable(stream.get_ref(), end - sent);
+            assert_eq!(stream.recv(&mut frames).unwrap(), RecvStatus::Drained);
+            sent = end;
+        }
+        peer.write_all(&wire[sent..]).unwrap();
+        wait_readable(stream.get_ref(), wire.len() - sent);
+        assert_eq!(stream.recv(&mut frames).unwrap(), RecvStatus::Drained);
+        assert_eq!(collect(&frames), payloads);
+        assert_eq!(stream.rbuf.capacity(), 0, "read buffer released");
+    }
+
+    #[test]
+    fn budget_returns_more_available() {
+        let (server, mut peer) = pair();
+        let mut stream = Framed::new(server, LengthPrefixed::default()).with_read_budget(1000);
+        let payload = [5u8; 496];
+        let mut wire = Vec::new();
+        for _ in 0..10 {
+            LengthPrefixed::default()
+                .encode(&payload, &mut wire)
+                .unwrap();
+        }
+        assert_eq!(wire.len(), 5000);
+        peer.write_all(&wire).unwrap();
+        wait_readable(stream.get_ref(), wire.len());
+
+        let mut frames = Frames::new();
+        let mut calls = 0;
+        let mut more = 0;
+        loop {
+            calls += 1;
+            match stream.recv(&mut frames).unwrap() {
+                RecvStatus::MoreAvailable => more += 1,
+                RecvStatus::Drained => break,
+                RecvStatus::Eof => panic!("unexpected eof"),
+            }
+            assert!(calls < 100);
+        }
+        assert_eq!(more, 5, "5000 bytes with a budget of 1000");
+        assert_eq!(frames.len(), 10);
+        assert!(frames.iter().all(|f| f == payload));
+    }
+
+    #[test]
+    fn zero_budget_still_reads() {
+        let (server, mut peer) = pair();
+        let mut stream = Framed::new(server, SimpleFrame).with_read_budget(0);
+        let wire = simple(&[b"ab"]);
+        peer.write_all(&wire).unwrap();
+        wait_readable(stream.get_ref(), wire.len());
+        let mut frames = Frames::new();
+        while stream.recv(&mut frames).unwrap() == RecvStatus::MoreAvailable {}
+        assert_eq!(collect(&frames), [b"ab"]);
+    }
+
+    #[test]
+    fn eof_mid_frame_is_an_error_after_earlier_frames() {
+        let (server, mut peer) = pair();
+        let mut stream = Framed::new(server, SimpleFrame);
+        let mut wire = simple(&[b"whole", b"cut short"]);
+        wire.truncate(wire.len() - 3);
+        peer.write_all(&wire).unwrap();
+        peer.shutdown(Shutdown::Write).unwrap();
+        let mut frames = Frames::new();
+        let err = recv_to_end(&mut stream, &mut frames).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(err.to_string(), "connection closed mid-frame");
+        assert_eq!(collect(&frames), [b"whole"]);
+    }
+
+    #[test]
+    fn protocol_error_keeps_good_frames() {
+        let (server, mut peer) = pair();
+        let mut stream = Framed::new(server, SimpleFrame);
+        let mut wire = simple(&[b"good", b"also good"]);
+        wire.extend_from_slice(&[0x02, 0x00, 0x01, b'x', 0x17]);
+        peer.write_all(&wire).unwrap();
+        let mut frames = Frames::new();
+        let err = recv_to_end(&mut stream, &mut frames).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let inner = err.get_ref().unwrap().downcast_ref::<crate::FrameError>();
+        assert_eq!(
+            inner,
+            Some(&crate::FrameError::BadStartByte { found: 0x02 })
+        );
+        assert_eq!(collect(&frames), [&b"good"[..], b"also good"]);
+    }
+
+    #[test]
+    fn protocol_error_in_buffered_frame() {
+        // The bad end byte arrives in a later read, so it is found in the connection's buffer.
+        let (server, mut peer) = pair();
+        let mut stream = Framed::new(server, SimpleFrame);
+        let mut frames = Frames::new();
+        let wire = simple(&[b"first"]);
+        peer.write_all(&wire).unwrap();
+        peer.write_all(&[0x01, 0x00, 0x02, b'a']).unwrap();
+        wait_readable(stream.get_ref(), wire.len() + 4);
+        assert_eq!(stream.recv(&mut frames).unwrap(), RecvStatus::Drained);
+        assert_eq!(stream.rbuf.len(), 4);
+        peer.write_all(&[b'b', 0x00]).unwrap();
+        let err = recv_to_end(&mut stream, &mut frames).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(collect(&frames), [b"first"]);
+    }
+
+    #[test]
+    fn too_large_header_rejected_before_payload() {
+        let (server, mut peer) = pair();
+        let mut stream = Framed::new(server, LengthPrefixed::new(1024));
+        peer.write_all(&[0, 0, 4, 1]).unwrap();
+        let mut frames = Frames::new();
+        let err = recv_to_end(&mut stream, &mut frames).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(frames.is_empty());
+    }
+
+    #[test]
+    fn send_error_leaves_queue_unchanged() {
+        let (server, _peer) = pair();
+        let mut stream = Framed::new(server, SimpleFrame);
+        stream.send(b"queued").unwrap();
+        let queued = stream.wbuf.clone();
+        let err = stream.send(&vec![0u8; 65_536]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(stream.wbuf, queued);
+        stream.send(&vec![0u8; 65_535]).unwrap();
+        assert_eq!(stream.wbuf.len(), queued.len() + 65_539);
+    }
+
+    #[test]
+    fn flush_with_full_socket_keeps_order() {
+        const FRAME: usize = 64 * 1024 - 4;
+        const COUNT: usize = 256; // 16 MiB, more than the loopback socket buffers hold
+        let (server, peer) = pair();
+        let mut stream = Framed::new(server, LengthPrefixed::default());
+        let payload = |i: usize| -> Vec<u8> { (0..FRAME).map(|j| (i + j) as u8).collect() };
+        for i in 0..COUNT {
+            stream.send(&payload(i)).unwrap();
+        }
+        stream.flush().unwrap();
+        assert!(
+            stream.has_pending_output(),
+            "the peer is not reading, so the socket must fill up"
+        );
+
+        let reader = thread::spawn(move || {
+            let mut client = Client::from_stream(peer, LengthPrefixed::default());
+            for i in 0..COUNT {
+                let got = client.recv().unwrap().unwrap();
+                assert!(got == payload(i), "frame {i} differs");
+            }
+            assert_eq!(client.recv().unwrap(), None);
+        });
+
+        let start = Instant::now();
+        while stream.has_pending_output() {
+            stream.flush().unwrap();
+            thread::sleep(Duration::from_micros(200));
+            assert!(start.elapsed() < TIMEOUT * 3, "flush never finished");
+        }
+        assert_eq!(stream.wbuf.capacity(), 0, "write buffer released");
+        stream.shutdown().unwrap();
+        reader.join().unwrap();
+    }
+
+    #[test]
+    fn compaction_drops_written_prefix_past_half() {
+        let (server, _peer) = pair();
+        let mut stream = Framed::new(server, SimpleFrame);
+        stream.wbuf = (0u8..10).collect();
+        stream.wpos = 5;
+        stream.compact();
+        assert_eq!(
+            (stream.wbuf.len(), stream.wpos),
+            (10, 5),
+            "exactly half: kept"
+        );
+        stream.wpos = 6;
+        stream.compact();
+        assert_eq!(stream.wbuf, [6, 7, 8, 9]);
+        assert_eq!(stream.wpos, 0);
+        assert!(stream.has_pending_output());
+    }
+
+    #[test]
+    fn small_write_buffer_is_kept() {
+        let (server, _peer) = pair();
+        let mut stream = Framed::new(server, SimpleFrame);
+        stream.send(b"tiny").unwrap();
+        stream.flush().unwrap();
+        assert!(!stream.has_pending_output());
+        assert!(stream.wbuf.capacity() > 0 && stream.wbuf.capacity() <= WBUF_KEEP);
+    }
+
+    #[test]
+    fn as_fd_and_accessors() {
+        use std::os::fd::AsRawFd;
+        let (server, _peer) = pair();
+        let raw = server.as_raw_fd();
+        let stream = Framed::new(server, LengthPrefixed::new(7));
+        assert_eq!(stream.as_fd().as_raw_fd(), raw);
+        assert_eq!(stream.codec().max_frame_len(), 7);
+        assert_eq!(stream.get_ref().as_raw_fd(), raw);
+        assert_eq!(
+            LengthPrefixedStream::DEFAULT_READ_BUDGET,
+            stream.read_budget
+        );
+        let dbg = format!("{stream:?}");
+        assert!(dbg.contains("Framed") && dbg.contains("LengthPrefixed"));
+    }
+}
