@@ -1,0 +1,193 @@
+//! Shared helpers for the integration tests: a server on a free loopback port, run in a
+//! background thread, and small waiting utilities with deadlines.
+#![allow(dead_code)]
+
+use std::io;
+use std::net::SocketAddr;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use hydrogen::{Config, Handler, Server, ShutdownHandle, Stream};
+
+/// A generous upper bound for anything that should happen "at once": only a broken server
+/// gets near it.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A server running in a background thread on 127.0.0.1 with an OS-chosen port.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub shutdown: ShutdownHandle,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl TestServer {
+    /// Binds with `config` (its address and port are replaced by 127.0.0.1:0) and runs `handler`.
+    #[track_caller]
+    pub fn start<S: Stream, H: Handler<S>>(config: Config, handler: H) -> TestServer {
+        let config = Config {
+            addr: "127.0.0.1".to_string(),
+            port: 0,
+            ..config
+        };
+        let server = Server::<S, H>::bind(config).expect("bind");
+        let addr = server.local_addr().expect("local_addr");
+        let shutdown = server.shutdown_handle();
+        let thread = thread::Builder::new()
+            .name("test-server".into())
+            .spawn(move || server.run(handler))
+            .expect("spawn server thread");
+        TestServer {
+            addr,
+            shutdown,
+            thread: Some(thread),
+        }
+    }
+
+    /// Shuts the server down and waits for `run` to return, giving its result.
+    #[track_caller]
+    pub fn stop(mut self) -> io::Result<()> {
+        self.shutdown.shutdown();
+        self.thread
+            .take()
+            .expect("running")
+            .join()
+            .expect("server thread panicked")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.shutdown.shutdown();
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Config for tests: `threads` workers, everything else default.
+pub fn config(threads: usize) -> Config {
+    Config {
+        max_threads: threads,
+        ..Config::default()
+    }
+}
+
+/// Polls `cond` until it holds, panicking with `what` after [`DEADLINE`].
+#[track_caller]
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > DEADLINE {
+            panic!("timed out waiting for {what}");
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+use std::net::TcpStream;
+
+use hydrogen::{CloseReason, Codec, Framed, Socket};
+use parking_lot::Mutex;
+
+/// A short name for each removal reason, for assertions.
+pub fn reason_kind(reason: &CloseReason) -> &'static str {
+    match reason {
+        CloseReason::PeerClosed => "peer_closed",
+        CloseReason::Reset => "reset",
+        CloseReason::Protocol(_) => "protocol",
+        CloseReason::Io(_) => "io",
+        CloseReason::Local => "local",
+        CloseReason::Shutdown => "shutdown",
+        _ => "other",
+    }
+}
+
+type FrameFn = dyn Fn(&Socket, &[u8]) + Send + Sync;
+
+/// A handler over a built-in framing that records every callback, and runs `on_frame` for
+/// each frame (after recording it).
+pub struct Recorder<C> {
+    codec: C,
+    on_frame: Box<FrameFn>,
+    /// Every socket opened, in order.
+    pub opened: Mutex<Vec<Socket>>,
+    /// Every frame received: (connection id, payload).
+    pub frames: Mutex<Vec<(u64, Vec<u8>)>>,
+    /// Every removal: (connection id, reason kind).
+    pub removed: Mutex<Vec<(u64, &'static str)>>,
+    /// Every descriptor number `on_new_connection` saw, in order.
+    pub fds: Mutex<Vec<i32>>,
+}
+
+impl<C: Codec + Clone> Recorder<C> {
+    pub fn new(codec: C, on_frame: impl Fn(&Socket, &[u8]) + Send + Sync + 'static) -> Self {
+        Recorder {
+            codec,
+            on_frame: Box::new(on_frame),
+            opened: Mutex::new(Vec::new()),
+            frames: Mutex::new(Vec::new()),
+            removed: Mutex::new(Vec::new()),
+            fds: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A recorder that echoes every frame.
+    pub fn echo(codec: C) -> Self {
+        Self::new(codec, |socket, frame| {
+            let _ = socket.send(frame);
+        })
+    }
+
+    /// Waits until `n` connections have been opened and returns the `n`-th (1-based).
+    #[track_caller]
+    pub fn nth_opened(&self, n: usize) -> Socket {
+        wait_until("a connection to open", || self.opened.lock().len() >= n);
+        self.opened.lock()[n - 1].clone()
+    }
+
+    /// Waits until connection `id` is removed and returns the reason kind.
+    #[track_caller]
+    pub fn removal_of(&self, id: u64) -> &'static str {
+        wait_until("a connection to be removed", || {
+            self.removed.lock().iter().any(|(i, _)| *i == id)
+        });
+        self.removed
+            .lock()
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, kind)| *kind)
+            .unwrap()
+    }
+
+    /// The payloads received on connection `id`, in order.
+    pub fn frames_of(&self, id: u64) -> Vec<Vec<u8>> {
+        self.frames
+            .lock()
+            .iter()
+            .filter(|(i, _)| *i == id)
+            .map(|(_, f)| f.clone())
+            .collect()
+    }
+}
+
+impl<C: Codec + Clone + Sync> hydrogen::Handler<Framed<C>> for Recorder<C> {
+    fn on_new_connection(&self, tcp: TcpStream, _: SocketAddr) -> io::Result<Framed<C>> {
+        use std::os::fd::AsRawFd;
+        self.fds.lock().push(tcp.as_raw_fd());
+        tcp.set_nodelay(true)?;
+        Ok(Framed::new(tcp, self.codec.clone()))
+    }
+
+    fn on_connection_opened(&self, socket: &Socket) {
+        self.opened.lock().push(socket.clone());
+    }
+
+    fn on_frame(&self, socket: &Socket, frame: &[u8]) {
+        self.frames.lock().push((socket.id(), frame.to_vec()));
+        (self.on_frame)(socket, frame);
+    }
+
+    fn on_connection_removed(&self, socket: &Socket, reason: &CloseReason) {
+        self.removed.lock().push((socket.id(), reason_kind(reason)));
+    }
+}
