@@ -1,10 +1,9 @@
 //! An echo server: every frame a client sends comes straight back to it.
 //!
 //! This is the reference server for measurements (see `loadgen.rs`), and shows the parts most
-//! servers need: a [`Handler`] that builds a [`Framed`] stream per connection (with
-//! `TCP_NODELAY`), a choice of framing at run time through a function generic over the
-//! [`Codec`], and a clean shutdown on SIGINT or SIGTERM through a [`ShutdownHandle`]
-//! (hydrogen::ShutdownHandle).
+//! servers need: a `Handler` that builds a `Framed` stream per connection (with `TCP_NODELAY`),
+//! a choice of framing at run time through a function generic over the `Codec`, and a clean
+//! shutdown on SIGINT or SIGTERM through the server's `ShutdownHandle`.
 //!
 //! ```text
 //! cargo run --release --example echo                       # 127.0.0.1:1337, SimpleFrame
@@ -24,6 +23,7 @@ use std::thread;
 use hydrogen::{Codec, Config, Framed, Handler, LengthPrefixed, Server, SimpleFrame, Socket};
 use nix::sys::signal::{SigSet, Signal};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 
 const USAGE: &str = "\
 Usage: echo [--addr HOST:PORT] [--framing simple|u32] [--threads N]
@@ -165,7 +165,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::builder()
-                .with_default_directive(tracing::Level::WARN.into())
+                .with_default_directive(LevelFilter::WARN.into())
                 .from_env_lossy(),
         )
         .with_writer(io::stderr)
