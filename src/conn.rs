@@ -7,11 +7,11 @@ use std::sync::Weak;
 
 use parking_lot::Mutex;
 
+use crate::Stream;
 use crate::handler::CloseReason;
 use crate::queue::{Queue, Task};
 use crate::socket::{Link, SendError};
 use crate::table::Keyed;
-use crate::Stream;
 
 thread_local! {
     /// Id of the connection whose callbacks this thread is running (0: none). A send to that

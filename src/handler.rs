@@ -106,9 +106,7 @@ impl CloseReason {
     /// Sorts an error returned by a [`Stream`] into a reason.
     pub(crate) fn from_io(err: io::Error) -> CloseReason {
         match err.kind() {
-            io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => {
-                CloseReason::Protocol(err)
-            }
+            io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => CloseReason::Protocol(err),
             io::ErrorKind::ConnectionReset
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::BrokenPipe => CloseReason::Reset,

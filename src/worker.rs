@@ -126,10 +126,11 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
             let mut status = Ok(RecvStatus::Drained);
             if read {
                 let mut state = conn.state.lock();
-                if state.closing.is_none() && !state.read_closed {
-                    if let Some(stream) = state.stream.as_mut() {
-                        status = stream.recv(&mut self.frames);
-                    }
+                if state.closing.is_none()
+                    && !state.read_closed
+                    && let Some(stream) = state.stream.as_mut()
+                {
+                    status = stream.recv(&mut self.frames);
                 }
             }
 
@@ -162,10 +163,10 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
                 ..
             } = &mut *state;
             let stream = stream.as_mut().expect("only the owner closes a connection");
-            if stream.has_pending_output() {
-                if let Err(err) = stream.flush() {
-                    closing.get_or_insert(CloseReason::from_io(err));
-                }
+            if stream.has_pending_output()
+                && let Err(err) = stream.flush()
+            {
+                closing.get_or_insert(CloseReason::from_io(err));
             }
             if closing.is_none() && *read_closed && !stream.has_pending_output() {
                 *closing = Some(CloseReason::PeerClosed);
@@ -264,7 +265,10 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
         };
         let registered = {
             let state = conn.state.lock();
-            let stream = state.stream.as_ref().expect("new connection has its stream");
+            let stream = state
+                .stream
+                .as_ref()
+                .expect("new connection has its stream");
             core.poller
                 .add_socket(stream.as_fd(), table::token(conn.slot, id))
         };

@@ -93,7 +93,11 @@ fn several_servers_in_one_process() {
     let server_b = TestServer::start(config(2), b.clone());
     let clients: Vec<_> = (0..4)
         .map(|i| {
-            let addr = if i % 2 == 0 { server_a.addr } else { server_b.addr };
+            let addr = if i % 2 == 0 {
+                server_a.addr
+            } else {
+                server_b.addr
+            };
             thread::spawn(move || {
                 let mut c = Client::connect(addr, SimpleFrame).unwrap();
                 c.set_read_timeout(Some(DEADLINE)).unwrap();

@@ -103,7 +103,7 @@ fn senders_race_a_close(close_locally: bool) {
                     Ok(()) => ok += 1,
                     Err(SendError::Closed) => {
                         closed = true;
-                        if i % 64 == 0 && socket.is_closed() {
+                        if i.is_multiple_of(64) && socket.is_closed() {
                             break;
                         }
                     }
@@ -133,7 +133,10 @@ fn senders_race_a_close(close_locally: bool) {
         }
     }
     assert_eq!(results.len(), 8, "a sender panicked");
-    assert!(results.iter().all(|(_, closed)| *closed), "every sender saw Closed");
+    assert!(
+        results.iter().all(|(_, closed)| *closed),
+        "every sender saw Closed"
+    );
     let expected = if close_locally { "local" } else { "reset" };
     assert_eq!(handler.removal_of(socket.id()), expected);
     assert_eq!(handler.removed.lock().len(), 1, "removed exactly once");
@@ -154,31 +157,34 @@ fn eight_senders_and_a_peer_reset() {
 fn inside_callbacks_send_to_self_and_others_and_close() {
     let registry: Arc<Mutex<Vec<Socket>>> = Arc::default();
     let reg = registry.clone();
-    let handler = Arc::new(Recorder::new(SimpleFrame, move |socket, frame| match frame {
-        b"join" => {
-            reg.lock().push(socket.clone());
-            socket.send(b"joined").unwrap();
-        }
-        b"relay" => {
-            let others: Vec<Socket> = reg
-                .lock()
-                .iter()
-                .filter(|s| s.id() != socket.id())
-                .cloned()
-                .collect();
-            for other in others {
-                // The other may have gone; that is its business.
-                let _ = other.send(b"relayed");
+    let handler = Arc::new(Recorder::new(
+        SimpleFrame,
+        move |socket, frame| match frame {
+            b"join" => {
+                reg.lock().push(socket.clone());
+                socket.send(b"joined").unwrap();
             }
-            socket.send(b"ack").unwrap();
-        }
-        b"bye" => {
-            socket.send(b"bye").unwrap();
-            socket.close();
-            assert!(matches!(socket.send(b"late"), Err(SendError::Closed)));
-        }
-        _ => panic!("unknown request"),
-    }));
+            b"relay" => {
+                let others: Vec<Socket> = reg
+                    .lock()
+                    .iter()
+                    .filter(|s| s.id() != socket.id())
+                    .cloned()
+                    .collect();
+                for other in others {
+                    // The other may have gone; that is its business.
+                    let _ = other.send(b"relayed");
+                }
+                socket.send(b"ack").unwrap();
+            }
+            b"bye" => {
+                socket.send(b"bye").unwrap();
+                socket.close();
+                assert!(matches!(socket.send(b"late"), Err(SendError::Closed)));
+            }
+            _ => panic!("unknown request"),
+        },
+    ));
     let server = TestServer::start(config(2), handler.clone());
     let mut a = Client::connect(server.addr, SimpleFrame).unwrap();
     let mut b = Client::connect(server.addr, SimpleFrame).unwrap();

@@ -18,7 +18,9 @@ const FRAMES: usize = 24;
 
 /// Frame `i`: a byte pattern that differs per frame and per position.
 fn frame(i: usize) -> Vec<u8> {
-    (0..MIB).map(|k| (k * 31 + i * 7 + k / 4096) as u8).collect()
+    (0..MIB)
+        .map(|k| (k * 31 + i * 7 + k / 4096) as u8)
+        .collect()
 }
 
 #[test]
@@ -49,7 +51,7 @@ fn megabyte_frames_to_a_slow_reader_arrive_intact_and_in_order() {
         assert!(n > 0, "server closed early");
         wire.extend_from_slice(&chunk[..n]);
         reads += 1;
-        if reads % 64 == 0 {
+        if reads.is_multiple_of(64) {
             thread::sleep(Duration::from_millis(1));
         }
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use hydrogen::client::Client;
 use hydrogen::{LengthPrefixed, SimpleFrame};
 
-use common::{DEADLINE, Recorder, TestServer, config, wait_until};
+use common::{DEADLINE, Recorder, TestServer, config};
 
 #[test]
 fn each_connection_is_removed_once_with_a_reason_that_tells_how() {
@@ -85,9 +85,10 @@ fn frames_sent_just_before_fin_are_delivered_and_answered() {
         // Half-close at once: the frames and the FIN may arrive in a single read.
         client.shutdown_write().unwrap();
         for i in 0..N {
-            let frame = client.recv().unwrap().unwrap_or_else(|| {
-                panic!("round {round}: reply {i} missing after the half-close")
-            });
+            let frame = client
+                .recv()
+                .unwrap()
+                .unwrap_or_else(|| panic!("round {round}: reply {i} missing after the half-close"));
             assert_eq!(frame, i.to_be_bytes());
         }
         assert_eq!(client.recv().unwrap(), None, "then the server closes");
@@ -103,7 +104,8 @@ fn frames_in_the_same_segment_as_the_fin_are_delivered() {
     let handler = Arc::new(Recorder::new(SimpleFrame, |_, _| {}));
     let server = TestServer::start(config(2), handler.clone());
     let mut raw = TcpStream::connect(server.addr).unwrap();
-    raw.write_all(&[0x01, 0x00, 0x02, b'h', b'i', 0x17]).unwrap();
+    raw.write_all(&[0x01, 0x00, 0x02, b'h', b'i', 0x17])
+        .unwrap();
     raw.shutdown(Shutdown::Write).unwrap();
     let id = handler.nth_opened(1).id();
     assert_eq!(handler.removal_of(id), "peer_closed");
@@ -123,7 +125,9 @@ fn first_frame_on_a_new_connection_is_answered_at_once() {
             .set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
         client.send(&[i]).unwrap();
-        let reply = client.recv().expect("first reply without waiting for a timeout");
+        let reply = client
+            .recv()
+            .expect("first reply without waiting for a timeout");
         assert_eq!(reply.unwrap(), [i]);
     }
     // And with a wait between connect and the first frame, so the connection is idle first.

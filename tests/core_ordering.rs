@@ -101,7 +101,7 @@ fn frames_arrive_in_order_exactly_once_without_overlap() {
                 // arbitrary points.
                 for seq in 0..FRAMES {
                     client.feed(&seq.to_be_bytes()).unwrap();
-                    if seq % 997 == 0 {
+                    if seq.is_multiple_of(997) {
                         client.flush().unwrap();
                     }
                 }
@@ -112,7 +112,11 @@ fn frames_arrive_in_order_exactly_once_without_overlap() {
         })
         .collect();
     for client in clients {
-        assert_eq!(client.join().unwrap(), FRAMES, "frames seen before the report");
+        assert_eq!(
+            client.join().unwrap(),
+            FRAMES,
+            "frames seen before the report"
+        );
     }
 
     wait_until("every connection removed", || {

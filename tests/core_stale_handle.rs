@@ -31,20 +31,29 @@ fn stale_handle_fails_and_the_new_tenant_receives_nothing() {
     second.set_read_timeout(Some(DEADLINE)).unwrap();
     let fresh = handler.nth_opened(2);
     let fds = handler.fds.lock().clone();
-    assert_eq!(fds[0], fds[1], "the new connection reuses the descriptor number");
+    assert_eq!(
+        fds[0], fds[1],
+        "the new connection reuses the descriptor number"
+    );
     assert_ne!(stale.id(), fresh.id());
 
     assert!(stale.is_closed());
     assert!(matches!(stale.send(b"stale"), Err(SendError::Closed)));
     stale.close(); // must not touch the new tenant either
     fresh.send(b"fresh").unwrap();
-    assert_eq!(second.recv().unwrap().unwrap(), b"fresh", "nothing stale came first");
+    assert_eq!(
+        second.recv().unwrap().unwrap(),
+        b"fresh",
+        "nothing stale came first"
+    );
     assert!(!fresh.is_closed());
 
     // Still serving the new tenant after the stale close.
     fresh.send(b"again").unwrap();
     assert_eq!(second.recv().unwrap().unwrap(), b"again");
-    wait_until("exactly one removal so far", || handler.removed.lock().len() == 1);
+    wait_until("exactly one removal so far", || {
+        handler.removed.lock().len() == 1
+    });
     server.stop().unwrap();
     assert_eq!(handler.removal_of(fresh.id()), "shutdown");
 }
