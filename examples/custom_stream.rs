@@ -287,7 +287,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(err) => {
-            eprintln!("error: {err}\n\n{USAGE}");
+            eprintln!("error: {err}\n(run with --help for usage)");
             return ExitCode::from(2);
         }
     };

@@ -4,6 +4,7 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::Weak;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
@@ -91,6 +92,9 @@ pub(crate) struct Conn<S> {
     pub peer: SocketAddr,
     pub fd: RawFd,
     pub state: Mutex<State<S>>,
+    /// Set, besides `State::closing`, once a close is requested: the owner reads it between
+    /// frames without taking the lock, to stop delivering a batch to a closed connection.
+    closing_hint: AtomicBool,
     /// Where to schedule a turn. Weak, so a handle kept after the server stops does not keep
     /// the server's descriptors open.
     queue: Weak<Queue>,
@@ -111,8 +115,23 @@ impl<S: Stream> Conn<S> {
                 read_closed: false,
                 closing: None,
             }),
+            closing_hint: AtomicBool::new(false),
             queue,
         }
+    }
+
+    /// Records why the connection must close, unless a reason is already recorded.
+    pub fn set_closing(&self, state: &mut State<S>, reason: CloseReason) {
+        if state.closing.is_none() {
+            state.closing = Some(reason);
+            self.closing_hint.store(true, Ordering::Release);
+        }
+    }
+
+    /// Whether a close was requested (a hint, read without the lock).
+    #[inline]
+    pub fn closing_requested(&self) -> bool {
+        self.closing_hint.load(Ordering::Acquire)
     }
 
     /// Schedules a turn on a worker.
@@ -161,7 +180,7 @@ impl<S: Stream> Link for Conn<S> {
             Ok(()) => Ok(()),
             Err(err) => {
                 tracing::debug!(conn = self.id, error = %err, "write failed");
-                state.closing = Some(CloseReason::from_io(err));
+                self.set_closing(&mut state, CloseReason::from_io(err));
                 let schedule = state.nudge();
                 drop(state);
                 if schedule {
@@ -177,7 +196,7 @@ impl<S: Stream> Link for Conn<S> {
         if state.stream.is_none() || state.closing.is_some() {
             return;
         }
-        state.closing = Some(CloseReason::Local);
+        self.set_closing(&mut state, CloseReason::Local);
         let schedule = state.nudge();
         drop(state);
         if schedule {

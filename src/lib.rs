@@ -89,3 +89,8 @@ pub use handler::{CloseReason, Handler};
 pub use server::{Server, ShutdownHandle};
 pub use socket::{SendError, Socket};
 pub use stream::{RecvStatus, Stream};
+
+/// The README's examples, compiled and run as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

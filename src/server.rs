@@ -4,6 +4,7 @@ use std::fmt;
 use std::io;
 use std::marker::PhantomData;
 use std::net::{SocketAddr, TcpListener};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Weak};
 use std::thread;
 
@@ -136,7 +137,13 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
                 let core = &core;
                 let worker = thread::Builder::new()
                     .name(format!("hydrogen-worker-{i}"))
-                    .spawn_scoped(scope, move || Worker::new(core).run());
+                    .spawn_scoped(scope, move || {
+                        let result = Worker::new(core).run();
+                        if result.is_err() {
+                            core.queue.shut_down();
+                        }
+                        result
+                    });
                 match worker {
                     Ok(handle) => spawned.push(handle),
                     Err(err) => {
@@ -147,7 +154,10 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
                 }
             }
             if result.is_ok() {
-                result = Worker::new(&core).run();
+                // A panic here must not unwind past the scope, which would wait forever for the
+                // other workers: stop them first.
+                result = panic::catch_unwind(AssertUnwindSafe(|| Worker::new(&core).run()))
+                    .unwrap_or_else(|_| Err(io::Error::other("a worker thread panicked")));
             }
             core.queue.shut_down();
             for handle in spawned {

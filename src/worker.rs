@@ -138,6 +138,9 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
             if !self.frames.is_empty() {
                 let _running = RunningGuard::enter(conn.id);
                 for frame in &self.frames {
+                    if conn.closing_requested() {
+                        break; // closed from a callback or another thread: stop delivering
+                    }
                     core.handler.on_frame(&socket, frame);
                 }
             }
@@ -150,11 +153,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
                 Ok(RecvStatus::Drained) => {}
                 Ok(RecvStatus::MoreAvailable) => more = true,
                 Ok(RecvStatus::Eof) => state.read_closed = true,
-                Err(err) => {
-                    if state.closing.is_none() {
-                        state.closing = Some(CloseReason::from_io(err));
-                    }
-                }
+                Err(err) => conn.set_closing(&mut state, CloseReason::from_io(err)),
             }
             let State {
                 stream,
@@ -298,6 +297,8 @@ impl<S: Stream, H: Handler<S>> Core<S, H> {
             let Some(mut stream) = state.stream.take() else {
                 continue;
             };
+            // A close requested just before the shutdown keeps its own reason.
+            let reason = state.closing.take().unwrap_or(CloseReason::Shutdown);
             if let Err(err) = self.poller.delete(stream.as_fd()) {
                 tracing::debug!(conn = conn.id, error = %err, "epoll delete failed");
             }
@@ -305,8 +306,7 @@ impl<S: Stream, H: Handler<S>> Core<S, H> {
             drop(state);
             drop(stream);
             let socket = Socket::new(conn.clone());
-            self.handler
-                .on_connection_removed(&socket, &CloseReason::Shutdown);
+            self.handler.on_connection_removed(&socket, &reason);
         }
     }
 }
