@@ -29,7 +29,9 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::process::ExitCode;
 
-use hydrogen::{Config, Frames, Handler, RecvStatus, Server, Socket, Stream};
+use hydrogen::{CloseReason, Config, Frames, Handler, RecvStatus, Server, Socket, Stream};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 
 /// The longest line accepted or sent, in bytes, without its line ending.
 const MAX_LINE: usize = 64 * 1024;
@@ -240,6 +242,13 @@ impl Handler<LineStream> for Upper {
         // Fails only if the connection is already closing.
         let _ = socket.send(&line.to_ascii_uppercase());
     }
+
+    fn on_connection_removed(&self, socket: &Socket, reason: &CloseReason) {
+        // A line over the limit shows up here as a protocol error.
+        if reason.is_error() {
+            tracing::warn!(peer = %socket.peer_addr(), %reason, "connection dropped");
+        }
+    }
 }
 
 /// Splits `HOST:PORT` on its last ':'; `[::1]:PORT` gives host `::1`.
@@ -291,6 +300,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::builder()
+                .with_default_directive(LevelFilter::WARN.into())
+                .from_env_lossy(),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
     let server = match Server::<LineStream, Upper>::bind(config) {
         Ok(server) => server,
         Err(err) => {

@@ -59,6 +59,9 @@ const MAX_SECS: f64 = 600.0;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 64 * 1024;
+/// Round-trip times kept, over all threads: 4 bytes each while running. Beyond it a long run
+/// keeps a uniform sample (see [`Samples`]).
+const MAX_SAMPLES: usize = 16 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
@@ -217,8 +220,54 @@ struct Worker {
     payload: Vec<u8>,
     expected: Vec<u8>,
     chunk: Vec<u8>,
-    /// Round-trip times in nanoseconds (saturating at about 4.3 s): 4 bytes per frame.
+    rtts: Samples,
+}
+
+/// The round-trip times one thread measured, in nanoseconds (saturating at about 4.3 s).
+///
+/// Every frame is recorded until `cap` samples are held. Then every other sample is dropped and
+/// from then on only every other frame is recorded, and so on: the stride doubles each time, so
+/// however long the run, memory stays bounded and the samples stay spread evenly over it. Each
+/// sample stands for `stride` frames. The maximum is tracked exactly.
+struct Samples {
     rtts: Vec<u32>,
+    /// Record frame number `seen` when it is a multiple of this (a power of two).
+    stride: u64,
+    seen: u64,
+    /// Even, so a frame at the cap is a multiple of the doubled stride.
+    cap: usize,
+    max: u32,
+}
+
+impl Samples {
+    fn new(cap: usize) -> Samples {
+        Samples {
+            rtts: Vec::new(),
+            stride: 1,
+            seen: 0,
+            cap: (cap & !1).max(2),
+            max: 0,
+        }
+    }
+
+    fn record(&mut self, rtt: Duration) {
+        let rtt = u32::try_from(rtt.as_nanos()).unwrap_or(u32::MAX);
+        self.max = self.max.max(rtt);
+        if self.seen.is_multiple_of(self.stride) {
+            if self.rtts.len() >= self.cap {
+                let mut i = 0;
+                self.rtts.retain(|_| {
+                    i += 1;
+                    i % 2 == 1
+                });
+                self.stride *= 2;
+            }
+            if self.seen.is_multiple_of(self.stride) {
+                self.rtts.push(rtt);
+            }
+        }
+        self.seen += 1;
+    }
 }
 
 impl Worker {
@@ -253,8 +302,7 @@ impl Worker {
                 if frame != self.expected.as_slice() {
                     return Err(mismatch(conn.index, conn.next_recv, &self.expected, frame));
                 }
-                let rtt = received_at.duration_since(conn.sent_at).as_nanos();
-                self.rtts.push(u32::try_from(rtt).unwrap_or(u32::MAX));
+                self.rtts.record(received_at.duration_since(conn.sent_at));
                 conn.rpos += d.consumed;
                 conn.next_recv += 1;
                 continue;
@@ -266,8 +314,8 @@ impl Worker {
             let n = match conn.tcp.read(&mut self.chunk) {
                 Ok(0) => {
                     return Err(format!(
-                        "connection {}: the server closed the connection with {} replies \
-                         outstanding",
+                        "connection {}: the server closed the connection, {} replies \
+                         outstanding (is --framing the server's?)",
                         conn.index,
                         conn.next_send - conn.next_recv
                     ));
@@ -316,7 +364,7 @@ fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
 /// What one thread measured.
 struct Outcome {
     frames: u64,
-    rtts: Vec<u32>,
+    rtts: Samples,
 }
 
 /// Drives the connections with the given indices until the deadline, or until another thread
@@ -326,6 +374,7 @@ fn drive<C: Codec + Clone>(
     addr: SocketAddr,
     codec: C,
     indices: Vec<usize>,
+    max_samples: usize,
     start: &Barrier,
     failed: &AtomicBool,
 ) -> Result<Outcome, String> {
@@ -357,7 +406,7 @@ fn drive<C: Codec + Clone>(
         payload: Vec::with_capacity(opts.size),
         expected: Vec::with_capacity(opts.size),
         chunk: vec![0; READ_CHUNK],
-        rtts: Vec::new(),
+        rtts: Samples::new(max_samples),
     };
     let result = (|| {
         while Instant::now() < deadline && !failed.load(Ordering::Relaxed) {
@@ -394,7 +443,15 @@ fn run<C: Codec + Clone>(opts: &Opts, addr: SocketAddr, codec: C) -> Result<(), 
                 thread::Builder::new()
                     .name(format!("loadgen-{t}"))
                     .spawn_scoped(scope, move || {
-                        drive(opts, addr, codec, indices, start, failed)
+                        drive(
+                            opts,
+                            addr,
+                            codec,
+                            indices,
+                            MAX_SAMPLES / threads,
+                            start,
+                            failed,
+                        )
                     })
             })
             .collect::<Result<_, _>>()
@@ -410,31 +467,46 @@ fn run<C: Codec + Clone>(opts: &Opts, addr: SocketAddr, codec: C) -> Result<(), 
 
     // Report the first error; the others are usually its consequence.
     let mut frames = 0;
+    let mut max = 0;
     let mut rtts = Vec::new();
     for outcome in outcomes {
         let outcome = outcome?;
         frames += outcome.frames;
-        rtts.extend(outcome.rtts);
+        max = max.max(outcome.rtts.max);
+        let weight = outcome.rtts.stride;
+        rtts.extend(outcome.rtts.rtts.into_iter().map(|rtt| (rtt, weight)));
     }
-    report(opts, frames, elapsed, rtts);
+    report(opts, frames, elapsed, rtts, max);
     Ok(())
 }
 
-fn report(opts: &Opts, frames: u64, elapsed: Duration, mut rtts: Vec<u32>) {
-    rtts.sort_unstable();
-    // Nearest-rank percentile, in microseconds.
-    let pct = |q: f64| -> f64 {
-        if rtts.is_empty() {
-            return 0.0;
-        }
-        let rank = ((q * rtts.len() as f64).ceil() as usize).clamp(1, rtts.len());
-        f64::from(rtts[rank - 1]) / 1000.0
-    };
+/// Nearest-rank percentiles of weighted samples `(value, weight)`, which it sorts.
+fn percentiles(samples: &mut [(u32, u64)], qs: &[f64]) -> Vec<u32> {
+    samples.sort_unstable();
+    let total: u64 = samples.iter().map(|&(_, w)| w).sum();
+    qs.iter()
+        .map(|&q| {
+            let rank = ((q * total as f64).ceil() as u64).clamp(1, total.max(1));
+            let mut seen = 0;
+            samples
+                .iter()
+                .find(|&&(_, w)| {
+                    seen += w;
+                    seen >= rank
+                })
+                .map_or(0, |&(v, _)| v)
+        })
+        .collect()
+}
+
+fn report(opts: &Opts, frames: u64, elapsed: Duration, mut rtts: Vec<(u32, u64)>, max: u32) {
+    let us = |ns: u32| f64::from(ns) / 1000.0;
+    let p = percentiles(&mut rtts, &[0.50, 0.99, 0.999]);
+    let (p50, p99, p999, max) = (us(p[0]), us(p[1]), us(p[2]), us(max));
     let secs = elapsed.as_secs_f64();
     let fps = frames as f64 / secs;
     let mib = fps * opts.size as f64 / (1024.0 * 1024.0);
-    let (p50, p99, p999, max) = (pct(0.50), pct(0.99), pct(0.999), pct(1.0));
-    let saturated = if rtts.last() == Some(&u32::MAX) {
+    let saturated = if max == us(u32::MAX) {
         " (or more)"
     } else {
         ""
@@ -519,6 +591,31 @@ mod tests {
         assert_eq!(a, [1, 0, 0]);
         fill_payload(&mut a, 0, 1, 0);
         assert!(a.is_empty());
+    }
+
+    #[test]
+    fn samples_thin_out_evenly() {
+        let mut s = Samples::new(8);
+        for i in 0..100u64 {
+            s.record(Duration::from_nanos(i));
+        }
+        // Cap 8 reached at frame 8 (stride 2), 16 (stride 4), 32 (stride 8), 64 (stride 16).
+        assert_eq!(s.stride, 16);
+        assert_eq!(s.rtts, [0, 16, 32, 48, 64, 80, 96]);
+        assert_eq!(s.max, 99);
+    }
+
+    #[test]
+    fn weighted_percentiles() {
+        let mut v: Vec<(u32, u64)> = (1..=1000).map(|x| (x, 1)).collect();
+        assert_eq!(
+            percentiles(&mut v, &[0.5, 0.99, 0.999, 1.0]),
+            [500, 990, 999, 1000]
+        );
+        // One sample standing for 9 frames outweighs the other.
+        let mut v = vec![(5, 1), (1, 9)];
+        assert_eq!(percentiles(&mut v, &[0.5, 0.9, 0.91]), [1, 1, 5]);
+        assert_eq!(percentiles(&mut [], &[0.5]), [0]);
     }
 
     #[test]
