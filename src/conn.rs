@@ -64,6 +64,9 @@ pub(crate) struct State<S> {
     pub claim: Claim,
     /// The peer closed its side: nothing more to read, close once the output is written.
     pub read_closed: bool,
+    /// epoll reported a hang-up or an error: no more data will arrive, so a short read does
+    /// not mean the end was seen; read until the stream reports it.
+    pub hangup: bool,
     /// Set when the connection must close at the owner's next look (a local close, or an
     /// error seen by a thread that was not the owner).
     pub closing: Option<CloseReason>,
@@ -113,6 +116,7 @@ impl<S: Stream> Conn<S> {
                 stream: Some(stream),
                 claim: Claim::Running,
                 read_closed: false,
+                hangup: false,
                 closing: None,
             }),
             closing_hint: AtomicBool::new(false),

@@ -142,6 +142,11 @@ impl<C: Codec> Framed<C> {
                 Ok(n) => {
                     read += n;
                     self.ingest(&scratch[..n], frames)?;
+                    if n < want {
+                        // A short read took all the socket had. Data arriving from now on
+                        // raises a new edge, so another read now would only return WouldBlock.
+                        return Ok(RecvStatus::Drained);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -33,9 +33,12 @@ pub enum RecvStatus {
 ///   the same for the stream's whole life.
 /// - The library watches the socket *edge-triggered*: it is told only when new bytes arrive or
 ///   buffer space frees up. So [`recv`](Stream::recv) must read until the socket reports
-///   `WouldBlock` (and return [`RecvStatus::Drained`]), or return
+///   `WouldBlock` or a read returns fewer bytes than asked for (both mean everything that had
+///   arrived was read; return [`RecvStatus::Drained`]), or return
 ///   [`RecvStatus::MoreAvailable`] when it stops early; and [`flush`](Stream::flush) must write
-///   until its queue is empty or the socket reports `WouldBlock`.
+///   until its queue is empty or the socket reports `WouldBlock`. After the peer hangs up the
+///   library calls `recv` again until it reports [`RecvStatus::Eof`] or an error, so a short
+///   read never hides the end of the stream.
 /// - `WouldBlock` is never an error: `recv` returns the status, `flush` returns `Ok` with output
 ///   still pending.
 /// - Any error returned by `recv` or `flush` closes the connection. An error of kind

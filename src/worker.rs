@@ -72,7 +72,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
                     table::NOTIFY => self.on_notify(),
                     token => {
                         let (slot, tag) = table::split(token);
-                        self.on_event(slot, tag, event.readable);
+                        self.on_event(slot, tag, event.readable, event.hangup);
                     }
                 }
             }
@@ -86,7 +86,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
             return; // the loop sees it next
         }
         match queue.pop() {
-            Some(Task::Conn { slot, id }) => self.on_event(slot, table::tag(id), true),
+            Some(Task::Conn { slot, id }) => self.on_event(slot, table::tag(id), true, false),
             Some(Task::Accept) => self.accept(),
             None => {}
         }
@@ -94,7 +94,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
 
     /// An event or a scheduled turn for the connection in `slot`: claim it and drive it, or,
     /// if another thread is driving it, leave it a note.
-    fn on_event(&mut self, slot: usize, tag: u64, readable: bool) {
+    fn on_event(&mut self, slot: usize, tag: u64, readable: bool, hangup: bool) {
         let Some(conn) = self.core.table.get(slot, tag) else {
             tracing::trace!(slot, "event for a connection that is gone");
             return;
@@ -104,6 +104,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
             if state.stream.is_none() {
                 return;
             }
+            state.hangup |= hangup;
             if state.claim != Claim::Idle {
                 state.claim = Claim::RunningAgain;
                 return;
@@ -126,11 +127,20 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
             let mut status = Ok(RecvStatus::Drained);
             if read {
                 let mut state = conn.state.lock();
+                let hangup = state.hangup;
                 if state.closing.is_none()
                     && !state.read_closed
                     && let Some(stream) = state.stream.as_mut()
                 {
                     status = stream.recv(&mut self.frames);
+                    // A stream may stop at a short read: more data would raise a new edge, but
+                    // after a hang-up none comes, so read on until the end shows (bounded:
+                    // past a hang-up each read returns data, the end or an error).
+                    let mut extra = 0;
+                    while hangup && extra < 4 && matches!(status, Ok(RecvStatus::Drained)) {
+                        status = stream.recv(&mut self.frames);
+                        extra += 1;
+                    }
                 }
             }
 

@@ -14,6 +14,9 @@ pub(crate) struct Event {
     pub token: u64,
     /// Data, a hang-up or an error may be waiting: worth a read.
     pub readable: bool,
+    /// The peer hung up or the socket has an error: read until the end, not just until a
+    /// short read.
+    pub hangup: bool,
 }
 
 /// A reusable buffer for [`Poller::wait`].
@@ -35,6 +38,10 @@ impl Events {
 pub(crate) struct Poller {
     epoll: Epoll,
 }
+
+const HANGUP: EpollFlags = EpollFlags::EPOLLRDHUP
+    .union(EpollFlags::EPOLLHUP)
+    .union(EpollFlags::EPOLLERR);
 
 const READABLE: EpollFlags = EpollFlags::EPOLLIN
     .union(EpollFlags::EPOLLPRI)
@@ -80,6 +87,7 @@ impl Poller {
         Ok(events.0[..n].iter().map(|ev| Event {
             token: ev.data(),
             readable: ev.events().intersects(READABLE),
+            hangup: ev.events().intersects(HANGUP),
         }))
     }
 }
