@@ -13,7 +13,7 @@ use crate::{Frames, RecvStatus, Stream};
 const SCRATCH_LEN: usize = 64 * 1024;
 
 /// An empty write buffer keeps its allocation only up to this capacity.
-const WBUF_KEEP: usize = 4 * 1024;
+const WBUF_KEEP: usize = 512;
 
 /// A read buffer holding a small leftover in a much larger allocation is shrunk once its
 /// capacity exceeds this.
@@ -52,7 +52,8 @@ fn put_scratch(buf: Box<[u8]>) {
 ///   [`with_read_budget`](Framed::with_read_budget)) so one busy peer cannot hold a worker; it
 ///   then returns [`RecvStatus::MoreAvailable`].
 /// - [`send`](Stream::send) only encodes into a write queue; [`flush`](Stream::flush) writes it.
-///   Once the queue is written out its memory is released, except for a small buffer.
+///   Once the queue is written out its memory is released, except for a buffer of at most
+///   512 bytes kept for the next small replies.
 ///
 /// ```no_run
 /// use std::net::TcpListener;
