@@ -1,0 +1,93 @@
+//! The hydrogen server of the benchmark: hydrogen's own echo, with its built-in framed streams.
+//!
+//! A `Handler` that sets `TCP_NODELAY` on each accepted socket, wraps it in a `Framed` stream of
+//! the chosen codec (`LengthPrefixed` bounded at 1 MiB, or `SimpleFrame`) and answers every frame
+//! with `Socket::send`. SIGINT/SIGTERM are taken by a thread with `sigwait`, which calls the
+//! server's `ShutdownHandle`; `run` then returns and the process exits with status 0.
+//!
+//! See `hydrogen_bench::server_cli` for the command line and the framings.
+
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::process;
+use std::thread;
+use std::time::Duration;
+
+use hydrogen::{Codec, Config, Framed, Handler, LengthPrefixed, Server, SimpleFrame, Socket};
+use hydrogen_bench::server_cli::{self, Framing, U32_MAX_FRAME};
+use nix::sys::signal::{SigSet, Signal};
+
+const NAME: &str = "hydrogen_echo";
+
+/// How long `run` may take to return after a signal before the process gives up on it.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Echoes every frame back to its connection.
+struct Echo<C> {
+    /// Cloned into each connection's stream.
+    codec: C,
+}
+
+impl<C: Codec + Clone + Sync> Handler<Framed<C>> for Echo<C> {
+    fn on_new_connection(&self, tcp: TcpStream, _peer: SocketAddr) -> io::Result<Framed<C>> {
+        tcp.set_nodelay(true)?;
+        Ok(Framed::new(tcp, self.codec.clone()))
+    }
+
+    fn on_frame(&self, socket: &Socket, frame: &[u8]) {
+        // Fails only once the connection is closing; there is no one left to answer then.
+        let _ = socket.send(frame);
+    }
+}
+
+/// Binds, prints the listening line, and serves until a signal stops the server.
+fn serve<C: Codec + Clone + Sync>(
+    codec: C,
+    args: &server_cli::ServerArgs,
+    signals: SigSet,
+) -> io::Result<()> {
+    let config = Config {
+        addr: args.addr.ip().to_string(),
+        port: args.addr.port(),
+        max_threads: args.threads,
+        backlog: server_cli::BACKLOG as u32,
+        ..Config::default()
+    };
+    let server = Server::<Framed<C>, Echo<C>>::bind(config)?;
+    let stop = server.shutdown_handle();
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Err(err) = signals.wait() {
+                server_cli::fail(NAME, format!("sigwait: {err}"));
+            }
+            stop.shutdown();
+            // `run` returning ends the process first; this only bounds a shutdown that hangs.
+            thread::sleep(STOP_GRACE);
+            eprintln!("{NAME}: the server did not stop within {STOP_GRACE:?}");
+            process::exit(1);
+        })?;
+    server_cli::print_listening(server.local_addr()?);
+    server.run(Echo { codec })
+}
+
+fn main() {
+    let args = server_cli::parse_args(NAME);
+    server_cli::raise_nofile_limit();
+
+    // Blocked before any thread starts, so every thread inherits the mask and only the signal
+    // thread's `sigwait` takes them (one sent before it runs stays pending).
+    let signals = SigSet::from_iter([Signal::SIGINT, Signal::SIGTERM]);
+    if let Err(err) = signals.thread_block() {
+        server_cli::fail(NAME, format!("cannot block SIGINT and SIGTERM: {err}"));
+    }
+
+    let result = match args.framing {
+        Framing::U32 => serve(LengthPrefixed::new(U32_MAX_FRAME), &args, signals),
+        Framing::Simple => serve(SimpleFrame, &args, signals),
+    };
+    match result {
+        Ok(()) => process::exit(0),
+        Err(err) => server_cli::fail(NAME, err),
+    }
+}

@@ -1,0 +1,182 @@
+//! The tokio peer of the benchmark: an echo server on tokio's multi-threaded runtime, one task
+//! per connection, written the way a careful tokio server is.
+//!
+//! Per connection the task waits for readability (`readable().await`, which holds no buffer),
+//! then reads once with `try_read` into a 64 KiB buffer owned by the worker thread, decodes every
+//! complete frame straight from it, encodes all the replies into one per-thread output buffer and
+//! writes them with `try_write`. Only what a connection must keep between turns is its own: the
+//! bytes of an incomplete frame and the replies the socket did not take (written with
+//! `write_all().await` before reading again, which is the backpressure). Both are freed once
+//! drained, so an idle connection holds no buffer at all, only its task.
+//!
+//! See `hydrogen_bench::server_cli` for the command line and the framings.
+
+use std::cell::RefCell;
+use std::io;
+use std::process;
+
+use hydrogen_bench::server_cli::{self, Framing, READ_CHUNK};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{SignalKind, signal};
+
+const NAME: &str = "tokio_echo";
+
+/// The per-thread output buffer is released after a turn that grew it past this.
+const OUT_KEEP: usize = 1024 * 1024;
+
+/// Buffers shared by all the connections a worker thread serves; only used between two awaits.
+struct Scratch {
+    read: Box<[u8]>,
+    out: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
+        read: vec![0u8; READ_CHUNK].into_boxed_slice(),
+        out: Vec::new(),
+    });
+}
+
+/// What one read turn found.
+enum Turn {
+    /// Keep serving; `pending` holds any replies the socket did not take.
+    Continue,
+    /// The peer closed the connection.
+    Eof,
+    /// The peer broke the framing: close once the replies to the frames before are written.
+    Bad(io::Error),
+}
+
+/// One read, then the echo of every frame it completed. Synchronous: the per-thread scratch is
+/// never held across an await.
+fn turn(
+    stream: &TcpStream,
+    framing: Framing,
+    scratch: &mut Scratch,
+    leftover: &mut Vec<u8>,
+    pending: &mut Vec<u8>,
+) -> io::Result<Turn> {
+    let Scratch { read, out } = scratch;
+    let n = match stream.try_read(read) {
+        Ok(0) => return Ok(Turn::Eof),
+        Ok(n) => n,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            return Ok(Turn::Continue);
+        }
+        Err(e) => return Err(e),
+    };
+    out.clear();
+    let decoded = framing.echo_ingest(leftover, &read[..n], out);
+    let mut written = 0;
+    while written < out.len() {
+        match stream.try_write(&out[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(k) => written += k,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if written < out.len() {
+        pending.extend_from_slice(&out[written..]);
+    }
+    if out.capacity() > OUT_KEEP {
+        *out = Vec::new();
+    }
+    match decoded {
+        Ok(()) => Ok(Turn::Continue),
+        Err(bad) => Ok(Turn::Bad(bad.into())),
+    }
+}
+
+/// Serves one connection until the peer closes it or breaks the framing.
+async fn serve(mut stream: TcpStream, framing: Framing) -> io::Result<()> {
+    // The bytes of an incomplete frame, and the replies the socket has not taken yet.
+    let mut leftover = Vec::new();
+    let mut pending = Vec::new();
+    loop {
+        stream.readable().await?;
+        let turn = SCRATCH.with_borrow_mut(|scratch| {
+            turn(&stream, framing, scratch, &mut leftover, &mut pending)
+        })?;
+        if let Turn::Eof = turn {
+            return Ok(());
+        }
+        if !pending.is_empty() {
+            stream.write_all(&pending).await?;
+            pending = Vec::new();
+        }
+        if let Turn::Bad(err) = turn {
+            return Err(err);
+        }
+    }
+}
+
+/// Whether an accept error means the process is out of some resource (rather than one failed
+/// connection), so that retrying at once would only spin.
+fn out_of_resources(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(nix::libc::EMFILE | nix::libc::ENFILE | nix::libc::ENOBUFS | nix::libc::ENOMEM)
+    )
+}
+
+async fn accept_loop(listener: TcpListener, framing: Framing) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                if stream.set_nodelay(true).is_err() {
+                    continue;
+                }
+                tokio::spawn(async move {
+                    // A reset or a framing error ends only this connection; nothing to report.
+                    let _ = serve(stream, framing).await;
+                });
+            }
+            Err(err) if out_of_resources(&err) => {
+                eprintln!("{NAME}: accept: {err}; pausing 10 ms");
+                // No timer in this build of tokio: sleep on the blocking pool instead.
+                let pause = || std::thread::sleep(std::time::Duration::from_millis(10));
+                let _ = tokio::task::spawn_blocking(pause).await;
+            }
+            // Failures of one connection (ECONNABORTED and the like).
+            Err(_) => {}
+        }
+    }
+}
+
+async fn run(args: server_cli::ServerArgs) -> io::Result<()> {
+    // Installed before the listening line, so that a signal sent as soon as it is read is
+    // already handled.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let listener = TcpListener::from_std(server_cli::bind_listener(args.addr, false)?)?;
+    server_cli::print_listening(listener.local_addr()?);
+    tokio::spawn(accept_loop(listener, args.framing));
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+fn main() {
+    let args = server_cli::parse_args(NAME);
+    server_cli::raise_nofile_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|err| server_cli::fail(NAME, err));
+    if let Err(err) = runtime.block_on(run(args)) {
+        server_cli::fail(NAME, err);
+    }
+    // Open connections are simply dropped with the process.
+    process::exit(0);
+}

@@ -1,0 +1,389 @@
+//! What the benchmark's echo servers share: the command line, the listening line, the file
+//! descriptor limit, the listening socket, and (for the tokio and mio peers) a small codec of their
+//! own, byte-compatible with hydrogen's framings but independent of them.
+//!
+//! Every server binary follows the same contract, which the suite relies on:
+//!
+//! - `--addr HOST:PORT` (default `127.0.0.1:0`), `--framing simple|u32` (default `u32`),
+//!   `--threads N` (default 2); anything else prints the usage on stderr and exits with status 2.
+//! - Once bound, exactly one line `listening on ADDR` goes to stdout, and nothing else.
+//! - Every frame is echoed on its connection, in order, in the same framing.
+//! - SIGINT and SIGTERM end the process with status 0.
+
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::ops::Range;
+use std::process;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// The largest payload a `u32` frame may announce: 1 MiB. A larger prefix closes the connection.
+pub const U32_MAX_FRAME: usize = 1024 * 1024;
+
+/// The `listen(2)` backlog of every server.
+pub const BACKLOG: i32 = 1024;
+
+/// Size of the per-thread buffer the tokio and mio servers read into.
+pub const READ_CHUNK: usize = 64 * 1024;
+
+/// A read buffer keeping a small leftover in a much larger allocation is shrunk above this.
+const LEFTOVER_SHRINK_ABOVE: usize = 64 * 1024;
+
+/// The wire format of the frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `0x01`, payload length (u16 big-endian), payload, `0x17`.
+    Simple,
+    /// Payload length (u32 big-endian, at most [`U32_MAX_FRAME`]), payload.
+    U32,
+}
+
+/// The input cannot be a frame of the connection's framing; the connection is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadFrame {
+    /// A SimpleFrame that does not start with `0x01`.
+    StartByte(u8),
+    /// A SimpleFrame whose byte after the payload is not `0x17`.
+    EndByte(u8),
+    /// A `u32` prefix over [`U32_MAX_FRAME`].
+    TooLarge(u32),
+}
+
+impl std::fmt::Display for BadFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadFrame::StartByte(b) => write!(f, "bad start byte 0x{b:02x}"),
+            BadFrame::EndByte(b) => write!(f, "bad end byte 0x{b:02x}"),
+            BadFrame::TooLarge(n) => write!(f, "frame of {n} bytes over {U32_MAX_FRAME}"),
+        }
+    }
+}
+
+impl std::error::Error for BadFrame {}
+
+impl From<BadFrame> for io::Error {
+    fn from(err: BadFrame) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, err)
+    }
+}
+
+impl Framing {
+    const SIMPLE_START: u8 = 0x01;
+    const SIMPLE_END: u8 = 0x17;
+
+    /// Looks for one complete frame at the start of `buf`: its payload's position and the
+    /// length of the whole frame, or `None` if more bytes are needed. Malformed input is
+    /// reported as soon as the offending byte is there.
+    #[inline]
+    pub fn decode(self, buf: &[u8]) -> Result<Option<(Range<usize>, usize)>, BadFrame> {
+        match self {
+            Framing::Simple => {
+                let Some(&first) = buf.first() else {
+                    return Ok(None);
+                };
+                if first != Self::SIMPLE_START {
+                    return Err(BadFrame::StartByte(first));
+                }
+                let Some(&[hi, lo]) = buf.get(1..3) else {
+                    return Ok(None);
+                };
+                let end = 3 + usize::from(u16::from_be_bytes([hi, lo]));
+                match buf.get(end) {
+                    None => Ok(None),
+                    Some(&Self::SIMPLE_END) => Ok(Some((3..end, end + 1))),
+                    Some(&other) => Err(BadFrame::EndByte(other)),
+                }
+            }
+            Framing::U32 => {
+                let Some(&[a, b, c, d]) = buf.get(..4) else {
+                    return Ok(None);
+                };
+                let announced = u32::from_be_bytes([a, b, c, d]);
+                let len = announced as usize;
+                if len > U32_MAX_FRAME {
+                    return Err(BadFrame::TooLarge(announced));
+                }
+                let end = 4 + len;
+                if buf.len() < end {
+                    return Ok(None);
+                }
+                Ok(Some((4..end, end)))
+            }
+        }
+    }
+
+    /// Appends one frame carrying `payload` to `out`. Only called with payloads that came out
+    /// of [`decode`](Framing::decode) in the same framing, so they always fit.
+    #[inline]
+    pub fn encode(self, payload: &[u8], out: &mut Vec<u8>) {
+        match self {
+            Framing::Simple => {
+                let len = u16::try_from(payload.len()).expect("SimpleFrame payload over 64 KiB");
+                out.reserve(payload.len() + 4);
+                out.push(Self::SIMPLE_START);
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(payload);
+                out.push(Self::SIMPLE_END);
+            }
+            Framing::U32 => {
+                let len = u32::try_from(payload.len()).expect("u32 frame payload over 4 GiB");
+                out.reserve(payload.len() + 4);
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(payload);
+            }
+        }
+    }
+
+    /// Decodes every complete frame at the start of `buf`, appends its echo to `out`, and
+    /// returns how many bytes of `buf` those frames occupy.
+    pub fn echo_all(self, buf: &[u8], out: &mut Vec<u8>) -> Result<usize, BadFrame> {
+        let mut pos = 0;
+        while let Some((payload, consumed)) = self.decode(&buf[pos..])? {
+            self.encode(&buf[pos..][payload], out);
+            pos += consumed;
+        }
+        Ok(pos)
+    }
+
+    /// Echoes the frames in `leftover` followed by `data` into `out`, leaving in `leftover` only
+    /// the bytes of a trailing incomplete frame.
+    ///
+    /// `leftover` stays unallocated as long as frames arrive whole, and is freed once the frame
+    /// it holds completes, so an idle connection keeps no read buffer.
+    ///
+    /// # Errors
+    ///
+    /// Malformed input. `out` then already holds the replies to the frames before it, which the
+    /// caller writes before closing the connection (as hydrogen does).
+    pub fn echo_ingest(
+        self,
+        leftover: &mut Vec<u8>,
+        data: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), BadFrame> {
+        if leftover.is_empty() {
+            let used = self.echo_all(data, out)?;
+            leftover.extend_from_slice(&data[used..]);
+            return Ok(());
+        }
+        leftover.extend_from_slice(data);
+        let used = self.echo_all(leftover, out)?;
+        if used == leftover.len() {
+            *leftover = Vec::new();
+        } else if used > 0 {
+            leftover.drain(..used);
+            if leftover.capacity() > LEFTOVER_SHRINK_ABOVE
+                && leftover.len() < leftover.capacity() / 4
+            {
+                leftover.shrink_to(leftover.len());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The parsed command line.
+#[derive(Debug, Clone)]
+pub struct ServerArgs {
+    /// Where to listen (port 0: any free port).
+    pub addr: SocketAddr,
+    /// The framing of every connection.
+    pub framing: Framing,
+    /// Worker threads.
+    pub threads: usize,
+}
+
+fn usage(name: &str) -> String {
+    format!(
+        "Usage: {name} [--addr HOST:PORT] [--framing simple|u32] [--threads N]\n\
+         \n\
+         An echo server for the benchmark suite: every frame comes back on its connection.\n\
+         \n\
+         Options:\n  \
+           --addr HOST:PORT       address to listen on (default 127.0.0.1:0, any free port)\n  \
+           --framing simple|u32   simple: 0x01, u16 BE length, payload, 0x17\n                         \
+                                  u32: u32 BE length, payload, at most 1 MiB (default)\n  \
+           --threads N            worker threads (default 2)\n  \
+           -h, --help             print this help\n\
+         \n\
+         Prints `listening on ADDR` once bound; exits with status 0 on SIGINT or SIGTERM.\n"
+    )
+}
+
+fn parse(args: &[String]) -> Result<Option<ServerArgs>, String> {
+    let mut addr = "127.0.0.1:0".to_string();
+    let mut framing = Framing::U32;
+    let mut threads = 2;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--addr" => addr = value("--addr")?.clone(),
+            "--framing" => {
+                framing = match value("--framing")?.as_str() {
+                    "simple" => Framing::Simple,
+                    "u32" => Framing::U32,
+                    other => return Err(format!("--framing {other:?}: expected simple or u32")),
+                }
+            }
+            "--threads" => {
+                let v = value("--threads")?;
+                threads = match v.parse() {
+                    Ok(n) if n >= 1 => n,
+                    _ => return Err(format!("--threads {v:?}: expected a number of at least 1")),
+                };
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    let addr = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("--addr {addr:?}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("--addr {addr:?} resolves to nothing"))?;
+    Ok(Some(ServerArgs {
+        addr,
+        framing,
+        threads,
+    }))
+}
+
+/// Parses the command line. `--help` prints the usage on stderr and exits with status 0; an
+/// error prints it and exits with status 2.
+pub fn parse_args(name: &str) -> ServerArgs {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match parse(&args) {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            eprint!("{}", usage(name));
+            process::exit(0);
+        }
+        Err(err) => {
+            eprintln!("{name}: {err}\n\n{}", usage(name));
+            process::exit(2);
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, so that up to 15,000 connections fit.
+/// A failure is reported on stderr and otherwise ignored.
+pub fn raise_nofile_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(err) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                eprintln!("warning: cannot raise RLIMIT_NOFILE from {soft} to {hard}: {err}");
+            }
+        }
+        Ok(_) => {}
+        Err(err) => eprintln!("warning: cannot read RLIMIT_NOFILE: {err}"),
+    }
+}
+
+/// Prints the one line the suite waits for, `listening on ADDR`, and flushes it.
+pub fn print_listening(addr: SocketAddr) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "listening on {addr}");
+    let _ = out.flush();
+}
+
+/// A non-blocking listening socket on `addr` with `SO_REUSEADDR` (and `SO_REUSEPORT` if asked)
+/// and a backlog of [`BACKLOG`].
+pub fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket
+        .bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Prints `error` on stderr and exits with status 1.
+pub fn fail(name: &str, error: impl std::fmt::Display) -> ! {
+    eprintln!("{name}: {error}");
+    process::exit(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn echo(framing: Framing, chunks: &[&[u8]]) -> Result<(Vec<u8>, usize), BadFrame> {
+        let mut leftover = Vec::new();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            framing.echo_ingest(&mut leftover, chunk, &mut out)?;
+        }
+        Ok((out, leftover.len()))
+    }
+
+    #[test]
+    fn simple_frames_echo_whole_and_split() {
+        let mut wire = Vec::new();
+        for p in [&b"hello"[..], b"", &[0x17; 300]] {
+            Framing::Simple.encode(p, &mut wire);
+        }
+        assert_eq!(&wire[..9], [1, 0, 5, b'h', b'e', b'l', b'l', b'o', 0x17]);
+        for split in 0..=wire.len() {
+            let (a, b) = wire.split_at(split);
+            assert_eq!(echo(Framing::Simple, &[a, b]).unwrap(), (wire.clone(), 0));
+        }
+        assert_eq!(echo(Framing::Simple, &[&[2]]), Err(BadFrame::StartByte(2)));
+        assert_eq!(
+            echo(Framing::Simple, &[&[1, 0, 1, b'x', 0x18]]),
+            Err(BadFrame::EndByte(0x18))
+        );
+    }
+
+    #[test]
+    fn u32_frames_echo_and_bound() {
+        let mut wire = Vec::new();
+        for p in [&b"hello"[..], b"", &vec![7u8; U32_MAX_FRAME]] {
+            Framing::U32.encode(p, &mut wire);
+        }
+        assert_eq!(&wire[..9], [0, 0, 0, 5, b'h', b'e', b'l', b'l', b'o']);
+        let chunks: Vec<&[u8]> = wire.chunks(1000).collect();
+        assert_eq!(echo(Framing::U32, &chunks).unwrap(), (wire.clone(), 0));
+        let over = (U32_MAX_FRAME as u32 + 1).to_be_bytes();
+        assert_eq!(
+            echo(Framing::U32, &[&over]),
+            Err(BadFrame::TooLarge(U32_MAX_FRAME as u32 + 1))
+        );
+        assert_eq!(echo(Framing::U32, &[&[0, 0, 0]]).unwrap(), (vec![], 3));
+    }
+
+    #[test]
+    fn arguments() {
+        let args = |v: &[&str]| parse(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let a = args(&[]).unwrap().unwrap();
+        assert_eq!(a.addr, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(a.framing, Framing::U32);
+        assert_eq!(a.threads, 2);
+        let a = args(&[
+            "--framing",
+            "simple",
+            "--threads",
+            "3",
+            "--addr",
+            "127.0.0.1:9",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(a.framing, Framing::Simple);
+        assert_eq!(a.threads, 3);
+        assert_eq!(a.addr.port(), 9);
+        assert!(args(&["--bogus"]).is_err());
+        assert!(args(&["--threads", "0"]).is_err());
+        assert!(args(&["--threads"]).is_err());
+        assert!(args(&["--help"]).unwrap().is_none());
+    }
+}
