@@ -211,8 +211,8 @@ impl Stream for LineStream {
         Ok(())
     }
 
-    fn has_pending_output(&self) -> bool {
-        self.wpos < self.wbuf.len()
+    fn pending_output(&self) -> usize {
+        self.wbuf.len() - self.wpos
     }
 
     fn shutdown(&mut self) -> io::Result<()> {

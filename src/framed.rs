@@ -276,8 +276,8 @@ impl<C: Codec> Stream for Framed<C> {
         Ok(())
     }
 
-    fn has_pending_output(&self) -> bool {
-        self.wpos < self.wbuf.len()
+    fn pending_output(&self) -> usize {
+        self.wbuf.len() - self.wpos
     }
 
     /// Shuts the socket down in both directions. A socket that is no longer connected is not an

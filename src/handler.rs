@@ -100,6 +100,9 @@ pub enum CloseReason {
     Local,
     /// The server was shut down.
     Shutdown,
+    /// A callback (or a method of the [`Stream`]) panicked while serving this connection; the
+    /// panic's message. The worker thread caught it and goes on serving everyone else.
+    Panicked(String),
 }
 
 impl CloseReason {
@@ -119,7 +122,10 @@ impl CloseReason {
     pub fn is_error(&self) -> bool {
         matches!(
             self,
-            CloseReason::Reset | CloseReason::Protocol(_) | CloseReason::Io(_)
+            CloseReason::Reset
+                | CloseReason::Protocol(_)
+                | CloseReason::Io(_)
+                | CloseReason::Panicked(_)
         )
     }
 }
@@ -133,6 +139,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Io(e) => write!(f, "I/O error: {e}"),
             CloseReason::Local => f.write_str("closed by the application"),
             CloseReason::Shutdown => f.write_str("server shut down"),
+            CloseReason::Panicked(msg) => write!(f, "a callback panicked: {msg}"),
         }
     }
 }

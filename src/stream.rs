@@ -66,11 +66,18 @@ pub trait Stream: AsFd + Send + 'static {
     /// Writes queued bytes until none are left or the socket reports `WouldBlock`.
     fn flush(&mut self) -> io::Result<()>;
 
-    /// Whether bytes are queued and not yet written.
+    /// How many bytes are queued and not yet written (0 when nothing is pending).
     ///
     /// The library asks after every `recv` and every `send`, so a stream that must write while
-    /// reading (a TLS handshake, say) is flushed without any frame being sent.
-    fn has_pending_output(&self) -> bool;
+    /// reading (a TLS handshake, say) is flushed without any frame being sent. The count is
+    /// also what the outbound budget is checked against; a stream that cannot count exactly
+    /// should report an estimate, never 0 while anything is pending.
+    fn pending_output(&self) -> usize;
+
+    /// Whether bytes are queued and not yet written.
+    fn has_pending_output(&self) -> bool {
+        self.pending_output() > 0
+    }
 
     /// Shuts the connection down in both directions. Called once, just before the stream is
     /// dropped; its error is only logged.

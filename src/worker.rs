@@ -7,8 +7,10 @@
 //! arrives while a turn is running leaves a note (`Claim::RunningAgain`) that makes the owner
 //! go round once more before it lets go.
 
+use std::any::Any;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -111,7 +113,30 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
             }
             state.claim = Claim::Running;
         }
-        self.drive(&conn, readable);
+        self.drive_guarded(&conn, readable);
+    }
+
+    /// [`drive`](Self::drive), with a panic in user code (a callback or a `Stream` method)
+    /// caught: the connection is closed with [`CloseReason::Panicked`] and the worker goes on.
+    /// No lock is held across user code except the connection's own, which unwinding releases
+    /// (`parking_lot` locks are not poisoned).
+    fn drive_guarded(&mut self, conn: &Arc<Conn<S>>, read: bool) {
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| self.drive(conn, read)));
+        if let Err(payload) = outcome {
+            self.frames.reset(FRAMES_KEEP);
+            self.recover(conn, payload);
+        }
+    }
+
+    /// Closes a connection whose owner's turn was cut short by a panic.
+    fn recover(&self, conn: &Arc<Conn<S>>, payload: Box<dyn Any + Send>) {
+        let message = panic_message(payload.as_ref());
+        tracing::error!(conn = conn.id, %message, "panic while serving a connection; closing it");
+        let state = conn.state.lock();
+        if state.stream.is_some() {
+            let socket = Socket::new(conn.clone());
+            self.finalize(conn, state, &socket, CloseReason::Panicked(message));
+        }
     }
 
     /// Drives a connection this thread has claimed until its turn ends: read, deliver, write,
@@ -213,20 +238,19 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
         reason: CloseReason,
     ) {
         let core = self.core;
-        let mut stream = state.stream.take().expect("finalized twice");
+        let stream = state.stream.take().expect("finalized twice");
         state.claim = Claim::Idle;
         // Out of epoll before the descriptor is closed, so its number can be reused safely.
         if let Err(err) = core.poller.delete(stream.as_fd()) {
             tracing::debug!(conn = conn.id, error = %err, "epoll delete failed");
         }
-        if let Err(err) = stream.shutdown() {
-            tracing::trace!(conn = conn.id, error = %err, "shutdown failed");
-        }
         drop(state);
-        drop(stream);
+        shut_and_drop(conn.id, stream);
         core.table.remove(conn.slot, conn.id);
         tracing::debug!(conn = conn.id, peer = %conn.peer, %reason, "connection removed");
-        core.handler.on_connection_removed(socket, &reason);
+        guarded(conn.id, "on_connection_removed", || {
+            core.handler.on_connection_removed(socket, &reason)
+        });
     }
 
     /// Accepts pending connections, up to a budget.
@@ -256,10 +280,18 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
             tracing::warn!(%peer, error = %err, "cannot make the socket non-blocking");
             return;
         }
-        let stream = match core.handler.on_new_connection(tcp, peer) {
-            Ok(stream) => stream,
-            Err(err) => {
+        let built = panic::catch_unwind(AssertUnwindSafe(|| {
+            core.handler.on_new_connection(tcp, peer)
+        }));
+        let stream = match built {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
                 tracing::debug!(%peer, error = %err, "connection refused by the handler");
+                return;
+            }
+            Err(payload) => {
+                let message = panic_message(payload.as_ref());
+                tracing::error!(%peer, %message, "on_new_connection panicked; connection refused");
                 return;
             }
         };
@@ -289,13 +321,17 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
             return;
         }
         tracing::debug!(conn = id, %peer, fd = conn.fd, "connection opened");
-        {
+        let opened = panic::catch_unwind(AssertUnwindSafe(|| {
             let socket = Socket::new(conn.clone());
             let _running = RunningGuard::enter(id);
             core.handler.on_connection_opened(&socket);
+        }));
+        if let Err(payload) = opened {
+            self.recover(&conn, payload);
+            return;
         }
         // Its registration reports the socket at once, so the first read follows at once too.
-        self.drive(&conn, false);
+        self.drive_guarded(&conn, false);
     }
 }
 
@@ -304,7 +340,7 @@ impl<S: Stream, H: Handler<S>> Core<S, H> {
     pub fn close_all(&self) {
         for conn in self.table.drain() {
             let mut state = conn.state.lock();
-            let Some(mut stream) = state.stream.take() else {
+            let Some(stream) = state.stream.take() else {
                 continue;
             };
             // A close requested just before the shutdown keeps its own reason.
@@ -312,11 +348,44 @@ impl<S: Stream, H: Handler<S>> Core<S, H> {
             if let Err(err) = self.poller.delete(stream.as_fd()) {
                 tracing::debug!(conn = conn.id, error = %err, "epoll delete failed");
             }
-            let _ = stream.shutdown();
             drop(state);
-            drop(stream);
+            shut_and_drop(conn.id, stream);
             let socket = Socket::new(conn.clone());
-            self.handler.on_connection_removed(&socket, &reason);
+            guarded(conn.id, "on_connection_removed", || {
+                self.handler.on_connection_removed(&socket, &reason)
+            });
         }
+    }
+}
+
+/// Shuts a stream down and drops it (closing its socket), catching a panic in its code.
+fn shut_and_drop<S: Stream>(conn: u64, mut stream: S) {
+    let done = panic::catch_unwind(AssertUnwindSafe(move || {
+        if let Err(err) = stream.shutdown() {
+            tracing::trace!(conn, error = %err, "shutdown failed");
+        }
+    }));
+    if let Err(payload) = done {
+        let message = panic_message(payload.as_ref());
+        tracing::error!(conn, %message, "Stream::shutdown or drop panicked");
+    }
+}
+
+/// Runs a callback whose panic can only be logged (nothing is left to close).
+fn guarded(conn: u64, what: &str, f: impl FnOnce()) {
+    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(f)) {
+        let message = panic_message(payload.as_ref());
+        tracing::error!(conn, callback = what, %message, "callback panicked");
+    }
+}
+
+/// The message of a panic payload, for the log and [`CloseReason::Panicked`].
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
     }
 }

@@ -98,6 +98,7 @@ pub fn reason_kind(reason: &CloseReason) -> &'static str {
         CloseReason::Io(_) => "io",
         CloseReason::Local => "local",
         CloseReason::Shutdown => "shutdown",
+        CloseReason::Panicked(_) => "panicked",
         _ => "other",
     }
 }
