@@ -168,10 +168,12 @@ fn serve<C: Codec + Clone + Sync>(codec: C, config: Config, signals: SigSet) -> 
             Err(err) => eprintln!("sigwait failed: {err}; stop with SIGKILL"),
         })?;
 
-    server.run(Chat {
-        codec,
-        members: Mutex::new(HashMap::new()),
-    })
+    server
+        .run(Chat {
+            codec,
+            members: Mutex::new(HashMap::new()),
+        })
+        .map(drop)
 }
 
 fn main() -> ExitCode {

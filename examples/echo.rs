@@ -146,7 +146,12 @@ fn serve<C: Codec + Clone + Sync>(codec: C, config: Config, signals: SigSet) -> 
             Err(err) => eprintln!("sigwait failed: {err}; stop with SIGKILL"),
         })?;
 
-    server.run(Echo { codec })
+    let summary = server.run(Echo { codec })?;
+    eprintln!(
+        "drained {} connections, abandoned {} (accepted {}, refused {})",
+        summary.drained, summary.abandoned, summary.accepted, summary.refused
+    );
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -3,6 +3,25 @@
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::thread;
+use std::time::Duration;
+
+use nix::sys::resource::{Resource, getrlimit};
+
+/// What [`Socket::send`](crate::Socket::send) does when a connection's outbound queue would
+/// grow past [`Config::max_outbound`]: the peer is not reading fast enough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OutboundPolicy {
+    /// Disconnect the slow consumer: the connection is closed with
+    /// [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer) and the send fails with
+    /// [`SendError::Closed`](crate::SendError::Closed). The default: the stream of frames the
+    /// peer sees never has a hole in it.
+    #[default]
+    Disconnect,
+    /// Refuse the frame: the send fails with [`SendError::QueueFull`](crate::SendError::QueueFull)
+    /// and the connection stays open. The caller decides (drop, retry later, close).
+    Reject,
+}
 
 /// Server configuration.
 ///
@@ -32,6 +51,34 @@ pub struct Config {
     /// Length of the kernel's queue of connections not yet accepted (`listen(2)` backlog; the
     /// kernel caps it at `net.core.somaxconn`). Default `1024`.
     pub backlog: u32,
+    /// Open connections at most. A connection accepted past it is closed at once (no callback
+    /// runs for it) and counted in [`RunSummary::refused`](crate::RunSummary::refused).
+    /// Default: the process's soft limit on open files less 64 (for the server's own
+    /// descriptors and the application's), at least 1.
+    pub max_connections: usize,
+    /// Bytes a connection may have queued for writing. Default 4 MiB. A single frame larger
+    /// than this is still accepted onto an empty queue.
+    pub max_outbound: usize,
+    /// What happens when a send would exceed `max_outbound`. Default
+    /// [`OutboundPolicy::Disconnect`].
+    pub outbound_policy: OutboundPolicy,
+    /// Close a connection after this long with no bytes in either direction
+    /// ([`CloseReason::IdleTimeout`](crate::CloseReason::IdleTimeout)). Default `None` (never).
+    pub idle_timeout: Option<Duration>,
+    /// Close a connection that has started a frame and not finished it within this long
+    /// ([`CloseReason::FrameTimeout`](crate::CloseReason::FrameTimeout)): the defence against
+    /// peers that trickle bytes to hold connections open (slowloris). Default 30 s.
+    pub frame_timeout: Option<Duration>,
+    /// On shutdown, how long to keep flushing queued writes before closing the connections
+    /// that still have some. Default 5 s; zero closes at once.
+    pub drain_timeout: Duration,
+}
+
+/// The soft limit on open files, less a reserve, as the default connection cap.
+fn default_max_connections() -> usize {
+    let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
+    let soft = usize::try_from(soft).unwrap_or(usize::MAX);
+    soft.saturating_sub(64).max(1)
 }
 
 impl Default for Config {
@@ -42,6 +89,12 @@ impl Default for Config {
             max_threads: thread::available_parallelism().map_or(1, |n| n.get()),
             pre_allocated: 1024,
             backlog: 1024,
+            max_connections: default_max_connections(),
+            max_outbound: 4 * 1024 * 1024,
+            outbound_policy: OutboundPolicy::Disconnect,
+            idle_timeout: None,
+            frame_timeout: Some(Duration::from_secs(30)),
+            drain_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -79,7 +132,34 @@ impl Config {
                 "Config::backlog must be between 1 and i32::MAX",
             ));
         }
+        if self.max_connections == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "Config::max_connections must be at least 1",
+            ));
+        }
+        for (name, timeout) in [
+            ("idle_timeout", self.idle_timeout),
+            ("frame_timeout", self.frame_timeout),
+        ] {
+            if timeout == Some(Duration::ZERO) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("Config::{name} must be positive (use None to disable it)"),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// How often the housekeeping tick must run to enforce the timeouts on time (a quarter of
+    /// the shortest, between 10 ms and 1 s), or `None` if no timeout is set.
+    pub(crate) fn tick(&self) -> Option<Duration> {
+        let shortest = [self.idle_timeout, self.frame_timeout]
+            .into_iter()
+            .flatten()
+            .min()?;
+        Some((shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)))
     }
 }
 
@@ -101,6 +181,31 @@ mod tests {
         };
         let err = config.validate().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn tick_follows_the_shortest_timeout() {
+        let mut config = Config {
+            idle_timeout: None,
+            frame_timeout: None,
+            ..Config::default()
+        };
+        assert_eq!(config.tick(), None);
+        config.idle_timeout = Some(Duration::from_secs(60));
+        assert_eq!(config.tick(), Some(Duration::from_secs(1)));
+        config.frame_timeout = Some(Duration::from_millis(400));
+        assert_eq!(config.tick(), Some(Duration::from_millis(100)));
+        config.frame_timeout = Some(Duration::from_millis(1));
+        assert_eq!(config.tick(), Some(Duration::from_millis(10)));
+        config.frame_timeout = Some(Duration::ZERO);
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn default_connection_cap_leaves_room_below_the_fd_limit() {
+        let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        let cap = Config::default().max_connections;
+        assert!(cap >= 1 && (cap as u64) < soft.max(65));
     }
 
     #[test]

@@ -4,11 +4,13 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::Weak;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
 use crate::Stream;
+use crate::clock;
+use crate::config::OutboundPolicy;
 use crate::handler::CloseReason;
 use crate::queue::{Queue, Task};
 use crate::socket::{Link, SendError};
@@ -67,6 +69,8 @@ pub(crate) struct State<S> {
     /// epoll reported a hang-up or an error: no more data will arrive, so a short read does
     /// not mean the end was seen; read until the stream reports it.
     pub hangup: bool,
+    /// The server is shutting down: read no more, close once the output is written.
+    pub draining: bool,
     /// Set when the connection must close at the owner's next look (a local close, or an
     /// error seen by a thread that was not the owner).
     pub closing: Option<CloseReason>,
@@ -89,6 +93,13 @@ impl<S> State<S> {
 }
 
 /// One connection: fixed facts plus the locked [`State`].
+/// Per-connection copies of the send limits, so a send needs nothing but the connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub max_outbound: usize,
+    pub policy: OutboundPolicy,
+}
+
 pub(crate) struct Conn<S> {
     pub id: u64,
     pub slot: usize,
@@ -98,6 +109,12 @@ pub(crate) struct Conn<S> {
     /// Set, besides `State::closing`, once a close is requested: the owner reads it between
     /// frames without taking the lock, to stop delivering a batch to a closed connection.
     closing_hint: AtomicBool,
+    /// Coarse time ([`clock::now`]) bytes last moved, for the idle timeout.
+    pub last_active: AtomicU64,
+    /// Coarse time the stream started holding an incomplete frame, 0 when it holds none.
+    pub partial_since: AtomicU64,
+    /// The outbound budget and what to do past it (copied from the `Config`).
+    limits: Limits,
     /// Where to schedule a turn. Weak, so a handle kept after the server stops does not keep
     /// the server's descriptors open.
     queue: Weak<Queue>,
@@ -105,7 +122,14 @@ pub(crate) struct Conn<S> {
 
 impl<S: Stream> Conn<S> {
     /// A new connection, claimed (`Running`) by the thread that accepted it.
-    pub fn new(id: u64, slot: usize, peer: SocketAddr, stream: S, queue: Weak<Queue>) -> Conn<S> {
+    pub fn new(
+        id: u64,
+        slot: usize,
+        peer: SocketAddr,
+        stream: S,
+        queue: Weak<Queue>,
+        limits: Limits,
+    ) -> Conn<S> {
         use std::os::fd::AsRawFd;
         Conn {
             id,
@@ -117,9 +141,13 @@ impl<S: Stream> Conn<S> {
                 claim: Claim::Running,
                 read_closed: false,
                 hangup: false,
+                draining: false,
                 closing: None,
             }),
             closing_hint: AtomicBool::new(false),
+            last_active: AtomicU64::new(clock::now()),
+            partial_since: AtomicU64::new(0),
+            limits,
             queue,
         }
     }
@@ -138,8 +166,21 @@ impl<S: Stream> Conn<S> {
         self.closing_hint.load(Ordering::Acquire)
     }
 
+    /// Records that bytes moved (for the idle timeout).
+    #[inline]
+    pub fn touch(&self) {
+        self.last_active.store(clock::now(), Ordering::Relaxed);
+    }
+
+    /// Closes the connection from a thread that may not own it: records the reason and makes
+    /// sure a worker gets a turn to act on it.
+    pub fn close_with(&self, state: &mut State<S>, reason: CloseReason) -> bool {
+        self.set_closing(state, reason);
+        state.nudge()
+    }
+
     /// Schedules a turn on a worker.
-    fn schedule(&self) {
+    pub fn schedule(&self) {
         if let Some(queue) = self.queue.upgrade() {
             queue.push(Task::Conn {
                 slot: self.slot,
@@ -172,6 +213,27 @@ impl<S: Stream> Link for Conn<S> {
         let Some(stream) = state.stream.as_mut() else {
             return Err(SendError::Closed);
         };
+        let over = |queued: usize| queued > 0 && queued + frame.len() > self.limits.max_outbound;
+        if over(stream.pending_output()) {
+            // Make room if the socket takes anything, before calling the peer slow.
+            let flushed = stream.flush();
+            if flushed.is_err() || over(stream.pending_output()) {
+                let reason = match flushed {
+                    Err(err) => CloseReason::from_io(err),
+                    Ok(()) if self.limits.policy == OutboundPolicy::Reject => {
+                        return Err(SendError::QueueFull);
+                    }
+                    Ok(()) => CloseReason::SlowConsumer,
+                };
+                tracing::debug!(conn = self.id, %reason, "closing on send");
+                let schedule = self.close_with(&mut state, reason);
+                drop(state);
+                if schedule {
+                    self.schedule();
+                }
+                return Err(SendError::Closed);
+            }
+        }
         stream.send(frame).map_err(SendError::Rejected)?;
         if RUNNING.get() == self.id {
             // Our own callback: the owner flushes when the callback returns.
@@ -181,11 +243,13 @@ impl<S: Stream> Link for Conn<S> {
         // writer for now, whoever owns the turn; write at once. If the socket is full, the
         // kernel reports it writable later and a worker flushes the rest.
         match stream.flush() {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.touch();
+                Ok(())
+            }
             Err(err) => {
                 tracing::debug!(conn = self.id, error = %err, "write failed");
-                self.set_closing(&mut state, CloseReason::from_io(err));
-                let schedule = state.nudge();
+                let schedule = self.close_with(&mut state, CloseReason::from_io(err));
                 drop(state);
                 if schedule {
                     self.schedule();
@@ -200,8 +264,7 @@ impl<S: Stream> Link for Conn<S> {
         if state.stream.is_none() || state.closing.is_some() {
             return;
         }
-        self.set_closing(&mut state, CloseReason::Local);
-        let schedule = state.nudge();
+        let schedule = self.close_with(&mut state, CloseReason::Local);
         drop(state);
         if schedule {
             self.schedule();

@@ -280,6 +280,10 @@ impl<C: Codec> Stream for Framed<C> {
         self.wbuf.len() - self.wpos
     }
 
+    fn has_partial_frame(&self) -> bool {
+        !self.rbuf.is_empty()
+    }
+
     /// Shuts the socket down in both directions. A socket that is no longer connected is not an
     /// error.
     fn shutdown(&mut self) -> io::Result<()> {

@@ -98,8 +98,22 @@ pub enum CloseReason {
     Io(io::Error),
     /// The application closed it with [`Socket::close`].
     Local,
-    /// The server was shut down.
-    Shutdown,
+    /// No bytes moved either way for [`Config::idle_timeout`](crate::Config::idle_timeout).
+    IdleTimeout,
+    /// The peer started a frame and did not finish it within
+    /// [`Config::frame_timeout`](crate::Config::frame_timeout).
+    FrameTimeout,
+    /// The peer did not read fast enough: its outbound queue would have grown past
+    /// [`Config::max_outbound`](crate::Config::max_outbound) under
+    /// [`OutboundPolicy::Disconnect`](crate::OutboundPolicy::Disconnect).
+    SlowConsumer,
+    /// The server was shut down. `flushed` tells whether everything queued for the connection
+    /// was written before it was closed (the drain finished within
+    /// [`Config::drain_timeout`](crate::Config::drain_timeout)).
+    Shutdown {
+        /// Every queued byte was written.
+        flushed: bool,
+    },
     /// A callback (or a method of the [`Stream`]) panicked while serving this connection; the
     /// panic's message. The worker thread caught it and goes on serving everyone else.
     Panicked(String),
@@ -117,8 +131,8 @@ impl CloseReason {
         }
     }
 
-    /// Whether the connection ended because something went wrong (not a close by either side,
-    /// nor the server's shutdown).
+    /// Whether the connection ended because something went wrong or a limit was hit (not a
+    /// close by either side, nor the server's shutdown).
     pub fn is_error(&self) -> bool {
         matches!(
             self,
@@ -126,6 +140,9 @@ impl CloseReason {
                 | CloseReason::Protocol(_)
                 | CloseReason::Io(_)
                 | CloseReason::Panicked(_)
+                | CloseReason::IdleTimeout
+                | CloseReason::FrameTimeout
+                | CloseReason::SlowConsumer
         )
     }
 }
@@ -138,7 +155,13 @@ impl fmt::Display for CloseReason {
             CloseReason::Protocol(e) => write!(f, "protocol error: {e}"),
             CloseReason::Io(e) => write!(f, "I/O error: {e}"),
             CloseReason::Local => f.write_str("closed by the application"),
-            CloseReason::Shutdown => f.write_str("server shut down"),
+            CloseReason::IdleTimeout => f.write_str("idle for too long"),
+            CloseReason::FrameTimeout => f.write_str("a frame took too long to arrive"),
+            CloseReason::SlowConsumer => f.write_str("the peer read too slowly"),
+            CloseReason::Shutdown { flushed: true } => f.write_str("server shut down"),
+            CloseReason::Shutdown { flushed: false } => {
+                f.write_str("server shut down before the queued output was written")
+            }
             CloseReason::Panicked(msg) => write!(f, "a callback panicked: {msg}"),
         }
     }

@@ -60,19 +60,23 @@
 //!     assert_eq!(client.recv()?.as_deref(), Some(&b"hello"[..]));
 //!
 //!     stop.shutdown();
-//!     running.join().expect("server thread panicked")
+//!     let summary = running.join().expect("server thread panicked")?;
+//!     assert_eq!(summary.accepted, 1);
+//!     Ok(())
 //! }
 //! ```
 #![deny(missing_docs, missing_debug_implementations)]
 #![forbid(unsafe_code)]
 
 pub mod client;
+mod clock;
 pub mod codec;
 mod config;
 mod conn;
 mod framed;
 mod frames;
 mod handler;
+mod housekeeping;
 mod queue;
 mod server;
 mod socket;
@@ -82,11 +86,11 @@ mod table;
 mod worker;
 
 pub use codec::{Codec, Decoded, FrameError, LengthPrefixed, SimpleFrame};
-pub use config::Config;
+pub use config::{Config, OutboundPolicy};
 pub use framed::{Framed, LengthPrefixedStream, SimpleStream};
 pub use frames::{Frames, Iter};
 pub use handler::{CloseReason, Handler};
-pub use server::{Server, ShutdownHandle};
+pub use server::{RunSummary, Server, ShutdownHandle};
 pub use socket::{SendError, Socket};
 pub use stream::{RecvStatus, Stream};
 

@@ -24,7 +24,10 @@ pub(crate) struct Queue {
     tx: Sender<Task>,
     rx: Receiver<Task>,
     notifier: Notifier,
+    /// Shutdown was asked for: the workers drain the connections.
     shutdown: AtomicBool,
+    /// The workers must return now.
+    stop: AtomicBool,
 }
 
 impl Queue {
@@ -35,6 +38,7 @@ impl Queue {
             rx,
             notifier: Notifier::new()?,
             shutdown: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
         })
     }
 
@@ -58,7 +62,7 @@ impl Queue {
         Some(task)
     }
 
-    /// Asks every worker to stop.
+    /// Asks for a shutdown: a worker starts the drain.
     pub fn shut_down(&self) {
         self.shutdown.store(true, Ordering::Release);
         self.notifier.notify();
@@ -66,5 +70,16 @@ impl Queue {
 
     pub fn is_shut_down(&self) -> bool {
         self.shutdown.load(Ordering::Acquire)
+    }
+
+    /// Tells every worker to return (each passes the word on as it goes).
+    pub fn stop(&self) {
+        self.shutdown.store(true, Ordering::Release);
+        self.stop.store(true, Ordering::Release);
+        self.notifier.notify();
+    }
+
+    pub fn must_stop(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
     }
 }

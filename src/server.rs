@@ -5,15 +5,20 @@ use std::io;
 use std::marker::PhantomData;
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Weak};
 use std::thread;
 
+use parking_lot::Mutex;
+
 use socket2::{Domain, Protocol, Type};
 
+use crate::conn::Limits;
 use crate::queue::Queue;
 use crate::sys::epoll::Poller;
+use crate::sys::timer::Ticker;
 use crate::table::{self, Table};
-use crate::worker::{Core, Worker};
+use crate::worker::{Core, Stats, Worker};
 use crate::{Config, Handler, Stream};
 
 /// Upper bound on the connection table's shards; beyond it, more shards buy nothing with the
@@ -44,7 +49,9 @@ const MAX_SHARDS: usize = 64;
 /// fn main() -> io::Result<()> {
 ///     let server = Server::<LengthPrefixedStream, Echo>::bind(Config::default())?;
 ///     println!("listening on {}", server.local_addr()?);
-///     server.run(Echo)
+///     let summary = server.run(Echo)?;
+///     println!("served {} connections", summary.accepted);
+///     Ok(())
 /// }
 /// ```
 pub struct Server<S, H> {
@@ -52,6 +59,7 @@ pub struct Server<S, H> {
     listener: TcpListener,
     poller: Poller,
     queue: Arc<Queue>,
+    ticker: Ticker,
     _types: PhantomData<fn() -> (S, H)>,
 }
 
@@ -80,14 +88,17 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
 
         let poller = Poller::new()?;
         let queue = Arc::new(Queue::new()?);
+        let ticker = Ticker::new()?;
         poller.add_input(&listener, table::LISTENER)?;
         poller.add_input(queue.notifier().as_fd(), table::NOTIFY)?;
+        poller.add_input(&ticker, table::TIMER)?;
         tracing::info!(addr = %listener.local_addr()?, "listening");
         Ok(Server {
             config,
             listener,
             poller,
             queue,
+            ticker,
             _types: PhantomData,
         })
     }
@@ -104,30 +115,53 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
         }
     }
 
-    /// Serves connections with `handler` until a [`ShutdownHandle`] stops the server.
+    /// Serves connections with `handler` until a [`ShutdownHandle`] stops the server, and
+    /// returns what happened.
     ///
-    /// Runs `Config::max_threads` workers, the calling thread among them. On shutdown the
-    /// workers finish their current turn and stop, every remaining connection is closed (its
-    /// removal callback gets [`CloseReason::Shutdown`](crate::CloseReason::Shutdown)), every
+    /// Runs `Config::max_threads` workers, the calling thread among them. Shutdown drains:
+    /// the server stops accepting and reading, keeps writing what each connection has queued
+    /// for up to [`Config::drain_timeout`], and closes each connection as its queue empties
+    /// ([`CloseReason::Shutdown`](crate::CloseReason::Shutdown) says whether it did). Then every
     /// thread is joined and every descriptor the server opened is closed before `run` returns.
     ///
     /// # Errors
     ///
     /// Fails if a worker thread cannot be spawned, if `epoll_wait` fails, or if a worker thread
-    /// panicked (a callback panicked); the server is shut down first in each case.
-    pub fn run(self, handler: H) -> io::Result<()> {
+    /// died (callback panics are caught, so this means a bug in the library); the server is shut
+    /// down first in each case.
+    pub fn run(self, handler: H) -> io::Result<RunSummary> {
         let threads = self.config.max_threads;
         let shards = (threads * 4)
             .next_power_of_two()
             .min(MAX_SHARDS)
             .min(self.config.pre_allocated.max(1).next_power_of_two());
+        let config = &self.config;
+        let millis = |d: std::time::Duration| d.as_millis().max(1) as u64;
         let core = Core {
             handler,
-            table: Table::new(shards, self.config.pre_allocated),
+            table: Table::new(shards, config.pre_allocated),
             poller: self.poller,
             listener: self.listener,
             queue: self.queue,
+            ticker: self.ticker,
+            limits: Limits {
+                max_outbound: config.max_outbound,
+                policy: config.outbound_policy,
+            },
+            max_connections: config.max_connections,
+            tick: config.tick(),
+            idle_timeout_ms: config.idle_timeout.map(millis),
+            frame_timeout_ms: config.frame_timeout.map(millis),
+            drain_timeout: config.drain_timeout,
+            open: AtomicUsize::new(0),
+            stats: Stats::default(),
+            accept_paused: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            drain_deadline: AtomicU64::new(u64::MAX),
+            retiming: Mutex::new(()),
         };
+        crate::clock::advance();
+        Worker::new(&core).retime();
         core.handler.on_server_created(&core.listener);
 
         let result = thread::scope(|scope| {
@@ -140,7 +174,7 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
                     .spawn_scoped(scope, move || {
                         let result = Worker::new(core).run();
                         if result.is_err() {
-                            core.queue.shut_down();
+                            core.queue.stop();
                         }
                         result
                     });
@@ -148,7 +182,7 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
                     Ok(handle) => spawned.push(handle),
                     Err(err) => {
                         result = Err(err);
-                        core.queue.shut_down();
+                        core.queue.stop();
                         break;
                     }
                 }
@@ -159,7 +193,7 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
                 result = panic::catch_unwind(AssertUnwindSafe(|| Worker::new(&core).run()))
                     .unwrap_or_else(|_| Err(io::Error::other("a worker thread panicked")));
             }
-            core.queue.shut_down();
+            core.queue.stop();
             for handle in spawned {
                 let joined = handle
                     .join()
@@ -171,8 +205,9 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
             result
         });
         core.close_all();
-        tracing::info!("server stopped");
-        result
+        let summary = core.stats.summary();
+        tracing::info!(?summary, "server stopped");
+        result.map(|()| summary)
     }
 }
 
@@ -185,6 +220,20 @@ impl<S, H> fmt::Debug for Server<S, H> {
     }
 }
 
+/// What [`Server::run`] reports when it returns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunSummary {
+    /// Connections accepted and opened.
+    pub accepted: u64,
+    /// Connections closed at once because `max_connections` were open.
+    pub refused: u64,
+    /// Connections the shutdown closed after writing everything queued for them.
+    pub drained: u64,
+    /// Connections the shutdown closed with output still queued (the drain timed out).
+    pub abandoned: u64,
+}
+
 /// Stops a [`Server`] from any thread; cheap to clone.
 ///
 /// Shutting down a server that has not started running makes its `run` return at once; a
@@ -195,8 +244,9 @@ pub struct ShutdownHandle {
 }
 
 impl ShutdownHandle {
-    /// Asks the server to stop. Returns at once; `run` returns once the workers have stopped
-    /// and every connection is closed.
+    /// Asks the server to stop: it stops accepting and reading, drains what is queued (up to
+    /// [`Config::drain_timeout`]) and closes every connection. Returns at once; `run` returns
+    /// once all that is done.
     pub fn shutdown(&self) {
         if let Some(queue) = self.queue.upgrade() {
             queue.shut_down();

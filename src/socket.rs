@@ -55,6 +55,10 @@ impl Socket {
     /// - [`SendError::Closed`]: the connection is closed or closing; the frame is dropped.
     /// - [`SendError::Rejected`]: the stream refused this frame (for example, it is too large for
     ///   the framing); the connection stays open.
+    /// - [`SendError::QueueFull`]: the peer is not reading and the queue reached
+    ///   [`Config::max_outbound`](crate::Config::max_outbound) (with
+    ///   [`OutboundPolicy::Reject`](crate::OutboundPolicy::Reject); under the default policy the
+    ///   connection is closed instead and the error is `Closed`).
     pub fn send(&self, frame: &[u8]) -> Result<(), SendError> {
         self.link.send(frame)
     }
@@ -93,6 +97,10 @@ pub enum SendError {
     /// The stream refused the frame (for example, too large for the framing). The connection is
     /// unaffected.
     Rejected(io::Error),
+    /// The connection's outbound queue is full ([`Config::max_outbound`](crate::Config::max_outbound)
+    /// under [`OutboundPolicy::Reject`](crate::OutboundPolicy::Reject)): the peer is not reading.
+    /// The frame was not queued; the connection stays open.
+    QueueFull,
 }
 
 impl fmt::Display for SendError {
@@ -100,6 +108,7 @@ impl fmt::Display for SendError {
         match self {
             SendError::Closed => f.write_str("connection closed"),
             SendError::Rejected(e) => write!(f, "frame rejected: {e}"),
+            SendError::QueueFull => f.write_str("outbound queue full"),
         }
     }
 }
@@ -107,7 +116,7 @@ impl fmt::Display for SendError {
 impl std::error::Error for SendError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            SendError::Closed => None,
+            SendError::Closed | SendError::QueueFull => None,
             SendError::Rejected(e) => Some(e),
         }
     }
@@ -118,6 +127,9 @@ impl From<SendError> for io::Error {
         match err {
             SendError::Closed => io::Error::new(io::ErrorKind::NotConnected, "connection closed"),
             SendError::Rejected(e) => e,
+            SendError::QueueFull => {
+                io::Error::new(io::ErrorKind::WouldBlock, "outbound queue full")
+            }
         }
     }
 }

@@ -79,6 +79,13 @@ pub trait Stream: AsFd + Send + 'static {
         self.pending_output() > 0
     }
 
+    /// Whether the stream holds the start of a frame whose rest has not arrived. The library
+    /// times such frames out ([`Config::frame_timeout`](crate::Config::frame_timeout)). The
+    /// default says no, which leaves the stream to idle timeouts only.
+    fn has_partial_frame(&self) -> bool {
+        false
+    }
+
     /// Shuts the connection down in both directions. Called once, just before the stream is
     /// dropped; its error is only logged.
     fn shutdown(&mut self) -> io::Result<()>;

@@ -14,7 +14,7 @@
 //! never are: an event that was already fetched for a connection that has since closed finds
 //! a different tag in the slot and is dropped. A stale event could only hit a new tenant of
 //! the same slot after 2^32 more connections, while that one event was still in flight.
-//! Two tokens with slot `u32::MAX` are reserved for the listener and the notifier.
+//! Tokens with slot `u32::MAX` are reserved for the listener, the notifier and the timer.
 
 use std::sync::Arc;
 
@@ -25,6 +25,8 @@ use slab::Slab;
 pub(crate) const LISTENER: u64 = u64::MAX;
 /// Token of the notifier's eventfd.
 pub(crate) const NOTIFY: u64 = u64::MAX - 1;
+/// Token of the housekeeping timer.
+pub(crate) const TIMER: u64 = u64::MAX - 2;
 
 const TAG_BITS: u32 = 32;
 const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
@@ -130,6 +132,21 @@ impl<T: Keyed> Table<T> {
         all
     }
 
+    /// Calls `f` on every entry, one shard at a time, with that shard locked: `f` must be
+    /// quick and must not touch the table.
+    pub fn for_each(&self, mut f: impl FnMut(&Arc<T>)) {
+        for shard in self.shards.iter() {
+            for (_, value) in shard.lock().iter() {
+                f(value);
+            }
+        }
+    }
+
+    /// Whether the table holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.shards.iter().all(|shard| shard.lock().is_empty())
+    }
+
     /// The number of entries.
     #[cfg(test)]
     pub fn len(&self) -> usize {
@@ -154,6 +171,7 @@ mod tests {
         assert_eq!(split(t), (12345, 99));
         assert_ne!(token(SLOT_LIMIT - 1, u64::MAX), LISTENER);
         assert_ne!(token(SLOT_LIMIT - 1, u64::MAX - 1), NOTIFY);
+        assert_ne!(token(SLOT_LIMIT - 1, u64::MAX - 2), TIMER);
     }
 
     #[test]
@@ -193,7 +211,11 @@ mod tests {
             assert_eq!(table.get(*slot, tag(*id)).unwrap().0, *id);
         }
         assert_eq!(table.len(), 40);
+        let mut seen = 0;
+        table.for_each(|_| seen += 1);
+        assert_eq!(seen, 40);
         assert_eq!(table.drain().len(), 40);
         assert_eq!(table.len(), 0);
+        assert!(table.is_empty());
     }
 }

@@ -12,14 +12,28 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
-use crate::conn::{Claim, Conn, RunningGuard, State};
+use parking_lot::Mutex;
+
+use crate::clock;
+use crate::conn::{Claim, Conn, Limits, RunningGuard, State};
 use crate::handler::CloseReason;
 use crate::queue::{Queue, Task};
 use crate::sys::epoll::{Events, Poller};
+use crate::sys::timer::Ticker;
 use crate::table::{self, Table};
-use crate::{Frames, Handler, RecvStatus, Socket, Stream};
+use crate::{Frames, Handler, RecvStatus, RunSummary, Socket, Stream};
+
+/// The `errno` values accept pauses on.
+mod libc_errno {
+    use nix::errno::Errno;
+    pub const EMFILE: i32 = Errno::EMFILE as i32;
+    pub const ENFILE: i32 = Errno::ENFILE as i32;
+    pub const ENOBUFS: i32 = Errno::ENOBUFS as i32;
+    pub const ENOMEM: i32 = Errno::ENOMEM as i32;
+}
 
 /// Events taken from epoll per wait. Small, so one worker does not sit on events another idle
 /// worker could serve.
@@ -43,11 +57,60 @@ pub(crate) struct Core<S, H> {
     pub poller: Poller,
     pub listener: TcpListener,
     pub queue: Arc<Queue>,
+    pub ticker: Ticker,
+    pub limits: Limits,
+    pub max_connections: usize,
+    /// The housekeeping period the timeouts need, if any are set.
+    pub tick: Option<Duration>,
+    pub idle_timeout_ms: Option<u64>,
+    pub frame_timeout_ms: Option<u64>,
+    pub drain_timeout: Duration,
+    /// Connections in the table (opened, not yet finalized).
+    pub open: AtomicUsize,
+    pub stats: Stats,
+    /// Accepting stopped on a resource error; the next tick retries.
+    pub accept_paused: AtomicBool,
+    /// The shutdown drain has started.
+    pub draining: AtomicBool,
+    /// Coarse time ([`clock`]) the drain gives up at.
+    pub drain_deadline: AtomicU64,
+    /// Serialises changes of the ticker's period.
+    pub retiming: Mutex<()>,
+}
+
+/// Counters behind [`RunSummary`].
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub accepted: AtomicU64,
+    pub refused: AtomicU64,
+    pub drained: AtomicU64,
+    pub abandoned: AtomicU64,
+}
+
+impl Stats {
+    pub fn summary(&self) -> RunSummary {
+        RunSummary {
+            accepted: self.accepted.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            drained: self.drained.load(Ordering::Relaxed),
+            abandoned: self.abandoned.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counts a connection closed by the shutdown.
+    fn count_shutdown(&self, reason: &CloseReason) {
+        match reason {
+            CloseReason::Shutdown { flushed: true } => &self.drained,
+            CloseReason::Shutdown { flushed: false } => &self.abandoned,
+            _ => return,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// One worker thread's loop and its reusable buffers.
 pub(crate) struct Worker<'a, S, H> {
-    core: &'a Core<S, H>,
+    pub(crate) core: &'a Core<S, H>,
     frames: Frames,
 }
 
@@ -63,7 +126,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS_PER_WAIT);
         loop {
-            if self.core.queue.is_shut_down() {
+            if self.core.queue.must_stop() {
                 // Pass the word on: the eventfd's edge woke only one of us.
                 self.core.queue.notifier().notify();
                 return Ok(());
@@ -72,6 +135,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
                 match event.token {
                     table::LISTENER => self.accept(),
                     table::NOTIFY => self.on_notify(),
+                    table::TIMER => self.on_tick(),
                     token => {
                         let (slot, tag) = table::split(token);
                         self.on_event(slot, tag, event.readable, event.hangup);
@@ -84,8 +148,11 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
     fn on_notify(&mut self) {
         let queue = &self.core.queue;
         queue.notifier().acknowledge();
-        if queue.is_shut_down() {
+        if queue.must_stop() {
             return; // the loop sees it next
+        }
+        if queue.is_shut_down() {
+            self.begin_drain();
         }
         match queue.pop() {
             Some(Task::Conn { slot, id }) => self.on_event(slot, table::tag(id), true, false),
@@ -155,6 +222,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
                 let hangup = state.hangup;
                 if state.closing.is_none()
                     && !state.read_closed
+                    && !state.draining
                     && let Some(stream) = state.stream.as_mut()
                 {
                     status = stream.recv(&mut self.frames);
@@ -165,6 +233,14 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
                     while hangup && extra < 4 && matches!(status, Ok(RecvStatus::Drained)) {
                         status = stream.recv(&mut self.frames);
                         extra += 1;
+                    }
+                    // Timeout bookkeeping: two relaxed stores, no clock read.
+                    conn.touch();
+                    let partial = stream.has_partial_frame();
+                    let since = conn.partial_since.load(Ordering::Relaxed);
+                    if partial != (since != 0) {
+                        let stamp = if partial { clock::now() } else { 0 };
+                        conn.partial_since.store(stamp, Ordering::Relaxed);
                     }
                 }
             }
@@ -194,16 +270,24 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
                 stream,
                 closing,
                 read_closed,
+                draining,
                 ..
             } = &mut *state;
             let stream = stream.as_mut().expect("only the owner closes a connection");
-            if stream.has_pending_output()
-                && let Err(err) = stream.flush()
-            {
-                closing.get_or_insert(CloseReason::from_io(err));
+            if stream.has_pending_output() {
+                match stream.flush() {
+                    Ok(()) => conn.touch(),
+                    Err(err) => {
+                        closing.get_or_insert(CloseReason::from_io(err));
+                    }
+                }
             }
-            if closing.is_none() && *read_closed && !stream.has_pending_output() {
-                *closing = Some(CloseReason::PeerClosed);
+            if closing.is_none() && !stream.has_pending_output() {
+                if *draining {
+                    *closing = Some(CloseReason::Shutdown { flushed: true });
+                } else if *read_closed {
+                    *closing = Some(CloseReason::PeerClosed);
+                }
             }
             if let Some(reason) = closing.take() {
                 self.finalize(conn, state, &socket, reason);
@@ -247,30 +331,61 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
         drop(state);
         shut_and_drop(conn.id, stream);
         core.table.remove(conn.slot, conn.id);
+        core.open.fetch_sub(1, Ordering::AcqRel);
+        core.stats.count_shutdown(&reason);
         tracing::debug!(conn = conn.id, peer = %conn.peer, %reason, "connection removed");
         guarded(conn.id, "on_connection_removed", || {
             core.handler.on_connection_removed(socket, &reason)
         });
+        if core.draining.load(Ordering::Acquire) {
+            self.check_drained();
+        }
     }
 
     /// Accepts pending connections, up to a budget.
-    fn accept(&mut self) {
+    ///
+    /// Past `max_connections`, an accepted connection is closed at once. On a resource error
+    /// (out of descriptors or memory) accepting pauses: the connection waits in the backlog,
+    /// nothing spins, and the next housekeeping tick (at most 100 ms later) tries again.
+    pub(crate) fn accept(&mut self) {
+        let core = self.core;
+        if core.draining.load(Ordering::Acquire) {
+            return;
+        }
         for _ in 0..ACCEPT_BUDGET {
-            match self.core.listener.accept() {
-                Ok((tcp, peer)) => self.open(tcp, peer),
-                Err(err) => match err.kind() {
-                    io::ErrorKind::WouldBlock => return,
-                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted => continue,
-                    _ => {
-                        // Out of descriptors or memory. The connection stays in the backlog;
-                        // accepting resumes at the listener's next event.
-                        tracing::warn!(error = %err, "accept failed");
+            match core.listener.accept() {
+                Ok((tcp, peer)) => {
+                    if core.open.load(Ordering::Acquire) >= core.max_connections {
+                        core.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%peer, limit = core.max_connections, "connection refused: at max_connections");
+                        drop(tcp);
+                        continue;
+                    }
+                    self.open(tcp, peer);
+                }
+                Err(err) => match err.raw_os_error() {
+                    _ if err.kind() == io::ErrorKind::WouldBlock => return,
+                    Some(
+                        libc_errno::EMFILE
+                        | libc_errno::ENFILE
+                        | libc_errno::ENOBUFS
+                        | libc_errno::ENOMEM,
+                    ) => {
+                        if !core.accept_paused.swap(true, Ordering::AcqRel) {
+                            tracing::warn!(error = %err, "accept failed; pausing accept until descriptors free up");
+                            self.retime();
+                        }
                         return;
+                    }
+                    // The peer gave up already, or a transient network error: next one.
+                    _ => {
+                        tracing::debug!(error = %err, "accept failed");
+                        continue;
                     }
                 },
             }
         }
-        self.core.queue.push(Task::Accept);
+        core.queue.push(Task::Accept);
     }
 
     /// Sets up one accepted connection and gives it its first turn.
@@ -297,13 +412,16 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
         };
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let queue = Arc::downgrade(&core.queue);
+        let limits = core.limits;
         let Some(conn) = core
             .table
-            .insert(id, |slot| Conn::new(id, slot, peer, stream, queue))
+            .insert(id, |slot| Conn::new(id, slot, peer, stream, queue, limits))
         else {
             tracing::warn!(%peer, "connection table full");
             return;
         };
+        core.open.fetch_add(1, Ordering::AcqRel);
+        core.stats.accepted.fetch_add(1, Ordering::Relaxed);
         let registered = {
             let state = conn.state.lock();
             let stream = state
@@ -318,7 +436,12 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
             let stream = conn.state.lock().stream.take();
             drop(stream);
             core.table.remove(conn.slot, id);
+            core.open.fetch_sub(1, Ordering::AcqRel);
             return;
+        }
+        if core.draining.load(Ordering::Acquire) {
+            // Accepted just as the drain began, after it marked the others.
+            conn.state.lock().draining = true;
         }
         tracing::debug!(conn = id, %peer, fd = conn.fd, "connection opened");
         let opened = panic::catch_unwind(AssertUnwindSafe(|| {
@@ -340,11 +463,16 @@ impl<S: Stream, H: Handler<S>> Core<S, H> {
     pub fn close_all(&self) {
         for conn in self.table.drain() {
             let mut state = conn.state.lock();
-            let Some(stream) = state.stream.take() else {
+            let Some(mut stream) = state.stream.take() else {
                 continue;
             };
-            // A close requested just before the shutdown keeps its own reason.
-            let reason = state.closing.take().unwrap_or(CloseReason::Shutdown);
+            // A close requested just before the shutdown keeps its own reason; otherwise one
+            // last try to write what is queued tells whether the drain completed.
+            let reason = state.closing.take().unwrap_or_else(|| {
+                let flushed = stream.flush().is_ok() && !stream.has_pending_output();
+                CloseReason::Shutdown { flushed }
+            });
+            self.stats.count_shutdown(&reason);
             if let Err(err) = self.poller.delete(stream.as_fd()) {
                 tracing::debug!(conn = conn.id, error = %err, "epoll delete failed");
             }

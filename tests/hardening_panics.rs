@@ -74,7 +74,11 @@ fn a_panic_in_any_callback_closes_only_that_connection() {
     // on_frame
     let mut victim = healthy(server.addr);
     victim.send(b"panic").unwrap();
-    assert_eq!(victim.recv().unwrap(), None, "the panicking connection is closed");
+    assert_eq!(
+        victim.recv().unwrap(),
+        None,
+        "the panicking connection is closed"
+    );
     wait_until("the removal", || {
         handler.removed.lock().iter().any(|(_, k)| *k == "panicked")
     });
@@ -84,7 +88,10 @@ fn a_panic_in_any_callback_closes_only_that_connection() {
     let mut refused = Client::connect(server.addr, SimpleFrame).unwrap();
     refused.set_read_timeout(Some(DEADLINE)).unwrap();
     let _ = refused.send(b"anyone?");
-    assert!(matches!(refused.recv(), Ok(None) | Err(_)), "refused connection is closed");
+    assert!(
+        matches!(refused.recv(), Ok(None) | Err(_)),
+        "refused connection is closed"
+    );
 
     // on_connection_opened
     handler.in_opened.store(true, Ordering::Release);
@@ -93,13 +100,21 @@ fn a_panic_in_any_callback_closes_only_that_connection() {
     let _ = opened_victim.send(b"hello?");
     assert!(matches!(opened_victim.recv(), Ok(None) | Err(_)));
     wait_until("two panicked removals", || {
-        handler.removed.lock().iter().filter(|(_, k)| *k == "panicked").count() == 2
+        handler
+            .removed
+            .lock()
+            .iter()
+            .filter(|(_, k)| *k == "panicked")
+            .count()
+            == 2
     });
 
     // on_connection_removed: logged, nothing else to do; the server keeps going.
     handler.in_removed.store(true, Ordering::Release);
     drop(healthy(server.addr));
-    wait_until("its removal", || handler.removals.load(Ordering::Acquire) == 3);
+    wait_until("its removal", || {
+        handler.removals.load(Ordering::Acquire) == 3
+    });
 
     // The bystander never noticed, and new connections are served.
     for _ in 0..3 {

@@ -3,3 +3,4 @@
 //! `nix` gives safe wrappers for all of them, so the crate needs no `unsafe` at all.
 
 pub(crate) mod epoll;
+pub(crate) mod timer;

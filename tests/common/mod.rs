@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use hydrogen::{Config, Handler, Server, ShutdownHandle, Stream};
+use hydrogen::{Config, Handler, RunSummary, Server, ShutdownHandle, Stream};
 
 /// A generous upper bound for anything that should happen "at once": only a broken server
 /// gets near it.
@@ -17,7 +17,7 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 pub struct TestServer {
     pub addr: SocketAddr,
     pub shutdown: ShutdownHandle,
-    thread: Option<JoinHandle<io::Result<()>>>,
+    thread: Option<JoinHandle<io::Result<RunSummary>>>,
 }
 
 impl TestServer {
@@ -45,7 +45,7 @@ impl TestServer {
 
     /// Shuts the server down and waits for `run` to return, giving its result.
     #[track_caller]
-    pub fn stop(mut self) -> io::Result<()> {
+    pub fn stop(mut self) -> io::Result<RunSummary> {
         self.shutdown.shutdown();
         self.thread
             .take()
@@ -97,7 +97,11 @@ pub fn reason_kind(reason: &CloseReason) -> &'static str {
         CloseReason::Protocol(_) => "protocol",
         CloseReason::Io(_) => "io",
         CloseReason::Local => "local",
-        CloseReason::Shutdown => "shutdown",
+        CloseReason::Shutdown { flushed: true } => "shutdown",
+        CloseReason::Shutdown { flushed: false } => "shutdown_unflushed",
+        CloseReason::IdleTimeout => "idle_timeout",
+        CloseReason::FrameTimeout => "frame_timeout",
+        CloseReason::SlowConsumer => "slow_consumer",
         CloseReason::Panicked(_) => "panicked",
         _ => "other",
     }

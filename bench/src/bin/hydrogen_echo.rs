@@ -68,7 +68,7 @@ fn serve<C: Codec + Clone + Sync>(
             process::exit(1);
         })?;
     server_cli::print_listening(server.local_addr()?);
-    server.run(Echo { codec })
+    server.run(Echo { codec }).map(drop)
 }
 
 fn main() {

@@ -1,0 +1,141 @@
+//! The housekeeping tick and the shutdown drain: timeouts, accept back-off, and closing every
+//! connection once its output is written (or the drain's deadline passes).
+//!
+//! The tick is a timerfd on the shared epoll instance, so whichever worker is free takes it.
+//! It runs only while something needs it: a timeout in the `Config`, a paused accept, or a
+//! drain in progress.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::clock;
+use crate::conn::Conn;
+use crate::handler::CloseReason;
+use crate::queue::Task;
+use crate::worker::Worker;
+use crate::{Handler, Stream};
+
+/// The tick while accept is paused or a drain runs: the bound on how late either notices
+/// that it can go on.
+const FAST_TICK: Duration = Duration::from_millis(100);
+
+impl<S: Stream, H: Handler<S>> Worker<'_, S, H> {
+    /// One housekeeping tick.
+    pub(crate) fn on_tick(&mut self) {
+        let core = self.core;
+        core.ticker.acknowledge();
+        let now = clock::advance();
+        if core.draining.load(Ordering::Acquire) {
+            if now >= core.drain_deadline.load(Ordering::Acquire) {
+                tracing::warn!("drain deadline passed; closing the connections left");
+                core.queue.stop();
+            }
+            return;
+        }
+        if core.accept_paused.swap(false, Ordering::AcqRel) {
+            self.accept();
+            if !core.accept_paused.load(Ordering::Acquire) {
+                tracing::info!("accepting again");
+                self.retime();
+            }
+        }
+        if core.idle_timeout_ms.is_some() || core.frame_timeout_ms.is_some() {
+            self.sweep(now);
+        }
+    }
+
+    /// Closes every connection past a timeout.
+    fn sweep(&self, now: u64) {
+        let core = self.core;
+        let mut expired: Vec<(Arc<Conn<S>>, CloseReason)> = Vec::new();
+        core.table.for_each(|conn| {
+            let partial = conn.partial_since.load(Ordering::Relaxed);
+            let active = conn.last_active.load(Ordering::Relaxed);
+            if let Some(limit) = core.frame_timeout_ms
+                && partial != 0
+                && now.saturating_sub(partial) > limit
+            {
+                expired.push((conn.clone(), CloseReason::FrameTimeout));
+            } else if let Some(limit) = core.idle_timeout_ms
+                && now.saturating_sub(active) > limit
+            {
+                expired.push((conn.clone(), CloseReason::IdleTimeout));
+            }
+        });
+        for (conn, reason) in expired {
+            let mut state = conn.state.lock();
+            if state.stream.is_none() || state.closing.is_some() {
+                continue;
+            }
+            tracing::debug!(conn = conn.id, peer = %conn.peer, %reason, "timed out");
+            let schedule = conn.close_with(&mut state, reason);
+            drop(state);
+            if schedule {
+                conn.schedule();
+            }
+        }
+    }
+
+    /// Starts the graceful shutdown: stop accepting, stop reading, and give every connection a
+    /// turn to write out what it has queued. Connections close as their queues empty; the
+    /// workers stop when none is left or the drain's deadline passes.
+    pub(crate) fn begin_drain(&mut self) {
+        let core = self.core;
+        if core.draining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Err(err) = core.poller.delete(&core.listener) {
+            tracing::debug!(error = %err, "cannot remove the listener from epoll");
+        }
+        if core.drain_timeout.is_zero() {
+            core.queue.stop();
+            return;
+        }
+        let deadline = clock::advance() + core.drain_timeout.as_millis() as u64;
+        core.drain_deadline.store(deadline, Ordering::Release);
+        tracing::info!(timeout = ?core.drain_timeout, "shutting down: draining connections");
+        let mut all = Vec::new();
+        core.table.for_each(|conn| all.push(conn.clone()));
+        for conn in all {
+            let mut state = conn.state.lock();
+            if state.stream.is_none() {
+                continue;
+            }
+            state.draining = true;
+            let schedule = state.nudge();
+            drop(state);
+            if schedule {
+                core.queue.push(Task::Conn {
+                    slot: conn.slot,
+                    id: conn.id,
+                });
+            }
+        }
+        self.retime();
+        self.check_drained();
+    }
+
+    /// Stops the workers once a drain has closed every connection.
+    pub(crate) fn check_drained(&self) {
+        if self.core.table.is_empty() {
+            self.core.queue.stop();
+        }
+    }
+
+    /// Sets the tick for what currently needs it.
+    pub(crate) fn retime(&self) {
+        let core = self.core;
+        let _serial = core.retiming.lock();
+        let busy =
+            core.draining.load(Ordering::Acquire) || core.accept_paused.load(Ordering::Acquire);
+        let period = match (busy, core.tick) {
+            (true, Some(tick)) => Some(tick.min(FAST_TICK)),
+            (true, None) => Some(FAST_TICK),
+            (false, tick) => tick,
+        };
+        if let Err(err) = core.ticker.set_period(period) {
+            tracing::warn!(error = %err, "cannot set the housekeeping timer");
+        }
+    }
+}
