@@ -1,0 +1,751 @@
+//! `suite`: runs loadgen against the hydrogen, tokio and mio echo servers, scenario by scenario,
+//! round by round, each run on a fresh server process, and writes a Markdown report, a CSV file
+//! and an SVG chart. See `bench/README.md`.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use hydrogen_bench::load::Mode;
+use hydrogen_bench::report::{self, Case, Run, Settings};
+use nix::libc;
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, kill, sigaction};
+use nix::unistd::Pid;
+
+const USAGE: &str = "\
+Usage: suite [--rounds R] [--secs S] [--warmup W] [--servers LIST] [--scenarios LIST]
+             [--smoke] [--out DIR]
+
+Runs loadgen against each echo server (fresh process per run, servers rotated within each
+round) and writes OUT/results.md, OUT/results.csv and OUT/chart.svg.
+
+Options:
+  --rounds R         rounds per scenario (default 3)
+  --secs S           measured window per run, seconds (default 5)
+  --warmup W         warm-up before the window, seconds (default 1)
+  --servers LIST     comma-separated, from hydrogen,tokio,mio (default all three, in that order)
+  --scenarios LIST   comma-separated, from latency,c100,c1000,large,idle,churn,sweep
+                     (default all)
+  --smoke            a quick check: 1 round, 1 s windows, 0.5 s warm-up, at most 100
+                     connections (idle: 500), sweep 1/10/100; explicit flags still win
+  --out DIR          output directory (default bench/results)
+  -h, --help         print this help
+
+The server binaries and loadgen must sit next to this executable:
+build with `cargo build --release -p hydrogen-bench`.
+";
+
+const ALL_SERVERS: [&str; 3] = ["hydrogen", "tokio", "mio"];
+const ALL_SCENARIOS: [&str; 7] = [
+    "latency", "c100", "c1000", "large", "idle", "churn", "sweep",
+];
+/// How long a server may take to print its `listening on` line, and to accept a connection.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a server may take to exit after SIGTERM before it gets SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+/// Slack on top of warm-up and window for loadgen (opening 10,000 connections, checks).
+const LOADGEN_SLACK: Duration = Duration::from_secs(90);
+
+struct Args {
+    rounds: u32,
+    secs: f64,
+    warmup: f64,
+    servers: Vec<String>,
+    scenarios: Vec<String>,
+    smoke: bool,
+    out: PathBuf,
+}
+
+fn parse_list(name: &str, v: &str, allowed: &[&str]) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if !allowed.contains(&item) {
+            return Err(format!(
+                "{name}: unknown {item:?}; expected some of {}",
+                allowed.join(",")
+            ));
+        }
+        if !out.iter().any(|s| s == item) {
+            out.push(item.to_string());
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("{name}: empty list"));
+    }
+    Ok(out)
+}
+
+fn parse_secs(name: &str, v: &str, min: f64) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= min && s <= 600.0 => Ok(s),
+        _ => Err(format!("{name} {v:?}: expected seconds from {min} to 600")),
+    }
+}
+
+/// `Ok(None)` means `--help`.
+fn parse_args() -> Result<Option<Args>, String> {
+    let mut rounds = None;
+    let mut secs = None;
+    let mut warmup = None;
+    let mut servers = ALL_SERVERS.map(String::from).to_vec();
+    let mut scenarios = ALL_SCENARIOS.map(String::from).to_vec();
+    let mut smoke = false;
+    let mut out = PathBuf::from("bench/results");
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--rounds" => {
+                let v = value("--rounds")?;
+                rounds = Some(match v.parse::<u32>() {
+                    Ok(n) if (1..=100).contains(&n) => n,
+                    _ => return Err(format!("--rounds {v:?}: expected 1 to 100")),
+                });
+            }
+            "--secs" => secs = Some(parse_secs("--secs", &value("--secs")?, 0.1)?),
+            "--warmup" => warmup = Some(parse_secs("--warmup", &value("--warmup")?, 0.0)?),
+            "--servers" => servers = parse_list("--servers", &value("--servers")?, &ALL_SERVERS)?,
+            "--scenarios" => {
+                scenarios = parse_list("--scenarios", &value("--scenarios")?, &ALL_SCENARIOS)?;
+            }
+            "--smoke" => smoke = true,
+            "--out" => out = PathBuf::from(value("--out")?),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    // Run the scenarios in the canonical order whatever the order given.
+    scenarios.sort_by_key(|s| ALL_SCENARIOS.iter().position(|a| a == s));
+    Ok(Some(Args {
+        rounds: rounds.unwrap_or(if smoke { 1 } else { 3 }),
+        secs: secs.unwrap_or(if smoke { 1.0 } else { 5.0 }),
+        warmup: warmup.unwrap_or(if smoke { 0.5 } else { 1.0 }),
+        servers,
+        scenarios,
+        smoke,
+        out,
+    }))
+}
+
+/// The load configurations, in run order.
+fn cases(args: &Args) -> Vec<Case> {
+    let cap = |n: usize| if args.smoke { n.min(100) } else { n };
+    let echo = |scenario: &'static str, name: String, conns, depth, size| Case {
+        scenario,
+        name,
+        mode: Mode::Echo,
+        conns,
+        depth,
+        size,
+    };
+    let mut out = Vec::new();
+    for s in &args.scenarios {
+        match s.as_str() {
+            "latency" => out.push(echo("latency", s.clone(), 1, 1, 64)),
+            "c100" => out.push(echo("c100", s.clone(), cap(100), 16, 64)),
+            "c1000" => out.push(echo("c1000", s.clone(), cap(1000), 4, 64)),
+            "large" => out.push(echo("large", s.clone(), cap(50), 4, 16 * 1024)),
+            "idle" => out.push(Case {
+                scenario: "idle",
+                name: s.clone(),
+                mode: Mode::Idle,
+                conns: if args.smoke { 500 } else { 10_000 },
+                depth: 1,
+                size: 64,
+            }),
+            "churn" => out.push(Case {
+                scenario: "churn",
+                name: s.clone(),
+                mode: Mode::Churn,
+                conns: 8,
+                depth: 1,
+                size: 64,
+            }),
+            "sweep" => {
+                let points: &[usize] = if args.smoke {
+                    &[1, 10, 100]
+                } else {
+                    &[1, 10, 100, 1000, 10_000]
+                };
+                for &n in points {
+                    // One connection, depth 1, 64 B is exactly the latency scenario: reuse it.
+                    if n == 1 && args.scenarios.iter().any(|s| s == "latency") {
+                        continue;
+                    }
+                    out.push(echo("sweep", format!("sweep-{n}"), n, 1, 64));
+                }
+            }
+            _ => unreachable!("validated scenario"),
+        }
+    }
+    out
+}
+
+/// Pids of the running children (0: free slot), for the signal handler. At most two children
+/// run at once: a server and loadgen.
+static CHILDREN: [AtomicI32; 4] = [const { AtomicI32::new(0) }; 4];
+
+/// On SIGINT, SIGTERM or SIGHUP: SIGKILL the children, then exit. Uses only async-signal-safe
+/// calls (atomic loads, `kill`, `_exit`).
+extern "C" fn on_signal(_signal: libc::c_int) {
+    for slot in &CHILDREN {
+        let pid = slot.load(Ordering::SeqCst);
+        if pid > 0 {
+            // SAFETY: kill(2) is async-signal-safe and takes plain integers.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+    // SAFETY: _exit(2) is async-signal-safe; nothing runs after it.
+    unsafe { libc::_exit(130) }
+}
+
+/// Makes SIGINT, SIGTERM and SIGHUP take the children down with the suite. The handler is reset
+/// to the default in the children by `exec`, and no signal is blocked, so the servers' own
+/// SIGTERM handling is untouched.
+fn install_signal_handlers() {
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only performs async-signal-safe operations.
+        if let Err(e) = unsafe { sigaction(signal, &action) } {
+            eprintln!("suite: warning: cannot handle {signal}: {e}");
+        }
+    }
+}
+
+/// A child process that is killed (SIGKILL) and reaped if still running when dropped, so that
+/// no error path leaves a stray process behind.
+struct Guard {
+    child: Child,
+}
+
+impl Guard {
+    fn new(child: Child) -> Guard {
+        let pid = child.id() as i32;
+        for slot in &CHILDREN {
+            if slot
+                .compare_exchange(0, pid, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                break;
+            }
+        }
+        Guard { child }
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Waits up to `timeout` for the child to exit.
+    fn wait_for(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Ok(Some(status)),
+                Ok(None) if Instant::now() >= deadline => return Ok(None),
+                Ok(None) => thread::sleep(Duration::from_millis(10)),
+                Err(e) => return Err(format!("waiting for a child: {e}")),
+            }
+        }
+    }
+
+    /// SIGTERM, up to [`STOP_TIMEOUT`] to exit, then SIGKILL. Describes how it ended.
+    fn stop(&mut self) -> String {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return format!("exited early ({status})");
+        }
+        let _ = kill(self.pid(), Signal::SIGTERM);
+        match self.wait_for(STOP_TIMEOUT) {
+            Ok(Some(status)) => describe(status),
+            _ => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                format!(
+                    "did not exit within {} s of SIGTERM; killed",
+                    STOP_TIMEOUT.as_secs()
+                )
+            }
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let pid = self.child.id() as i32;
+        for slot in &CHILDREN {
+            let _ = slot.compare_exchange(pid, 0, Ordering::SeqCst, Ordering::SeqCst);
+        }
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => c.to_string(),
+        (None, Some(s)) => format!("signal {s}"),
+        _ => status.to_string(),
+    }
+}
+
+/// Sends every line of `r` to a channel, from a thread of its own; the channel closes at EOF.
+fn line_reader(r: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat).
+fn cpu_ticks(pid: Pid) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+    // The command name (field 2) is in parentheses and may contain spaces.
+    let after = stat
+        .rfind(')')
+        .map(|i| &stat[i + 1..])
+        .ok_or(format!("{path}: unexpected format"))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // `after` starts at field 3 (state): field N is at index N - 3.
+    let field = |n: usize| -> Result<u64, String> {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse().ok())
+            .ok_or(format!("{path}: no field {n}"))
+    };
+    Ok(field(14)? + field(15)?)
+}
+
+/// VmRSS of a process, KiB.
+fn rss_kib(pid: Pid) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/status");
+    let status = fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or(format!("{path}: no VmRSS"))
+}
+
+/// Clock ticks per second, from `getconf CLK_TCK` (the `nix` crate's `sysconf` needs a feature
+/// this crate does not enable); 100, the Linux value, if that fails.
+fn clk_tck() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(100)
+}
+
+/// Raises this process's soft RLIMIT_NOFILE to the hard limit; the servers and loadgen inherit
+/// it (loadgen raises its own too).
+fn raise_nofile_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        eprintln!("suite: warning: cannot raise RLIMIT_NOFILE to {hard}: {e}");
+    }
+}
+
+/// Everything a run needs besides its case.
+struct Ctx {
+    bin_dir: PathBuf,
+    loadgen: PathBuf,
+    secs: f64,
+    warmup: f64,
+    clk_tck: u64,
+    logs: PathBuf,
+}
+
+/// Starts the server, waits until it accepts, returns it and its address.
+fn start_server(ctx: &Ctx, server: &str, log: &File) -> Result<(Guard, SocketAddr), String> {
+    let bin = ctx.bin_dir.join(format!("{server}_echo"));
+    let log = log.try_clone().map_err(|e| format!("log file: {e}"))?;
+    let mut child = Command::new(&bin)
+        .args([
+            "--threads",
+            "2",
+            "--addr",
+            "127.0.0.1:0",
+            "--framing",
+            "u32",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut guard = Guard::new(child);
+    let lines = line_reader(stdout);
+    let line = match lines.recv_timeout(STARTUP_TIMEOUT) {
+        Ok(line) => line,
+        Err(_) => {
+            let status = guard.child.try_wait().ok().flatten();
+            return Err(format!(
+                "{server}_echo printed no `listening on` line within {} s{}",
+                STARTUP_TIMEOUT.as_secs(),
+                status.map_or(String::new(), |s| format!(" (exited: {s})"))
+            ));
+        }
+    };
+    let addr: SocketAddr = line
+        .strip_prefix("listening on ")
+        .and_then(|a| a.trim().parse().ok())
+        .ok_or(format!(
+            "{server}_echo: expected `listening on ADDR`, got {line:?}"
+        ))?;
+    // Keep draining the server's stdout so that it never blocks on a full pipe.
+    thread::spawn(move || for _ in lines {});
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+            Ok(_) => break,
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("{server}_echo does not accept on {addr}: {e}"));
+            }
+            Err(_) => thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    // Let the server notice the probe connection closing before the baseline is taken.
+    thread::sleep(Duration::from_millis(50));
+    Ok((guard, addr))
+}
+
+/// One run: a fresh server, loadgen against it, the server's CPU and memory around the window.
+fn measure(ctx: &Ctx, case: &Case, run: &mut Run, log: &mut File) -> Result<(), String> {
+    let _ = writeln!(
+        log,
+        "=== {} round {} ({})",
+        case.name,
+        run.round,
+        report::utc_now()
+    );
+    let (mut server, addr) = start_server(ctx, &run.server, log)?;
+    let pid = server.pid();
+    run.rss_base_kib = Some(rss_kib(pid)?);
+
+    let idle = case.mode == Mode::Idle;
+    // Idle: at least 1 s of hold, for the memory to settle before it is sampled.
+    let secs = if idle { ctx.secs.max(1.0) } else { ctx.secs };
+    let warmup = if idle { 0.0 } else { ctx.warmup };
+    let mut child = Command::new(&ctx.loadgen)
+        .args(["--addr", &addr.to_string(), "--framing", "u32"])
+        .args(["--mode", case.mode.name()])
+        .args(["--conns", &case.conns.to_string()])
+        .args(["--depth", &case.depth.to_string()])
+        .args(["--size", &case.size.to_string()])
+        .args(["--secs", &secs.to_string()])
+        .args(["--warmup", &warmup.to_string()])
+        .args(["--threads", "2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", ctx.loadgen.display()))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut loadgen = Guard::new(child);
+    let lines = line_reader(stdout);
+    let errors = line_reader(stderr);
+
+    let deadline = Instant::now() + Duration::from_secs_f64(secs + warmup) + LOADGEN_SLACK;
+    let mut ticks_start = None;
+    let mut ticks_end = None;
+    let mut result: Option<BTreeMap<String, String>> = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line == "MEASURE_START" => {
+                ticks_start = Some(cpu_ticks(pid)?);
+                if idle {
+                    // Let the server's memory settle: three samples 200 ms apart, keep the last.
+                    let mut rss = 0;
+                    for _ in 0..3 {
+                        thread::sleep(Duration::from_millis(200));
+                        rss = rss_kib(pid)?;
+                    }
+                    run.rss_start_kib = Some(rss);
+                } else {
+                    run.rss_start_kib = Some(rss_kib(pid)?);
+                }
+            }
+            Ok(line) if line == "MEASURE_END" => {
+                ticks_end = Some(cpu_ticks(pid)?);
+                run.rss_end_kib = Some(rss_kib(pid)?);
+            }
+            Ok(line) => {
+                if let Some(r) = report::parse_result(&line) {
+                    result = Some(r);
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {
+                return Err(format!(
+                    "loadgen did not finish within {:.0} s; killed",
+                    (Duration::from_secs_f64(secs + warmup) + LOADGEN_SLACK).as_secs_f64()
+                ));
+            }
+        }
+    }
+    let status = loadgen
+        .wait_for(Duration::from_secs(10))?
+        .ok_or("loadgen closed its stdout but did not exit")?;
+    // loadgen has exited: its stderr reaches EOF promptly.
+    let mut stderr_text = Vec::new();
+    let stderr_deadline = Instant::now() + Duration::from_secs(2);
+    while let Ok(line) =
+        errors.recv_timeout(stderr_deadline.saturating_duration_since(Instant::now()))
+    {
+        stderr_text.push(line);
+    }
+    if !status.success() {
+        let msg = stderr_text.last().cloned().unwrap_or_default();
+        return Err(format!("loadgen failed ({}): {msg}", describe(status)));
+    }
+    if let Ok(Some(status)) = server.child.try_wait() {
+        return Err(format!(
+            "{}_echo exited during the run ({})",
+            run.server,
+            describe(status)
+        ));
+    }
+    let (Some(t0), Some(t1)) = (ticks_start, ticks_end) else {
+        return Err("loadgen did not print MEASURE_START and MEASURE_END".to_string());
+    };
+    run.cpu_ticks = Some(t1.saturating_sub(t0));
+    let result = result.ok_or("loadgen printed no RESULT line")?;
+    run.set_result(&result)?;
+    run.server_exit = server.stop();
+    Ok(())
+}
+
+fn locate_binaries(servers: &[String]) -> Result<(PathBuf, PathBuf), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("locating this executable: {e}"))?;
+    let dir = exe
+        .parent()
+        .ok_or("this executable has no parent directory")?
+        .to_path_buf();
+    let mut missing = Vec::new();
+    for name in servers
+        .iter()
+        .map(|s| format!("{s}_echo"))
+        .chain(["loadgen".to_string()])
+    {
+        if !dir.join(&name).is_file() {
+            missing.push(name);
+        }
+    }
+    if !missing.is_empty() {
+        return Err(format!(
+            "missing next to {}: {}; build with `cargo build --release -p hydrogen-bench`",
+            exe.display(),
+            missing.join(", ")
+        ));
+    }
+    let loadgen = dir.join("loadgen");
+    Ok((dir, loadgen))
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            eprintln!("suite: error: {err}\n(run with --help for usage)");
+            return ExitCode::from(2);
+        }
+    };
+    match run_suite(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("suite: error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs everything; `Ok(false)` if some run failed.
+fn run_suite(args: &Args) -> Result<bool, String> {
+    let (bin_dir, loadgen) = locate_binaries(&args.servers)?;
+    raise_nofile_limit();
+    install_signal_handlers();
+    let logs = args.out.join("logs");
+    fs::create_dir_all(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
+    let ctx = Ctx {
+        bin_dir,
+        loadgen,
+        secs: args.secs,
+        warmup: args.warmup,
+        clk_tck: clk_tck(),
+        logs,
+    };
+    let mut log_files = BTreeMap::new();
+    for s in &args.servers {
+        let path = ctx.logs.join(format!("{s}.log"));
+        let f = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| format!("creating {}: {e}", path.display()))?;
+        log_files.insert(s.clone(), f);
+    }
+
+    let cases = cases(args);
+    let settings = Settings {
+        rounds: args.rounds,
+        secs: args.secs,
+        warmup: args.warmup,
+        servers: args.servers.clone(),
+        clk_tck: ctx.clk_tck,
+        smoke: args.smoke,
+    };
+    let total = cases.len() * args.rounds as usize * args.servers.len();
+    eprintln!(
+        "suite: {} cases x {} rounds x {} servers = {total} runs; results in {}",
+        cases.len(),
+        args.rounds,
+        args.servers.len(),
+        args.out.display()
+    );
+    let csv_path = args.out.join("results.csv");
+    let started = Instant::now();
+    let mut runs: Vec<Run> = Vec::new();
+    for case in &cases {
+        for round in 1..=args.rounds {
+            for server in &args.servers {
+                let mut run = Run {
+                    case: case.name.clone(),
+                    scenario: case.scenario.to_string(),
+                    server: server.clone(),
+                    round,
+                    mode: case.mode.name().to_string(),
+                    conns: case.conns,
+                    depth: case.depth,
+                    size: case.size,
+                    clk_tck: ctx.clk_tck,
+                    ..Run::default()
+                };
+                let log = log_files.get_mut(server).expect("log file per server");
+                eprint!(
+                    "[{:>3}/{total}] {:<11} round {round} {:<9} ",
+                    runs.len() + 1,
+                    case.name,
+                    server
+                );
+                if let Err(e) = measure(&ctx, case, &mut run, log) {
+                    run.error = Some(e);
+                }
+                eprintln!("{}", progress(&run));
+                runs.push(run);
+                // Keep the raw results on disk as they come, in case the suite is interrupted.
+                write(&csv_path, &report::csv(&runs))?;
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let chart = report::chart_svg(&cases, &runs, &settings);
+    if let Some(svg) = &chart {
+        write(&args.out.join("chart.svg"), svg)?;
+    }
+    let md = report::markdown(&cases, &runs, &settings, chart.is_some());
+    write(&args.out.join("results.md"), &md)?;
+    println!("{}", report::tables(&cases, &runs, &settings));
+    eprintln!(
+        "suite: {total} runs in {:.0} s ({:.1} min); wrote {}, {}{}",
+        elapsed,
+        elapsed / 60.0,
+        args.out.join("results.md").display(),
+        csv_path.display(),
+        if chart.is_some() {
+            format!(", {}", args.out.join("chart.svg").display())
+        } else {
+            String::new()
+        }
+    );
+    for s in &args.servers {
+        let path = ctx.logs.join(format!("{s}.log"));
+        let noisy = fs::read_to_string(&path)
+            .map(|t| t.lines().filter(|l| !l.starts_with("=== ")).count())
+            .unwrap_or(0);
+        if noisy > 0 {
+            eprintln!(
+                "suite: note: {s}_echo wrote {noisy} line(s) to stderr, see {}",
+                path.display()
+            );
+        }
+    }
+    let failures = runs.iter().filter(|r| r.error.is_some()).count();
+    if failures > 0 {
+        eprintln!("suite: {failures} run(s) failed; see results.md");
+    }
+    Ok(failures == 0)
+}
+
+/// One progress line for stderr.
+fn progress(run: &Run) -> String {
+    if let Some(e) = &run.error {
+        return format!("FAILED: {e}");
+    }
+    let cpu = run
+        .cpu_us_per_op()
+        .map_or(String::new(), |c| format!(" cpu/op={c:.2}us"));
+    let exit = if run.server_exit == "0" {
+        String::new()
+    } else {
+        format!(" server exit: {}", run.server_exit)
+    };
+    match run.mode.as_str() {
+        "idle" => format!(
+            "rss/conn={:.0}B idle_cpu={:.0}ms ping_p99={:.0}us{exit}",
+            run.rss_per_conn().unwrap_or(f64::NAN),
+            run.cpu_ms().unwrap_or(f64::NAN),
+            run.p99_us
+        ),
+        "churn" => format!("cps={:.0} p99={:.0}us{cpu}{exit}", run.rate, run.p99_us),
+        _ => format!(
+            "fps={:.0} p50={:.1}us p99={:.1}us{cpu}{exit}",
+            run.rate, run.p50_us, run.p99_us
+        ),
+    }
+}

@@ -1,0 +1,1382 @@
+//! The load generator behind the `loadgen` binary.
+//!
+//! Three modes, all against an echo server on loopback:
+//!
+//! - **echo**: a closed loop. Every connection keeps `depth` frames in flight; each reply is
+//!   verified byte for byte and in order, its round-trip time recorded, and a new frame sent in its
+//!   place. Event-driven with `mio` on `threads` threads, each owning one `Poll` and a share of the
+//!   connections.
+//! - **idle**: opens the connections, checks each with one echoed frame, then holds them open with
+//!   no traffic for the measured window, and checks them once more before closing.
+//! - **churn**: `conns` concurrent loops of connect, send one frame, read and verify its echo,
+//!   close. The client closes abortively (`SO_LINGER` 0) so that ephemeral ports do not pile up in
+//!   `TIME_WAIT`.
+//!
+//! Output on stdout, for the suite to parse: `MEASURE_START` when the measured window opens (after
+//! the warm-up), `MEASURE_END` when it closes, then one `RESULT key=value ...` line. Any
+//! verification failure, lost connection or stall is an error: [`run`] returns it and the binary
+//! exits with status 1.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use hydrogen::codec::{Codec, Decoded, FrameError, LengthPrefixed, SimpleFrame};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use socket2::SockRef;
+
+/// Usage text of the `loadgen` binary.
+pub const USAGE: &str = "\
+Usage: loadgen --addr HOST:PORT [--framing simple|u32] [--mode echo|idle|churn]
+               [--conns N] [--depth K] [--size B] [--secs S] [--warmup W] [--threads T]
+
+Drives an echo server and verifies every reply. Prints MEASURE_START and MEASURE_END around
+the measured window, then one RESULT line.
+
+Options:
+  --addr HOST:PORT        server address (required)
+  --framing simple|u32    simple: 0x01, u16 BE length, payload, 0x17
+                          u32: u32 BE length, payload (default)
+  --mode echo|idle|churn  echo: closed loop, DEPTH frames in flight per connection (default)
+                          idle: open N connections, hold them without traffic for S seconds
+                          churn: N loops of connect, one echo, close
+  --conns N               connections, or concurrent loops for churn (default 1)
+  --depth K               frames in flight per connection in echo mode (default 1)
+  --size B                payload bytes per frame, at least 16 (default 64)
+  --secs S                measured window in seconds, fractions allowed (default 5)
+  --warmup W              seconds of load before the window opens (default 1)
+  --threads T             generator threads (default 2)
+  -h, --help              print this help
+";
+
+const MAX_CONNS: usize = 100_000;
+const MAX_DEPTH: usize = 4096;
+const MAX_THREADS: usize = 64;
+const MAX_SECS: f64 = 3600.0;
+/// The payload starts with a header: connection index (u32 BE), sequence number (u64 BE), magic.
+const HEADER: usize = 16;
+const MAGIC: [u8; 4] = *b"HyLg";
+/// The filler after the header is a window into a fixed pseudo-random pattern, starting at an
+/// offset that depends on the connection and the sequence number, in `0..PATTERN_PERIOD`.
+const PATTERN_PERIOD: usize = 251;
+/// Bound on the bytes in flight over all connections (`conns * depth * size`).
+const MAX_BYTES_IN_FLIGHT: usize = 1 << 30;
+
+/// Connects in flight at once while opening connections.
+const CONNECT_IN_FLIGHT: usize = 256;
+/// Attempts per connection before giving up; a refused or timed-out connect is retried.
+const CONNECT_ATTEMPTS: u32 = 5;
+/// How long one connect attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bound on opening all the connections.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(60);
+/// Bound on waiting for the check echo of every connection in idle mode.
+const PING_DEADLINE: Duration = Duration::from_secs(30);
+/// A frame without a reply for this long is a stall, reported as an error.
+const STALL: Duration = Duration::from_secs(10);
+/// Poll timeout: how often the workers look at the phase and the clock when idle.
+const TICK: Duration = Duration::from_millis(20);
+/// Bytes read per `read` call.
+const READ_CHUNK: usize = 64 * 1024;
+/// Reads per readiness event before a connection yields to the others in its thread.
+const READ_BUDGET: usize = 16;
+
+/// Histogram range: 1 ns to 1 hour, 3 significant digits.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Wire format of the frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// 0x01, u16 BE length, payload, 0x17.
+    Simple,
+    /// u32 BE length, payload.
+    U32,
+}
+
+impl Framing {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Framing::Simple => "simple",
+            Framing::U32 => "u32",
+        }
+    }
+
+    fn max_payload(self) -> usize {
+        match self {
+            Framing::Simple => usize::from(u16::MAX),
+            Framing::U32 => LengthPrefixed::DEFAULT_MAX_FRAME_LEN,
+        }
+    }
+}
+
+/// What the load generator does; see the module documentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Closed-loop echo traffic.
+    Echo,
+    /// Connections held open without traffic.
+    Idle,
+    /// Connect, one echo, close, repeated.
+    Churn,
+}
+
+impl Mode {
+    /// The name used on the command line and in the `RESULT` line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Echo => "echo",
+            Mode::Idle => "idle",
+            Mode::Churn => "churn",
+        }
+    }
+}
+
+/// Command-line options of `loadgen`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Server address.
+    pub addr: SocketAddr,
+    /// Wire format.
+    pub framing: Framing,
+    /// What to do.
+    pub mode: Mode,
+    /// Connections, or concurrent loops in churn mode.
+    pub conns: usize,
+    /// Frames in flight per connection (echo mode).
+    pub depth: usize,
+    /// Payload bytes per frame.
+    pub size: usize,
+    /// Measured window, seconds.
+    pub secs: f64,
+    /// Warm-up before the window, seconds (echo and churn).
+    pub warmup: f64,
+    /// Generator threads.
+    pub threads: usize,
+}
+
+fn parse_num<T>(name: &str, v: &str, min: T, max: T) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    match v.parse::<T>() {
+        Ok(n) if n >= min && n <= max => Ok(n),
+        _ => Err(format!(
+            "{name} {v:?}: expected a number from {min} to {max}"
+        )),
+    }
+}
+
+fn parse_secs(name: &str, v: &str, min: f64) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= min && s <= MAX_SECS => Ok(s),
+        _ => Err(format!(
+            "{name} {v:?}: expected seconds from {min} to {MAX_SECS}"
+        )),
+    }
+}
+
+/// Parses the arguments (without the program name). `Ok(None)` means `--help`.
+pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Option<Options>, String> {
+    let mut addr = None;
+    let mut framing = Framing::U32;
+    let mut mode = Mode::Echo;
+    let mut conns = 1;
+    let mut depth = 1;
+    let mut size = 64;
+    let mut secs = 5.0;
+    let mut warmup = 1.0;
+    let mut threads = 2;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--addr" => {
+                let v = value("--addr")?;
+                let resolved = v
+                    .to_socket_addrs()
+                    .map_err(|e| format!("--addr {v:?}: {e}"))?
+                    .next()
+                    .ok_or(format!("--addr {v:?}: no address"))?;
+                addr = Some(resolved);
+            }
+            "--framing" => {
+                framing = match value("--framing")?.as_str() {
+                    "simple" => Framing::Simple,
+                    "u32" => Framing::U32,
+                    other => return Err(format!("--framing {other:?}: expected simple or u32")),
+                }
+            }
+            "--mode" => {
+                mode = match value("--mode")?.as_str() {
+                    "echo" => Mode::Echo,
+                    "idle" => Mode::Idle,
+                    "churn" => Mode::Churn,
+                    other => {
+                        return Err(format!("--mode {other:?}: expected echo, idle or churn"));
+                    }
+                }
+            }
+            "--conns" => conns = parse_num("--conns", &value("--conns")?, 1, MAX_CONNS)?,
+            "--depth" => depth = parse_num("--depth", &value("--depth")?, 1, MAX_DEPTH)?,
+            "--size" => size = parse_num("--size", &value("--size")?, HEADER, usize::MAX)?,
+            "--secs" => secs = parse_secs("--secs", &value("--secs")?, 0.001)?,
+            "--warmup" => warmup = parse_secs("--warmup", &value("--warmup")?, 0.0)?,
+            "--threads" => threads = parse_num("--threads", &value("--threads")?, 1, MAX_THREADS)?,
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    let addr = addr.ok_or("--addr HOST:PORT is required")?;
+    if size > framing.max_payload() {
+        return Err(format!(
+            "--size {size}: the {} framing carries at most {} bytes",
+            framing.name(),
+            framing.max_payload()
+        ));
+    }
+    if conns.saturating_mul(depth).saturating_mul(size) > MAX_BYTES_IN_FLIGHT {
+        return Err(format!(
+            "--conns x --depth x --size exceeds {MAX_BYTES_IN_FLIGHT} bytes in flight"
+        ));
+    }
+    Ok(Some(Options {
+        addr,
+        framing,
+        mode,
+        conns,
+        depth,
+        size,
+        secs,
+        warmup,
+        threads,
+    }))
+}
+
+/// Runs the load as the options say, printing the markers and the `RESULT` line on stdout.
+///
+/// # Errors
+///
+/// A description of the first failure: a reply that differs from its frame, a lost connection, a
+/// stall, or a connection that could not be opened.
+pub fn run(opts: &Options) -> Result<(), String> {
+    raise_nofile_limit(opts.conns)?;
+    match opts.mode {
+        Mode::Echo => run_echo(opts),
+        Mode::Idle => run_idle(opts),
+        Mode::Churn => run_churn(opts),
+    }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit, and checks that `conns` sockets fit.
+fn raise_nofile_limit(conns: usize) -> Result<(), String> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) =
+        getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| format!("getrlimit(NOFILE): {e}"))?;
+    let mut limit = soft;
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => limit = hard,
+            Err(e) => eprintln!("loadgen: warning: cannot raise RLIMIT_NOFILE to {hard}: {e}"),
+        }
+    }
+    // A few descriptors for stdio, the polls and the eventfds of mio.
+    let needed = conns as u64 + 64;
+    if limit < needed {
+        return Err(format!(
+            "{conns} connections need about {needed} file descriptors, \
+             but RLIMIT_NOFILE is {limit} (hard limit {hard})"
+        ));
+    }
+    Ok(())
+}
+
+fn print_line(line: &str) {
+    let mut out = io::stdout().lock();
+    // If stdout is gone there is no one to tell.
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+/// `p50_us=.. p99_us=.. p999_us=.. max_us=..` of a histogram in nanoseconds.
+fn quantiles(h: &Histogram<u64>) -> String {
+    format!(
+        "p50_us={:.2} p99_us={:.2} p999_us={:.2} max_us={:.2}",
+        us(h.value_at_quantile(0.50)),
+        us(h.value_at_quantile(0.99)),
+        us(h.value_at_quantile(0.999)),
+        us(h.max())
+    )
+}
+
+/// Either built-in codec.
+#[derive(Clone, Copy)]
+enum AnyCodec {
+    Simple(SimpleFrame),
+    U32(LengthPrefixed),
+}
+
+impl AnyCodec {
+    fn new(framing: Framing) -> AnyCodec {
+        match framing {
+            Framing::Simple => AnyCodec::Simple(SimpleFrame),
+            Framing::U32 => AnyCodec::U32(LengthPrefixed::default()),
+        }
+    }
+
+    fn encode(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
+        match self {
+            AnyCodec::Simple(c) => c.encode(payload, out),
+            AnyCodec::U32(c) => c.encode(payload, out),
+        }
+    }
+
+    fn decode(&mut self, buf: &[u8]) -> Result<Option<Decoded>, FrameError> {
+        match self {
+            AnyCodec::Simple(c) => c.decode(buf),
+            AnyCodec::U32(c) => c.decode(buf),
+        }
+    }
+}
+
+/// Builds and checks the frames: payload = header (connection, sequence, magic) + filler.
+struct Frames {
+    codec: AnyCodec,
+    size: usize,
+    /// `size - HEADER + PATTERN_PERIOD` pseudo-random bytes.
+    pattern: Vec<u8>,
+    /// Scratch payload for encoding.
+    payload: Vec<u8>,
+}
+
+impl Frames {
+    fn new(framing: Framing, size: usize) -> Frames {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let pattern = (0..size - HEADER + PATTERN_PERIOD)
+            .map(|_| {
+                // xorshift64
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        Frames {
+            codec: AnyCodec::new(framing),
+            size,
+            pattern,
+            payload: Vec::with_capacity(size),
+        }
+    }
+
+    fn filler(&self, conn: u32, seq: u64) -> &[u8] {
+        let start = ((seq % PATTERN_PERIOD as u64) as usize + conn as usize * 17) % PATTERN_PERIOD;
+        &self.pattern[start..start + self.size - HEADER]
+    }
+
+    /// Appends the frame `seq` of connection `conn` to `out`.
+    fn encode(&mut self, conn: u32, seq: u64, out: &mut Vec<u8>) {
+        let mut payload = std::mem::take(&mut self.payload);
+        payload.clear();
+        payload.extend_from_slice(&conn.to_be_bytes());
+        payload.extend_from_slice(&seq.to_be_bytes());
+        payload.extend_from_slice(&MAGIC);
+        payload.extend_from_slice(self.filler(conn, seq));
+        // The size was checked against the framing's limit when parsing the options.
+        self.codec
+            .encode(&payload, out)
+            .expect("payload size within the framing's limit");
+        self.payload = payload;
+    }
+
+    /// Checks that `got` is exactly the payload of frame `seq` of connection `conn`.
+    fn check(&self, conn: u32, seq: u64, got: &[u8]) -> Result<(), String> {
+        let head = |b: &[u8]| -> String {
+            if b.len() >= HEADER {
+                let c = u32::from_be_bytes(b[0..4].try_into().expect("4 bytes"));
+                let s = u64::from_be_bytes(b[4..12].try_into().expect("8 bytes"));
+                format!("(connection {c}, sequence {s})")
+            } else {
+                "(too short for a header)".to_string()
+            }
+        };
+        if got.len() != self.size {
+            return Err(format!(
+                "connection {conn}: reply to frame {seq} has {} payload bytes, expected {}; \
+                 it claims to be {}",
+                got.len(),
+                self.size,
+                head(got)
+            ));
+        }
+        let mut want = [0u8; HEADER];
+        want[0..4].copy_from_slice(&conn.to_be_bytes());
+        want[4..12].copy_from_slice(&seq.to_be_bytes());
+        want[12..16].copy_from_slice(&MAGIC);
+        if got[..HEADER] != want {
+            return Err(format!(
+                "connection {conn}: expected the reply to frame {seq} (in order), got the header \
+                 of {} (magic {:02x?})",
+                head(got),
+                &got[12..16]
+            ));
+        }
+        let filler = self.filler(conn, seq);
+        if got[HEADER..] != *filler {
+            let at = got[HEADER..]
+                .iter()
+                .zip(filler)
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            return Err(format!(
+                "connection {conn}: reply to frame {seq} differs at payload byte {}: \
+                 expected 0x{:02x}, got 0x{:02x}",
+                HEADER + at,
+                filler[at],
+                got[HEADER + at]
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One connection: frames sent and not yet answered, and the partial frames in each direction.
+struct Conn {
+    stream: TcpStream,
+    index: u32,
+    next_send: u64,
+    next_recv: u64,
+    /// Send time of each frame in flight, oldest first.
+    sent_at: VecDeque<Instant>,
+    /// Received bytes not yet forming a whole frame.
+    rbuf: Vec<u8>,
+    /// Encoded frames not yet written, from `wpos`.
+    wbuf: Vec<u8>,
+    wpos: usize,
+}
+
+/// What one `read` gave.
+enum Read1 {
+    Data(usize),
+    WouldBlock,
+}
+
+impl Conn {
+    fn new(stream: TcpStream, index: u32, first_seq: u64) -> Conn {
+        Conn {
+            stream,
+            index,
+            next_send: first_seq,
+            next_recv: first_seq,
+            sent_at: VecDeque::new(),
+            rbuf: Vec::new(),
+            wbuf: Vec::new(),
+            wpos: 0,
+        }
+    }
+
+    fn err(&self, what: &str, e: impl std::fmt::Display) -> String {
+        format!("connection {}: {what}: {e}", self.index)
+    }
+
+    /// Encodes the next `n` frames into the write buffer, stamped `now`.
+    fn queue(&mut self, frames: &mut Frames, n: usize, now: Instant) {
+        for _ in 0..n {
+            frames.encode(self.index, self.next_send, &mut self.wbuf);
+            self.sent_at.push_back(now);
+            self.next_send += 1;
+        }
+    }
+
+    /// Writes as much of the write buffer as the socket takes.
+    fn flush(&mut self) -> Result<(), String> {
+        while self.wpos < self.wbuf.len() {
+            match self.stream.write(&self.wbuf[self.wpos..]) {
+                Ok(0) => return Err(self.err("write", "the socket accepted no bytes")),
+                Ok(n) => self.wpos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.err("write failed (connection lost?)", e)),
+            }
+        }
+        self.wbuf.clear();
+        self.wpos = 0;
+        Ok(())
+    }
+
+    /// One `read` into `buf`. End of stream is an error: the server must not close.
+    fn read1(&mut self, buf: &mut [u8]) -> Result<Read1, String> {
+        loop {
+            return match self.stream.read(buf) {
+                Ok(0) => Err(format!(
+                    "connection {}: closed by the server with {} frame(s) in flight",
+                    self.index,
+                    self.sent_at.len()
+                )),
+                Ok(n) => Ok(Read1::Data(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Read1::WouldBlock),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(self.err("read failed (connection lost?)", e)),
+            };
+        }
+    }
+
+    /// Takes in received bytes: verifies every whole reply, passes its round-trip time in
+    /// nanoseconds to `on_reply`, and returns how many replies there were.
+    fn consume(
+        &mut self,
+        data: &[u8],
+        frames: &mut Frames,
+        now: Instant,
+        on_reply: &mut impl FnMut(u64),
+    ) -> Result<usize, String> {
+        if self.rbuf.is_empty() {
+            let (used, n) = self.decode_replies(data, frames, now, on_reply)?;
+            self.rbuf.extend_from_slice(&data[used..]);
+            Ok(n)
+        } else {
+            let mut buf = std::mem::take(&mut self.rbuf);
+            buf.extend_from_slice(data);
+            let result = self.decode_replies(&buf, frames, now, on_reply);
+            if let Ok((used, _)) = result {
+                buf.drain(..used);
+            }
+            self.rbuf = buf;
+            result.map(|(_, n)| n)
+        }
+    }
+
+    /// Returns (bytes used, replies).
+    fn decode_replies(
+        &mut self,
+        buf: &[u8],
+        frames: &mut Frames,
+        now: Instant,
+        on_reply: &mut impl FnMut(u64),
+    ) -> Result<(usize, usize), String> {
+        let mut pos = 0;
+        let mut n = 0;
+        loop {
+            let rest = &buf[pos..];
+            let Decoded { payload, consumed } = match frames.codec.decode(rest) {
+                Ok(Some(d)) => d,
+                Ok(None) => return Ok((pos, n)),
+                Err(e) => return Err(self.err("malformed reply", e)),
+            };
+            if consumed == 0 || consumed > rest.len() || payload.end > consumed {
+                return Err(self.err("codec", "inconsistent decode result"));
+            }
+            let Some(sent) = self.sent_at.pop_front() else {
+                return Err(format!(
+                    "connection {}: a reply arrived with no frame in flight (next expected \
+                     sequence {})",
+                    self.index, self.next_recv
+                ));
+            };
+            frames.check(self.index, self.next_recv, &rest[payload])?;
+            self.next_recv += 1;
+            on_reply(now.saturating_duration_since(sent).as_nanos() as u64);
+            pos += consumed;
+            n += 1;
+        }
+    }
+
+    /// The age of the oldest frame still waiting for its reply.
+    fn oldest_wait(&self, now: Instant) -> Option<Duration> {
+        self.sent_at
+            .front()
+            .map(|t| now.saturating_duration_since(*t))
+    }
+
+    /// Sets `SO_LINGER` 0, so that dropping the stream resets the connection and leaves no
+    /// `TIME_WAIT` behind.
+    fn set_abortive_close(&self) {
+        // Best effort: at worst the socket lingers in TIME_WAIT.
+        let _ = SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
+    }
+}
+
+/// True if this connect failure is worth another attempt.
+fn retryable(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::TimedOut
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::AddrNotAvailable
+            | io::ErrorKind::WouldBlock
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// After a writable event on a connecting socket: `Ok(true)` when connected, `Ok(false)` when
+/// still connecting, `Err` when the connect failed.
+fn check_connected(s: &TcpStream) -> io::Result<bool> {
+    if let Some(e) = s.take_error()? {
+        return Err(e);
+    }
+    match s.peer_addr() {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens `n` connections with at most [`CONNECT_IN_FLIGHT`] connects pending at once, retrying
+/// refused or timed-out ones. Returns non-blocking streams in index order and the retry count.
+fn connect_all(addr: SocketAddr, n: usize) -> Result<(Vec<std::net::TcpStream>, u64), String> {
+    let mut poll = Poll::new().map_err(|e| format!("creating a poll: {e}"))?;
+    let mut events = Events::with_capacity(1024);
+    let mut pending: Vec<Option<(TcpStream, Instant)>> = (0..n).map(|_| None).collect();
+    let mut done: Vec<Option<std::net::TcpStream>> = (0..n).map(|_| None).collect();
+    let mut attempts = vec![0u32; n];
+    // (connection index, not before)
+    let start = Instant::now();
+    let mut queue: VecDeque<(usize, Instant)> = (0..n).map(|i| (i, start)).collect();
+    let mut in_flight = 0;
+    let mut connected = 0;
+    let mut retries = 0u64;
+    let mut last_scan = start;
+
+    // Schedules connection `i` again, or fails after too many attempts.
+    let mut retry = |i: usize,
+                     e: io::Error,
+                     attempts: &[u32],
+                     queue: &mut VecDeque<(usize, Instant)>|
+     -> Result<(), String> {
+        if attempts[i] >= CONNECT_ATTEMPTS || !retryable(&e) {
+            return Err(format!(
+                "connecting to {addr} (connection {i}, attempt {}): {e}",
+                attempts[i]
+            ));
+        }
+        retries += 1;
+        let backoff = Duration::from_millis(100 * u64::from(attempts[i]));
+        queue.push_back((i, Instant::now() + backoff));
+        Ok(())
+    };
+
+    while connected < n {
+        let now = Instant::now();
+        if now.duration_since(start) > CONNECT_DEADLINE {
+            return Err(format!(
+                "connecting to {addr}: only {connected} of {n} connections open after {:?}",
+                CONNECT_DEADLINE
+            ));
+        }
+        // Start connects, up to the bound. Entries not yet due stay queued.
+        let mut deferred = 0;
+        while in_flight < CONNECT_IN_FLIGHT && deferred < queue.len() {
+            let Some((i, not_before)) = queue.pop_front() else {
+                break;
+            };
+            if not_before > now {
+                queue.push_back((i, not_before));
+                deferred += 1;
+                continue;
+            }
+            attempts[i] += 1;
+            match TcpStream::connect(addr) {
+                Ok(mut s) => {
+                    poll.registry()
+                        .register(&mut s, Token(i), Interest::WRITABLE)
+                        .map_err(|e| format!("registering a socket: {e}"))?;
+                    pending[i] = Some((s, now));
+                    in_flight += 1;
+                }
+                Err(e) => retry(i, e, &attempts, &mut queue)?,
+            }
+        }
+        match poll.poll(&mut events, Some(Duration::from_millis(10))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("poll: {e}")),
+        }
+        for ev in events.iter() {
+            let i = ev.token().0;
+            let Some((s, _)) = pending[i].as_ref() else {
+                continue;
+            };
+            match check_connected(s) {
+                Ok(false) => {}
+                Ok(true) => {
+                    let (mut s, _) = pending[i].take().expect("pending");
+                    poll.registry()
+                        .deregister(&mut s)
+                        .map_err(|e| format!("deregistering a socket: {e}"))?;
+                    done[i] = Some(std::net::TcpStream::from(s));
+                    in_flight -= 1;
+                    connected += 1;
+                }
+                Err(e) => {
+                    pending[i] = None;
+                    in_flight -= 1;
+                    retry(i, e, &attempts, &mut queue)?;
+                }
+            }
+        }
+        // Time out slow attempts, looking at most ten times a second.
+        let now = Instant::now();
+        if now.duration_since(last_scan) >= Duration::from_millis(100) {
+            last_scan = now;
+            for (i, slot) in pending.iter_mut().enumerate() {
+                if let Some((_, t)) = slot
+                    && now.duration_since(*t) > CONNECT_TIMEOUT
+                {
+                    *slot = None;
+                    in_flight -= 1;
+                    let e = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
+                    retry(i, e, &attempts, &mut queue)?;
+                }
+            }
+        }
+    }
+    let streams = done
+        .into_iter()
+        .map(|s| s.expect("every connection is open"))
+        .collect();
+    Ok((streams, retries))
+}
+
+const WARMUP: u8 = 0;
+const MEASURE: u8 = 1;
+const STOP: u8 = 2;
+
+/// State shared by the main thread and the workers.
+struct Shared {
+    phase: AtomicU8,
+    /// Set by a worker that fails, so that the main thread stops everything early.
+    failed: AtomicBool,
+}
+
+/// What a worker measured during the window.
+struct Tally {
+    hist: Histogram<u64>,
+    count: u64,
+    retries: u64,
+}
+
+/// Sleeps until `deadline`, in short steps, returning early (false) if a worker failed.
+fn sleep_until(deadline: Instant, shared: &Shared) -> bool {
+    loop {
+        if shared.failed.load(Ordering::Relaxed) {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return true;
+        }
+        thread::sleep((deadline - now).min(Duration::from_millis(10)));
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+/// Runs the worker threads of echo or churn mode around the warm-up and the measured window.
+/// Returns the merged tally and the window's length in seconds.
+fn run_workers<W>(threads: usize, opts: &Options, work: W) -> Result<(Tally, f64), String>
+where
+    W: Fn(usize, &Shared) -> Result<Tally, String> + Sync,
+{
+    let shared = Shared {
+        phase: AtomicU8::new(WARMUP),
+        failed: AtomicBool::new(false),
+    };
+    let (results, window) = thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let shared = &shared;
+                let work = &work;
+                thread::Builder::new()
+                    .name(format!("loadgen-{t}"))
+                    .spawn_scoped(scope, move || {
+                        let r = work(t, shared);
+                        if r.is_err() {
+                            shared.failed.store(true, Ordering::Relaxed);
+                        }
+                        r
+                    })
+                    .expect("spawning a worker thread")
+            })
+            .collect();
+        let mut window = 0.0;
+        if sleep_until(Instant::now() + secs(opts.warmup), &shared) {
+            shared.phase.store(MEASURE, Ordering::Release);
+            let t0 = Instant::now();
+            print_line("MEASURE_START");
+            let completed = sleep_until(t0 + secs(opts.secs), &shared);
+            shared.phase.store(STOP, Ordering::Release);
+            window = t0.elapsed().as_secs_f64();
+            if completed {
+                print_line("MEASURE_END");
+            }
+        }
+        shared.phase.store(STOP, Ordering::Release);
+        let results: Vec<_> = handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a worker thread panicked".to_string()))
+            })
+            .collect();
+        (results, window)
+    });
+    let mut total = Tally {
+        hist: new_histogram(),
+        count: 0,
+        retries: 0,
+    };
+    for r in results {
+        let t = r?;
+        total
+            .hist
+            .add(&t.hist)
+            .map_err(|e| format!("merging histograms: {e:?}"))?;
+        total.count += t.count;
+        total.retries += t.retries;
+    }
+    Ok((total, window))
+}
+
+/// Tracks the phase as a worker sees it.
+struct PhaseView {
+    measuring: bool,
+}
+
+impl PhaseView {
+    /// Returns false once it is time to stop; resets the tally when the window opens.
+    fn update(&mut self, shared: &Shared, hist: &mut Histogram<u64>, count: &mut u64) -> bool {
+        if shared.failed.load(Ordering::Relaxed) {
+            return false;
+        }
+        match shared.phase.load(Ordering::Acquire) {
+            STOP => false,
+            MEASURE => {
+                if !self.measuring {
+                    self.measuring = true;
+                    hist.reset();
+                    *count = 0;
+                }
+                true
+            }
+            _ => true,
+        }
+    }
+}
+
+fn poll_once(poll: &mut Poll, events: &mut Events, timeout: Duration) -> Result<(), String> {
+    match poll.poll(events, Some(timeout)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+            events.clear();
+            Ok(())
+        }
+        Err(e) => Err(format!("poll: {e}")),
+    }
+}
+
+fn run_echo(opts: &Options) -> Result<(), String> {
+    let (streams, connect_retries) = connect_all(opts.addr, opts.conns)?;
+    let threads = opts.threads.min(opts.conns);
+    // Connection i goes to thread i % threads.
+    let mut shares: Vec<Vec<(u32, std::net::TcpStream)>> =
+        (0..threads).map(|_| Vec::new()).collect();
+    for (i, s) in streams.into_iter().enumerate() {
+        shares[i % threads].push((i as u32, s));
+    }
+    let shares: Vec<_> = shares.into_iter().map(std::sync::Mutex::new).collect();
+    let (tally, window) = run_workers(threads, opts, |t, shared| {
+        let share = std::mem::take(&mut *shares[t].lock().expect("share lock"));
+        echo_worker(share, opts, shared)
+    })?;
+    if tally.count == 0 {
+        return Err("no replies at all during the measured window".to_string());
+    }
+    print_line(&format!(
+        "RESULT mode=echo conns={} depth={} size={} secs={:.2} frames={} fps={:.1} {} retries={} errors=0",
+        opts.conns,
+        opts.depth,
+        opts.size,
+        window,
+        tally.count,
+        tally.count as f64 / window,
+        quantiles(&tally.hist),
+        connect_retries + tally.retries,
+    ));
+    Ok(())
+}
+
+fn echo_worker(
+    share: Vec<(u32, std::net::TcpStream)>,
+    opts: &Options,
+    shared: &Shared,
+) -> Result<Tally, String> {
+    let mut poll = Poll::new().map_err(|e| format!("creating a poll: {e}"))?;
+    let mut events = Events::with_capacity(1024);
+    let mut frames = Frames::new(opts.framing, opts.size);
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut hist = new_histogram();
+    let mut count = 0u64;
+    let mut view = PhaseView { measuring: false };
+
+    let mut conns = Vec::with_capacity(share.len());
+    for (tok, (index, s)) in share.into_iter().enumerate() {
+        let mut stream = TcpStream::from_std(s);
+        stream
+            .set_nodelay(true)
+            .map_err(|e| format!("connection {index}: TCP_NODELAY: {e}"))?;
+        poll.registry()
+            .register(
+                &mut stream,
+                Token(tok),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(|e| format!("registering a socket: {e}"))?;
+        conns.push(Conn::new(stream, index, 0));
+    }
+    let now = Instant::now();
+    for c in &mut conns {
+        c.queue(&mut frames, opts.depth, now);
+        c.flush()?;
+    }
+
+    // Connections that used up their read budget and must be read again without an event.
+    let mut ready: VecDeque<usize> = VecDeque::new();
+    let mut again: Vec<usize> = Vec::new();
+    let mut last_stall_check = Instant::now();
+    while view.update(shared, &mut hist, &mut count) {
+        let timeout = if ready.is_empty() {
+            TICK
+        } else {
+            Duration::ZERO
+        };
+        poll_once(&mut poll, &mut events, timeout)?;
+        for ev in events.iter() {
+            let tok = ev.token().0;
+            let c = &mut conns[tok];
+            if ev.is_error() {
+                let e = c
+                    .stream
+                    .take_error()
+                    .ok()
+                    .flatten()
+                    .map_or("socket error".to_string(), |e| e.to_string());
+                return Err(c.err("connection lost", e));
+            }
+            if ev.is_writable() {
+                c.flush()?;
+            }
+            if ev.is_readable() || ev.is_read_closed() {
+                ready.push_back(tok);
+            }
+        }
+        let measuring = view.measuring;
+        let mut record = |ns: u64| {
+            if measuring {
+                hist.saturating_record(ns.max(1));
+            }
+        };
+        // Each ready connection: up to READ_BUDGET reads; each read's replies are answered with
+        // new frames in a single write.
+        while let Some(tok) = ready.pop_front() {
+            let c = &mut conns[tok];
+            let mut drained = false;
+            for _ in 0..READ_BUDGET {
+                match c.read1(&mut buf)? {
+                    Read1::WouldBlock => {
+                        drained = true;
+                        break;
+                    }
+                    Read1::Data(n) => {
+                        let now = Instant::now();
+                        let k = c.consume(&buf[..n], &mut frames, now, &mut record)?;
+                        if measuring {
+                            count += k as u64;
+                        }
+                        if k > 0 {
+                            c.queue(&mut frames, k, now);
+                            c.flush()?;
+                        }
+                    }
+                }
+            }
+            if !drained {
+                again.push(tok);
+            }
+        }
+        ready.extend(again.drain(..));
+
+        let now = Instant::now();
+        if now.duration_since(last_stall_check) >= Duration::from_secs(1) {
+            last_stall_check = now;
+            check_stalls(&conns, now)?;
+        }
+    }
+    for c in &conns {
+        c.set_abortive_close();
+    }
+    Ok(Tally {
+        hist,
+        count,
+        retries: 0,
+    })
+}
+
+fn check_stalls(conns: &[Conn], now: Instant) -> Result<(), String> {
+    for c in conns {
+        if let Some(wait) = c.oldest_wait(now)
+            && wait > STALL
+        {
+            return Err(format!(
+                "connection {}: no reply to frame {} for {:.1} s ({} frame(s) in flight)",
+                c.index,
+                c.next_recv,
+                wait.as_secs_f64(),
+                c.sent_at.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Idle mode's check: one frame on every connection, and wait for every echo.
+fn ping_all(
+    poll: &mut Poll,
+    conns: &mut [Conn],
+    frames: &mut Frames,
+    hist: &mut Histogram<u64>,
+) -> Result<(), String> {
+    let mut events = Events::with_capacity(1024);
+    let mut buf = vec![0u8; READ_CHUNK];
+    let now = Instant::now();
+    for c in conns.iter_mut() {
+        c.queue(frames, 1, now);
+        c.flush()?;
+    }
+    let mut waiting = conns.len();
+    let start = Instant::now();
+    let mut record = |ns: u64| hist.saturating_record(ns.max(1));
+    while waiting > 0 {
+        if start.elapsed() > PING_DEADLINE {
+            let c = conns
+                .iter()
+                .find(|c| !c.sent_at.is_empty())
+                .expect("a connection is waiting");
+            return Err(format!(
+                "{waiting} connection(s) got no echo within {PING_DEADLINE:?}, e.g. connection {}",
+                c.index
+            ));
+        }
+        poll_once(poll, &mut events, TICK)?;
+        for ev in events.iter() {
+            let c = &mut conns[ev.token().0];
+            if ev.is_writable() {
+                c.flush()?;
+            }
+            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                while let Read1::Data(n) = c.read1(&mut buf)? {
+                    let k = c.consume(&buf[..n], frames, Instant::now(), &mut record)?;
+                    waiting -= k;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_idle(opts: &Options) -> Result<(), String> {
+    let (streams, retries) = connect_all(opts.addr, opts.conns)?;
+    let mut poll = Poll::new().map_err(|e| format!("creating a poll: {e}"))?;
+    let mut conns = Vec::with_capacity(streams.len());
+    for (i, s) in streams.into_iter().enumerate() {
+        let mut stream = TcpStream::from_std(s);
+        stream
+            .set_nodelay(true)
+            .map_err(|e| format!("connection {i}: TCP_NODELAY: {e}"))?;
+        poll.registry()
+            .register(
+                &mut stream,
+                Token(i),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(|e| format!("registering a socket: {e}"))?;
+        conns.push(Conn::new(stream, i as u32, 0));
+    }
+    let mut frames = Frames::new(opts.framing, opts.size);
+    let mut hist = new_histogram();
+    ping_all(&mut poll, &mut conns, &mut frames, &mut hist)?;
+
+    print_line("MEASURE_START");
+    let t0 = Instant::now();
+    let deadline = t0 + secs(opts.secs);
+    while Instant::now() < deadline {
+        thread::sleep((deadline - Instant::now()).min(Duration::from_millis(100)));
+    }
+    let window = t0.elapsed().as_secs_f64();
+    print_line("MEASURE_END");
+
+    // Every connection must still be there after the idle period.
+    ping_all(&mut poll, &mut conns, &mut frames, &mut hist)?;
+    for c in &conns {
+        c.set_abortive_close();
+    }
+    drop(conns);
+    print_line(&format!(
+        "RESULT mode=idle conns={} size={} secs={:.2} pings={} {} retries={} errors=0",
+        opts.conns,
+        opts.size,
+        window,
+        hist.len(),
+        quantiles(&hist),
+        retries
+    ));
+    Ok(())
+}
+
+fn run_churn(opts: &Options) -> Result<(), String> {
+    let threads = opts.threads.min(opts.conns);
+    let (tally, window) = run_workers(threads, opts, |t, shared| {
+        // Loop i goes to thread i % threads.
+        let loops: Vec<u32> = (t..opts.conns).step_by(threads).map(|i| i as u32).collect();
+        churn_worker(&loops, opts, shared)
+    })?;
+    if tally.count == 0 {
+        return Err("no cycle completed during the measured window".to_string());
+    }
+    print_line(&format!(
+        "RESULT mode=churn conns={} size={} secs={:.2} cycles={} cps={:.1} {} retries={} errors=0",
+        opts.conns,
+        opts.size,
+        window,
+        tally.count,
+        tally.count as f64 / window,
+        quantiles(&tally.hist),
+        tally.retries
+    ));
+    Ok(())
+}
+
+/// One churn loop: its connection of the current cycle, if any.
+struct Cycle {
+    index: u32,
+    seq: u64,
+    conn: Option<Conn>,
+    connected: bool,
+    started: Instant,
+    /// Start of the current connect attempt.
+    attempt_started: Instant,
+    attempts: u32,
+}
+
+impl Cycle {
+    /// Starts a connect for the current cycle.
+    fn connect(&mut self, poll: &Poll, tok: usize, addr: SocketAddr) -> Result<(), String> {
+        loop {
+            self.attempts += 1;
+            self.attempt_started = Instant::now();
+            match TcpStream::connect(addr) {
+                Ok(mut s) => {
+                    poll.registry()
+                        .register(&mut s, Token(tok), Interest::READABLE | Interest::WRITABLE)
+                        .map_err(|e| format!("registering a socket: {e}"))?;
+                    self.conn = Some(Conn::new(s, self.index, self.seq));
+                    self.connected = false;
+                    return Ok(());
+                }
+                Err(e) if retryable(&e) && self.attempts < CONNECT_ATTEMPTS => {
+                    thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => {
+                    return Err(format!("loop {}: connecting to {addr}: {e}", self.index));
+                }
+            }
+        }
+    }
+
+    /// Drops a failed connect attempt and starts another, or gives up.
+    fn reconnect(
+        &mut self,
+        poll: &Poll,
+        tok: usize,
+        addr: SocketAddr,
+        e: io::Error,
+    ) -> Result<(), String> {
+        if let Some(mut c) = self.conn.take() {
+            let _ = poll.registry().deregister(&mut c.stream);
+        }
+        if !retryable(&e) || self.attempts >= CONNECT_ATTEMPTS {
+            return Err(format!(
+                "loop {}: connecting to {addr} (attempt {}): {e}",
+                self.index, self.attempts
+            ));
+        }
+        self.connect(poll, tok, addr)
+    }
+}
+
+fn churn_worker(loops: &[u32], opts: &Options, shared: &Shared) -> Result<Tally, String> {
+    let mut poll = Poll::new().map_err(|e| format!("creating a poll: {e}"))?;
+    let mut events = Events::with_capacity(256);
+    let mut frames = Frames::new(opts.framing, opts.size);
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut hist = new_histogram();
+    let mut count = 0u64;
+    let mut retries = 0u64;
+    let mut view = PhaseView { measuring: false };
+    let now = Instant::now();
+    let mut cycles: Vec<Cycle> = loops
+        .iter()
+        .map(|&index| Cycle {
+            index,
+            seq: 0,
+            conn: None,
+            connected: false,
+            started: now,
+            attempt_started: now,
+            attempts: 0,
+        })
+        .collect();
+    for (tok, cy) in cycles.iter_mut().enumerate() {
+        cy.connect(&poll, tok, opts.addr)?;
+    }
+    let mut ignore = |_ns: u64| {};
+    let mut last_check = Instant::now();
+    while view.update(shared, &mut hist, &mut count) {
+        poll_once(&mut poll, &mut events, TICK)?;
+        for ev in events.iter() {
+            let tok = ev.token().0;
+            let cy = &mut cycles[tok];
+            let Some(c) = cy.conn.as_mut() else {
+                continue;
+            };
+            if !cy.connected {
+                match check_connected(&c.stream) {
+                    Ok(false) => continue,
+                    Ok(true) => {
+                        cy.connected = true;
+                        c.stream
+                            .set_nodelay(true)
+                            .map_err(|e| c.err("TCP_NODELAY", e))?;
+                        c.queue(&mut frames, 1, Instant::now());
+                    }
+                    Err(e) => {
+                        retries += 1;
+                        cy.reconnect(&poll, tok, opts.addr, e)?;
+                        continue;
+                    }
+                }
+            }
+            c.flush()?;
+            let mut complete = false;
+            while let Read1::Data(n) = c.read1(&mut buf)? {
+                if c.consume(&buf[..n], &mut frames, Instant::now(), &mut ignore)? > 0 {
+                    complete = true;
+                    break;
+                }
+            }
+            if !complete {
+                continue;
+            }
+            if !c.rbuf.is_empty() {
+                return Err(c.err("extra bytes after the echo", c.rbuf.len()));
+            }
+            // Cycle done: reset the connection (no TIME_WAIT), time the whole cycle.
+            let mut c = cy.conn.take().expect("connection");
+            c.set_abortive_close();
+            let _ = poll.registry().deregister(&mut c.stream);
+            drop(c);
+            let end = Instant::now();
+            if view.measuring {
+                hist.saturating_record((end - cy.started).as_nanos().max(1) as u64);
+                count += 1;
+            }
+            cy.seq += 1;
+            cy.attempts = 0;
+            cy.started = end;
+            cy.connect(&poll, tok, opts.addr)?;
+        }
+        // Timeouts, a few times a second.
+        let now = Instant::now();
+        if now.duration_since(last_check) >= Duration::from_millis(100) {
+            last_check = now;
+            for (tok, cy) in cycles.iter_mut().enumerate() {
+                if !cy.connected
+                    && cy.conn.is_some()
+                    && now.duration_since(cy.attempt_started) > CONNECT_TIMEOUT
+                {
+                    retries += 1;
+                    let e = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
+                    cy.reconnect(&poll, tok, opts.addr, e)?;
+                } else if cy.connected && now.duration_since(cy.started) > STALL {
+                    return Err(format!(
+                        "loop {}: no echo for frame {} within {STALL:?}",
+                        cy.index, cy.seq
+                    ));
+                }
+            }
+        }
+    }
+    for cy in &cycles {
+        if let Some(c) = &cy.conn {
+            c.set_abortive_close();
+        }
+    }
+    Ok(Tally {
+        hist,
+        count,
+        retries,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_detect_changes() {
+        for framing in [Framing::U32, Framing::Simple] {
+            let mut f = Frames::new(framing, 64);
+            let mut wire = Vec::new();
+            f.encode(3, 17, &mut wire);
+            let d = f.codec.decode(&wire).unwrap().unwrap();
+            assert_eq!(d.consumed, wire.len());
+            let payload = wire[d.payload.clone()].to_vec();
+            f.check(3, 17, &payload).unwrap();
+            assert!(f.check(3, 18, &payload).is_err());
+            assert!(f.check(4, 17, &payload).is_err());
+            let mut bad = payload.clone();
+            bad[40] ^= 1;
+            let e = f.check(3, 17, &bad).unwrap_err();
+            assert!(e.contains("byte 40"), "{e}");
+            assert!(f.check(3, 17, &payload[..63]).is_err());
+        }
+    }
+
+    #[test]
+    fn parses_options() {
+        let args = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        let o = parse_args(args("--addr 127.0.0.1:9 --mode churn --conns 8"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(o.mode, Mode::Churn);
+        assert_eq!(o.conns, 8);
+        assert_eq!(o.framing, Framing::U32);
+        assert!(parse_args(args("--conns 8")).is_err());
+        assert!(parse_args(args("--addr 127.0.0.1:9 --size 15")).is_err());
+        assert!(parse_args(args("--addr 127.0.0.1:9 --framing simple --size 70000")).is_err());
+        assert!(parse_args(args("--help")).unwrap().is_none());
+    }
+}
