@@ -1,14 +1,14 @@
 //! An echo server: every frame a client sends comes straight back to it.
 //!
-//! This is the reference server for measurements (see `loadgen.rs`), and shows the parts most
-//! servers need: a `Handler` that builds a `Framed` stream per connection (with `TCP_NODELAY`),
-//! a choice of framing at run time through a function generic over the `Codec`, and a clean
-//! shutdown on SIGINT or SIGTERM through the server's `ShutdownHandle`.
+//! It shows the parts most servers need: a `Handler` that builds a `Framed` stream per
+//! connection (with `TCP_NODELAY`), a choice of framing at run time through a function generic
+//! over the `Codec`, and a clean shutdown on SIGINT or SIGTERM through the server's
+//! `ShutdownHandle`.
 //!
 //! ```text
 //! cargo run --release --example echo                       # 127.0.0.1:1337, SimpleFrame
 //! cargo run --release --example echo -- --framing u32 --addr 127.0.0.1:4000 --threads 2
-//! cargo run --release --example loadgen -- --secs 3        # in another terminal
+//! cargo run --release -p hydrogen-bench --bin loadgen -- --addr 127.0.0.1:4000 --framing u32
 //! ```
 //!
 //! It prints `listening on ADDR` once bound, and `shut down` when it has stopped after Ctrl-C or
