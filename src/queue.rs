@@ -1,24 +1,32 @@
-//! The work queue: what epoll does not deliver, carried over a channel with an eventfd wake.
+//! The work queue: events handed from the polling worker to the others, and what epoll does
+//! not deliver (turns asked for from other threads, shutdown), over one channel.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::sys::epoll::Notifier;
+use crate::sys::epoll::{Event, Notifier};
 
-/// Work for a worker that did not come from epoll.
+/// Work for a worker.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Task {
-    /// Give this connection a turn: a close was requested, a send from another thread failed, or
-    /// its last turn stopped early to let others run.
+    /// An epoll event the polling worker passed on (it keeps the first of a batch).
+    Event(Event),
+    /// Give this connection a turn: a close was requested, a send from another thread failed, a
+    /// timeout expired, or its last turn stopped early to let others run.
     Conn { slot: usize, id: u64 },
     /// Keep accepting: the last accept loop stopped at its budget.
     Accept,
+    /// Return: the server is stopping.
+    Stop,
 }
 
-/// A channel of [`Task`]s plus the notifier that wakes a worker out of `epoll_wait` for them,
-/// and the shutdown flag.
+/// A channel of [`Task`]s, the notifier that wakes the worker waiting in `epoll_wait`, and the
+/// shutdown flags.
+///
+/// Idle workers other than the poller block on the channel, so a task sent to it wakes one of
+/// them directly; the notifier is for the poller, which sleeps in `epoll_wait` instead.
 #[derive(Debug)]
 pub(crate) struct Queue {
     tx: Sender<Task>,
@@ -28,6 +36,8 @@ pub(crate) struct Queue {
     shutdown: AtomicBool,
     /// The workers must return now.
     stop: AtomicBool,
+    /// How many workers block on the channel at most (one `Stop` each on stopping).
+    workers: AtomicUsize,
 }
 
 impl Queue {
@@ -39,6 +49,7 @@ impl Queue {
             notifier: Notifier::new()?,
             shutdown: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            workers: AtomicUsize::new(0),
         })
     }
 
@@ -46,20 +57,31 @@ impl Queue {
         &self.notifier
     }
 
-    /// Queues a task and wakes a worker for it.
+    pub fn set_workers(&self, n: usize) {
+        self.workers.store(n, Ordering::Release);
+    }
+
+    /// Queues a task from anywhere, waking an idle worker or the poller for it.
     pub fn push(&self, task: Task) {
-        // The receiver lives in `self`, so the channel is never disconnected.
-        let _ = self.tx.send(task);
+        self.push_local(task);
         self.notifier.notify();
     }
 
-    /// Takes one task, and wakes another worker if more are waiting, so tasks are shared out.
+    /// Queues a task from the worker that polls: an idle worker blocked on the channel wakes
+    /// for it; if none is idle, the poller takes it itself before it polls again.
+    pub fn push_local(&self, task: Task) {
+        // The receiver lives in `self`, so the channel is never disconnected.
+        let _ = self.tx.send(task);
+    }
+
+    /// Takes a task if one is waiting.
     pub fn pop(&self) -> Option<Task> {
-        let task = self.rx.try_recv().ok()?;
-        if !self.rx.is_empty() {
-            self.notifier.notify();
-        }
-        Some(task)
+        self.rx.try_recv().ok()
+    }
+
+    /// Sleeps until a task arrives.
+    pub fn wait(&self) -> Task {
+        self.rx.recv().unwrap_or(Task::Stop)
     }
 
     /// Asks for a shutdown: a worker starts the drain.
@@ -72,10 +94,16 @@ impl Queue {
         self.shutdown.load(Ordering::Acquire)
     }
 
-    /// Tells every worker to return (each passes the word on as it goes).
+    /// Tells every worker to return: the poller through the notifier, the others with a `Stop`
+    /// each.
     pub fn stop(&self) {
         self.shutdown.store(true, Ordering::Release);
-        self.stop.store(true, Ordering::Release);
+        if self.stop.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        for _ in 0..self.workers.load(Ordering::Acquire).max(1) {
+            self.push_local(Task::Stop);
+        }
         self.notifier.notify();
     }
 

@@ -159,7 +159,9 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
             draining: AtomicBool::new(false),
             drain_deadline: AtomicU64::new(u64::MAX),
             retiming: Mutex::new(()),
+            poll_lock: Mutex::new(()),
         };
+        core.queue.set_workers(threads);
         crate::clock::advance();
         Worker::new(&core).retime();
         core.handler.on_server_created(&core.listener);

@@ -1,8 +1,8 @@
 //! The worker loop: wait on epoll, claim connections, drive their streams, run callbacks.
 //!
-//! Every worker waits on the shared epoll instance itself (no hand-off thread): the kernel wakes
-//! one waiter per event, and the worker that receives an event for an idle connection claims it
-//! and drives it to the end of its turn. Sockets are registered edge-triggered, so a turn must
+//! The workers share one epoll instance in leader/follower fashion (see [`Worker::run`]): the
+//! worker that receives an event for an idle connection claims it and drives it to the end of
+//! its turn. Sockets are registered edge-triggered, so a turn must
 //! read until the stream reports `Drained` (or schedule another turn), and any event that
 //! arrives while a turn is running leaves a note (`Claim::RunningAgain`) that makes the owner
 //! go round once more before it lets go.
@@ -21,7 +21,7 @@ use crate::clock;
 use crate::conn::{Claim, Conn, Limits, RunningGuard, State};
 use crate::handler::CloseReason;
 use crate::queue::{Queue, Task};
-use crate::sys::epoll::{Events, Poller};
+use crate::sys::epoll::{Event, Events, Poller};
 use crate::sys::timer::Ticker;
 use crate::table::{self, Table};
 use crate::{Frames, Handler, RecvStatus, RunSummary, Socket, Stream};
@@ -35,9 +35,8 @@ mod libc_errno {
     pub const ENOMEM: i32 = Errno::ENOMEM as i32;
 }
 
-/// Events taken from epoll per wait. Small, so one worker does not sit on events another idle
-/// worker could serve.
-const EVENTS_PER_WAIT: usize = 16;
+/// Events taken from epoll per wait; all but the first go to the queue for the other workers.
+const EVENTS_PER_WAIT: usize = 32;
 /// Connections accepted per listener wake-up before other work gets a turn.
 const ACCEPT_BUDGET: usize = 64;
 /// Rounds one turn may take (each round reads until drained) before the connection is sent to
@@ -76,6 +75,8 @@ pub(crate) struct Core<S, H> {
     pub drain_deadline: AtomicU64,
     /// Serialises changes of the ticker's period.
     pub retiming: Mutex<()>,
+    /// Held by the one worker waiting in `epoll_wait` (the leader).
+    pub poll_lock: Mutex<()>,
 }
 
 /// Counters behind [`RunSummary`].
@@ -122,25 +123,62 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
         }
     }
 
-    /// Serves events until the server shuts down.
+    /// Serves until the server stops, as leader or follower.
+    ///
+    /// At most one worker waits in `epoll_wait` (the leader: whoever holds `poll_lock`). It
+    /// keeps the first event of a batch for itself, queues the rest, lets go of the lock and
+    /// handles its event; idle workers sleep on the queue and wake only for queued work, and
+    /// take over the polling if the leader is still busy when they run out of it. So under light
+    /// load one thread serves a request from wake-up to reply, with no hand-off, and under heavy
+    /// load every worker has a share of each batch.
     pub fn run(&mut self) -> io::Result<()> {
+        let core = self.core;
         let mut events = Events::with_capacity(EVENTS_PER_WAIT);
         loop {
-            if self.core.queue.must_stop() {
-                // Pass the word on: the eventfd's edge woke only one of us.
-                self.core.queue.notifier().notify();
+            if core.queue.must_stop() {
                 return Ok(());
             }
-            for event in self.core.poller.wait(&mut events)? {
-                match event.token {
-                    table::LISTENER => self.accept(),
-                    table::NOTIFY => self.on_notify(),
-                    table::TIMER => self.on_tick(),
-                    token => {
-                        let (slot, tag) = table::split(token);
-                        self.on_event(slot, tag, event.readable, event.hangup);
+            if let Some(task) = core.queue.pop() {
+                self.on_task(task);
+                continue;
+            }
+            if let Some(lead) = core.poll_lock.try_lock() {
+                let mut first = None;
+                for event in core.poller.wait(&mut events)? {
+                    if first.is_none() {
+                        first = Some(event);
+                    } else {
+                        core.queue.push_local(Task::Event(event));
                     }
                 }
+                drop(lead);
+                if let Some(event) = first {
+                    self.on_any_event(event);
+                }
+                continue;
+            }
+            let task = core.queue.wait();
+            self.on_task(task);
+        }
+    }
+
+    fn on_task(&mut self, task: Task) {
+        match task {
+            Task::Event(event) => self.on_any_event(event),
+            Task::Conn { slot, id } => self.on_event(slot, table::tag(id), true, false),
+            Task::Accept => self.accept(),
+            Task::Stop => {}
+        }
+    }
+
+    fn on_any_event(&mut self, event: Event) {
+        match event.token {
+            table::LISTENER => self.accept(),
+            table::NOTIFY => self.on_notify(),
+            table::TIMER => self.on_tick(),
+            token => {
+                let (slot, tag) = table::split(token);
+                self.on_event(slot, tag, event.readable, event.hangup);
             }
         }
     }
@@ -148,16 +186,8 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
     fn on_notify(&mut self) {
         let queue = &self.core.queue;
         queue.notifier().acknowledge();
-        if queue.must_stop() {
-            return; // the loop sees it next
-        }
-        if queue.is_shut_down() {
+        if queue.is_shut_down() && !queue.must_stop() {
             self.begin_drain();
-        }
-        match queue.pop() {
-            Some(Task::Conn { slot, id }) => self.on_event(slot, table::tag(id), true, false),
-            Some(Task::Accept) => self.accept(),
-            None => {}
         }
     }
 
