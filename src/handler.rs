@@ -22,8 +22,13 @@ use crate::{Socket, Stream};
 ///   Callbacks for different connections run in parallel on different workers.
 /// - No lock of the library is held during a callback: from inside one you may send to this or
 ///   any other connection, close any connection, or hand a [`Socket`] to another thread.
-/// - A callback occupies its worker thread until it returns. Keep them short; a callback that
-///   blocks (on a database, say) holds one worker, and the server runs on the others.
+/// - Callbacks must not block. A callback occupies its worker until it returns, and the worker
+///   that last waited on epoll runs the first event it received itself, without handing it off
+///   (that is what makes a request/reply round trip cheap); while it runs, new events are picked
+///   up only once another worker is free. A callback that blocks for milliseconds (a database
+///   query, a file read, a lock held elsewhere) therefore delays other connections by as much.
+///   Hand slow work to your own threads and reply later through the [`Socket`], which works from
+///   any thread.
 pub trait Handler<S: Stream>: Send + Sync + 'static {
     /// Called once from [`Server::run`](crate::Server::run), before the first connection is
     /// accepted, with the listening socket (to set options on it, for instance).
