@@ -250,9 +250,9 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
             if read {
                 let mut state = conn.state.lock();
                 let hangup = state.hangup;
+                let draining = state.draining;
                 if state.closing.is_none()
                     && !state.read_closed
-                    && !state.draining
                     && let Some(stream) = state.stream.as_mut()
                 {
                     status = stream.recv(&mut self.frames);
@@ -264,13 +264,23 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
                         status = stream.recv(&mut self.frames);
                         extra += 1;
                     }
-                    // Timeout bookkeeping: two relaxed stores, no clock read.
+                    // Timeout bookkeeping: relaxed stores, no clock read. The frame timeout
+                    // runs from the start of the frame now incomplete: restamp whenever a
+                    // frame completed before it.
                     conn.touch();
-                    let partial = stream.has_partial_frame();
                     let since = conn.partial_since.load(Ordering::Relaxed);
-                    if partial != (since != 0) {
-                        let stamp = if partial { clock::now() } else { 0 };
-                        conn.partial_since.store(stamp, Ordering::Relaxed);
+                    if !stream.has_partial_frame() {
+                        if since != 0 {
+                            conn.partial_since.store(0, Ordering::Relaxed);
+                        }
+                    } else if since == 0 || !self.frames.is_empty() {
+                        conn.partial_since.store(clock::now(), Ordering::Relaxed);
+                    }
+                    if draining {
+                        // Shutting down: new frames are not delivered, but input is still read
+                        // (and dropped) so that closing does not find unread bytes, which
+                        // would make the kernel reset the connection and lose queued output.
+                        self.frames.clear();
                     }
                 }
             }
@@ -352,8 +362,11 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
         reason: CloseReason,
     ) {
         let core = self.core;
-        let stream = state.stream.take().expect("finalized twice");
+        let mut stream = state.stream.take().expect("finalized twice");
         state.claim = Claim::Idle;
+        if matches!(reason, CloseReason::Local | CloseReason::Shutdown { .. }) {
+            discard_input(&mut stream);
+        }
         // Out of epoll before the descriptor is closed, so its number can be reused safely.
         if let Err(err) = core.poller.delete(stream.as_fd()) {
             tracing::debug!(conn = conn.id, error = %err, "epoll delete failed");
@@ -502,6 +515,7 @@ impl<S: Stream, H: Handler<S>> Core<S, H> {
                 let flushed = stream.flush().is_ok() && !stream.has_pending_output();
                 CloseReason::Shutdown { flushed }
             });
+            discard_input(&mut stream);
             self.stats.count_shutdown(&reason);
             if let Err(err) = self.poller.delete(stream.as_fd()) {
                 tracing::debug!(conn = conn.id, error = %err, "epoll delete failed");
@@ -513,6 +527,26 @@ impl<S: Stream, H: Handler<S>> Core<S, H> {
                 self.handler.on_connection_removed(&socket, &reason)
             });
         }
+    }
+}
+
+/// Reads and drops what the peer sent and nobody will handle, before a graceful close: a socket
+/// closed with unread input is reset by the kernel, and the peer may then lose what it had not
+/// read yet of our last replies. Bounded: a few budgets' worth, errors ignored.
+/// A panic in the stream's code is caught here: the close must go on.
+fn discard_input<S: Stream>(stream: &mut S) {
+    let discard = panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut sink = Frames::new();
+        for _ in 0..4 {
+            let more = matches!(stream.recv(&mut sink), Ok(RecvStatus::MoreAvailable));
+            sink.clear();
+            if !more {
+                break;
+            }
+        }
+    }));
+    if discard.is_err() {
+        tracing::error!("Stream::recv panicked while discarding input before a close");
     }
 }
 

@@ -196,3 +196,141 @@ impl<C: Codec + Clone + Sync> hydrogen::Handler<Framed<C>> for Recorder<C> {
         self.removed.lock().push((socket.id(), reason_kind(reason)));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the hardening tests.
+
+/// The process's resident set size (`VmRSS` in `/proc/self/status`), in bytes.
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("VmRSS line");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("VmRSS value");
+    kib * 1024
+}
+
+/// How many descriptors the process has open (entries of `/proc/self/fd`, less the one the
+/// listing itself opens).
+pub fn count_open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("read /proc/self/fd")
+        .count()
+        .saturating_sub(1)
+}
+
+/// Makes `close` send a reset (RST) instead of a FIN: `SO_LINGER` with a zero timeout.
+pub fn reset_on_close(tcp: &TcpStream) {
+    socket2::SockRef::from(tcp)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER 0");
+}
+
+/// Serialises the tests of one binary that measure the whole process (RSS, CPU, timing):
+/// hold the guard for the test's duration. A test that panicked while holding it does not
+/// block the others.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Whether an I/O error is a read timeout (`WouldBlock` or `TimedOut`) rather than a close.
+pub fn is_timeout(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Asserts that the server closed `tcp`: a read returns end of stream or an error (a reset)
+/// within [`DEADLINE`], not a timeout. Bytes still arriving before the close are skipped.
+#[track_caller]
+pub fn assert_closed_by_server(tcp: &TcpStream, what: &str) {
+    use std::io::Read;
+    tcp.set_read_timeout(Some(DEADLINE))
+        .expect("set_read_timeout");
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match (&*tcp).read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) if start.elapsed() < DEADLINE => continue,
+            Ok(_) => panic!("{what}: still receiving data after {DEADLINE:?}"),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if is_timeout(&e) => {
+                panic!("{what}: not closed within {:?}", start.elapsed())
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Resets the process's peak RSS (`VmHWM`) to its current RSS (`5` to `/proc/self/clear_refs`,
+/// Linux 4.0 and later). Returns whether it worked.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// The process's peak RSS (`VmHWM` in `/proc/self/status`), in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM line");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("VmHWM value");
+    kib * 1024
+}
+
+/// Measures how much the process's memory grows over a stretch of a test: the RSS at the end
+/// and, where the kernel lets the peak be reset, the peak RSS in between.
+pub struct RssProbe {
+    before: u64,
+    peak_tracked: bool,
+}
+
+impl RssProbe {
+    pub fn start() -> RssProbe {
+        let peak_tracked = reset_peak_rss();
+        RssProbe {
+            before: rss_bytes(),
+            peak_tracked,
+        }
+    }
+
+    /// Asserts that neither the current RSS nor the peak since `start` exceeds the RSS at
+    /// `start` by `limit` bytes; returns a description of the figures.
+    #[track_caller]
+    pub fn assert_growth_below(&self, limit: u64, what: &str) -> String {
+        let now = rss_bytes();
+        let peak = if self.peak_tracked {
+            peak_rss_bytes().max(now)
+        } else {
+            now
+        };
+        let figures = format!(
+            "RSS {} KiB -> {} KiB (peak {} KiB{}), growth {} KiB, peak growth {} KiB",
+            self.before / 1024,
+            now / 1024,
+            peak / 1024,
+            if self.peak_tracked { "" } else { ", untracked" },
+            now.saturating_sub(self.before) / 1024,
+            peak.saturating_sub(self.before) / 1024,
+        );
+        assert!(
+            now.saturating_sub(self.before) < limit && peak.saturating_sub(self.before) < limit,
+            "{what}: memory grew by {} KiB or more: {figures}",
+            limit / 1024
+        );
+        figures
+    }
+}
