@@ -1,0 +1,6 @@
+//! Raw bytes through `SimpleFrame`, read as `Framed` reads them; see `hydrogen_fuzz::check_simple`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| hydrogen_fuzz::check_simple(data));
