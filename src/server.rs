@@ -160,6 +160,7 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
             drain_deadline: AtomicU64::new(u64::MAX),
             retiming: Mutex::new(()),
             poll_lock: Mutex::new(()),
+            idle_workers: AtomicUsize::new(0),
         };
         core.queue.set_workers(threads);
         crate::clock::advance();

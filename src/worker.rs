@@ -77,6 +77,8 @@ pub(crate) struct Core<S, H> {
     pub retiming: Mutex<()>,
     /// Held by the one worker waiting in `epoll_wait` (the leader).
     pub poll_lock: Mutex<()>,
+    /// Workers asleep on the queue, waiting for work.
+    pub idle_workers: AtomicUsize,
 }
 
 /// Counters behind [`RunSummary`].
@@ -126,9 +128,10 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
     /// Serves until the server stops, as leader or follower.
     ///
     /// At most one worker waits in `epoll_wait` (the leader: whoever holds `poll_lock`). It
-    /// keeps the first event of a batch for itself, queues the rest, lets go of the lock and
-    /// handles its event; idle workers sleep on the queue and wake only for queued work, and
-    /// take over the polling if the leader is still busy when they run out of it. So under light
+    /// lets go of the lock as soon as events arrive, keeps the first for itself and, if other
+    /// workers are idle, queues the rest for them (otherwise it handles the whole batch);
+    /// idle workers sleep on the queue and wake only for queued work, and take over the polling
+    /// if the leader is still busy when they run out of it. So under light
     /// load one thread serves a request from wake-up to reply, with no hand-off, and under heavy
     /// load every worker has a share of each batch.
     pub fn run(&mut self) -> io::Result<()> {
@@ -143,21 +146,28 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
                 continue;
             }
             if let Some(lead) = core.poll_lock.try_lock() {
-                let mut first = None;
-                for event in core.poller.wait(&mut events)? {
-                    if first.is_none() {
-                        first = Some(event);
-                    } else {
+                let mut batch = core.poller.wait(&mut events)?;
+                drop(lead);
+                let Some(first) = batch.next() else {
+                    continue;
+                };
+                // Share the rest of the batch only if a worker is idle: handing events to busy
+                // ones would only add channel traffic. A busy worker that runs out of work
+                // takes over the polling, and so its share of the next batch.
+                if core.idle_workers.load(Ordering::Acquire) > 0 {
+                    for event in batch.by_ref() {
                         core.queue.push_local(Task::Event(event));
                     }
                 }
-                drop(lead);
-                if let Some(event) = first {
+                self.on_any_event(first);
+                for event in batch {
                     self.on_any_event(event);
                 }
                 continue;
             }
+            core.idle_workers.fetch_add(1, Ordering::AcqRel);
             let task = core.queue.wait();
+            core.idle_workers.fetch_sub(1, Ordering::AcqRel);
             self.on_task(task);
         }
     }

@@ -30,7 +30,8 @@ Options:
   --rounds R         rounds per scenario (default 3)
   --secs S           measured window per run, seconds (default 5)
   --warmup W         warm-up before the window, seconds (default 1)
-  --servers LIST     comma-separated, from hydrogen,tokio,mio (default all three, in that order)
+  --servers LIST     comma-separated, from hydrogen,tokio,mio (default all three, in that order);
+                     any other NAME runs the binary NAME_echo found next to the suite
   --scenarios LIST   comma-separated, from latency,c100,c1000,large,idle,churn,sweep
                      (default all)
   --smoke            a quick check: 1 round, 1 s windows, 0.5 s warm-up, at most 100
@@ -82,6 +83,21 @@ fn parse_list(name: &str, v: &str, allowed: &[&str]) -> Result<Vec<String>, Stri
     Ok(out)
 }
 
+/// Server names: the three peers, or any other `NAME` whose `NAME_echo` binary sits next to
+/// the suite (for example a build of hydrogen from another commit, to compare two versions).
+fn parse_servers(v: &str) -> Result<Vec<String>, String> {
+    let names: Vec<&str> = v.split(',').map(str::trim).collect();
+    for name in &names {
+        let plain = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if name.is_empty() || !plain {
+            return Err(format!("--servers: bad server name {name:?}"));
+        }
+    }
+    parse_list("--servers", v, &names)
+}
+
 fn parse_secs(name: &str, v: &str, min: f64) -> Result<f64, String> {
     match v.parse::<f64>() {
         Ok(s) if s.is_finite() && s >= min && s <= 600.0 => Ok(s),
@@ -112,7 +128,7 @@ fn parse_args() -> Result<Option<Args>, String> {
             }
             "--secs" => secs = Some(parse_secs("--secs", &value("--secs")?, 0.1)?),
             "--warmup" => warmup = Some(parse_secs("--warmup", &value("--warmup")?, 0.0)?),
-            "--servers" => servers = parse_list("--servers", &value("--servers")?, &ALL_SERVERS)?,
+            "--servers" => servers = parse_servers(&value("--servers")?)?,
             "--scenarios" => {
                 scenarios = parse_list("--scenarios", &value("--scenarios")?, &ALL_SCENARIOS)?;
             }
