@@ -19,6 +19,9 @@ const WBUF_KEEP: usize = 512;
 /// capacity exceeds this.
 const RBUF_SHRINK_ABOVE: usize = 64 * 1024;
 
+/// The smallest buffer an incomplete frame gets.
+const RBUF_MIN: usize = 4 * 1024;
+
 thread_local! {
     /// The buffer `recv` reads into, allocated once per thread. It is taken out while in use, so
     /// a nested call (from inside a codec, say) allocates its own instead of failing.
@@ -70,8 +73,10 @@ fn put_scratch(buf: Box<[u8]>) {
 pub struct Framed<C> {
     tcp: TcpStream,
     codec: C,
-    /// The bytes of an incomplete frame, and nothing else between calls.
+    /// Holds the bytes of an incomplete frame in `rbuf[..rlen]`; the rest is initialised room
+    /// for the frame's next bytes. Empty (no allocation) whenever no frame is incomplete.
     rbuf: Vec<u8>,
+    rlen: usize,
     /// Encoded frames waiting to be written; `wbuf[..wpos]` is already written.
     wbuf: Vec<u8>,
     wpos: usize,
@@ -100,6 +105,7 @@ impl<C: Codec> Framed<C> {
             tcp,
             codec,
             rbuf: Vec::new(),
+            rlen: 0,
             wbuf: Vec::new(),
             wpos: 0,
             read_budget: Self::DEFAULT_READ_BUDGET,
@@ -131,9 +137,24 @@ impl<C: Codec> Framed<C> {
             if room == 0 {
                 return Ok(RecvStatus::MoreAvailable);
             }
-            let want = room.min(scratch.len());
-            match (&self.tcp).read(&mut scratch[..want]) {
-                Ok(0) if self.rbuf.is_empty() => return Ok(RecvStatus::Eof),
+            // With no frame started, read into the worker's scratch buffer; with one started,
+            // straight into the connection's buffer behind its first bytes, sparing a copy.
+            let partial = self.rlen > 0;
+            let target: &mut [u8] = if partial {
+                if self.rlen == self.rbuf.len() {
+                    // Grow by doubling, driven by bytes received, never by a claimed length.
+                    let grown = (self.rbuf.len() * 2).max(RBUF_MIN);
+                    self.rbuf.resize(grown, 0);
+                }
+                let end = self.rbuf.len().min(self.rlen + room);
+                &mut self.rbuf[self.rlen..end]
+            } else {
+                let len = room.min(scratch.len());
+                &mut scratch[..len]
+            };
+            let want = target.len();
+            match (&self.tcp).read(target) {
+                Ok(0) if !partial => return Ok(RecvStatus::Eof),
                 Ok(0) => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -142,7 +163,12 @@ impl<C: Codec> Framed<C> {
                 }
                 Ok(n) => {
                     read += n;
-                    self.ingest(&scratch[..n], frames)?;
+                    if partial {
+                        self.rlen += n;
+                        self.ingest_buffered(frames)?;
+                    } else {
+                        self.ingest(&scratch[..n], frames)?;
+                    }
                     if n < want {
                         // A short read took all the socket had. Data arriving from now on
                         // raises a new edge, so another read now would only return WouldBlock.
@@ -158,29 +184,51 @@ impl<C: Codec> Framed<C> {
         }
     }
 
-    /// Decodes every complete frame in the buffered bytes followed by `data`, keeping the bytes
-    /// of a trailing incomplete frame.
+    /// Decodes every complete frame in freshly read `data` (with no frame pending), and keeps
+    /// the bytes of a trailing incomplete frame.
     fn ingest(&mut self, data: &[u8], frames: &mut Frames) -> io::Result<()> {
-        if self.rbuf.is_empty() {
-            let used = decode_all(&mut self.codec, data, frames)?;
-            self.rbuf.extend_from_slice(&data[used..]);
+        let used = decode_all(&mut self.codec, data, frames)?;
+        let tail = &data[used..];
+        if !tail.is_empty() {
+            self.rbuf.clear();
+            self.rbuf.resize((tail.len() * 2).max(RBUF_MIN), 0);
+            self.rbuf[..tail.len()].copy_from_slice(tail);
+            self.rlen = tail.len();
+        }
+        Ok(())
+    }
+
+    /// Decodes every complete frame in `rbuf[..rlen]`, keeping the bytes of a trailing
+    /// incomplete frame at the front.
+    fn ingest_buffered(&mut self, frames: &mut Frames) -> io::Result<()> {
+        let buffered = &self.rbuf[..self.rlen];
+        // The common case for a large frame: the buffer holds exactly one, complete. Hand the
+        // whole buffer over instead of copying the payload out of it.
+        if let Some(decoded) = self.codec.decode(buffered)?
+            && decoded.consumed == self.rlen
+        {
+            codec::check_decoded(&decoded, self.rlen)?;
+            let mut buffer = std::mem::take(&mut self.rbuf);
+            buffer.truncate(self.rlen);
+            self.rlen = 0;
+            frames.adopt(buffer, decoded.payload);
             return Ok(());
         }
-        self.rbuf.extend_from_slice(data);
-        let used = decode_all(&mut self.codec, &self.rbuf, frames)?;
+        let used = decode_all(&mut self.codec, buffered, frames)?;
         if used == 0 {
             return Ok(());
         }
-        if used == self.rbuf.len() {
+        if used == self.rlen {
             self.rbuf = Vec::new();
-        } else {
-            self.rbuf.drain(..used);
-            // A small leftover after a large frame should not pin the large allocation.
-            if self.rbuf.capacity() > RBUF_SHRINK_ABOVE
-                && self.rbuf.len() < self.rbuf.capacity() / 4
-            {
-                self.rbuf.shrink_to(self.rbuf.len());
-            }
+            self.rlen = 0;
+            return Ok(());
+        }
+        self.rbuf.copy_within(used..self.rlen, 0);
+        self.rlen -= used;
+        // A small leftover after a large frame should not pin the large allocation.
+        if self.rbuf.len() > RBUF_SHRINK_ABOVE && self.rlen < self.rbuf.len() / 4 {
+            self.rbuf.truncate((self.rlen * 2).max(RBUF_MIN));
+            self.rbuf.shrink_to_fit();
         }
         Ok(())
     }
@@ -281,7 +329,7 @@ impl<C: Codec> Stream for Framed<C> {
     }
 
     fn has_partial_frame(&self) -> bool {
-        !self.rbuf.is_empty()
+        self.rlen > 0
     }
 
     /// Shuts the socket down in both directions. A socket that is no longer connected is not an
@@ -305,7 +353,7 @@ impl<C: fmt::Debug> fmt::Debug for Framed<C> {
         f.debug_struct("Framed")
             .field("tcp", &self.tcp)
             .field("codec", &self.codec)
-            .field("buffered_in", &self.rbuf.len())
+            .field("buffered_in", &self.rlen)
             .field("pending_out", &(self.wbuf.len() - self.wpos))
             .field("read_budget", &self.read_budget)
             .finish()
@@ -530,7 +578,7 @@ mod tests {
         peer.write_all(&[0x01, 0x00, 0x02, b'a']).unwrap();
         wait_readable(stream.get_ref(), wire.len() + 4);
         assert_eq!(stream.recv(&mut frames).unwrap(), RecvStatus::Drained);
-        assert_eq!(stream.rbuf.len(), 4);
+        assert_eq!(stream.rlen, 4);
         peer.write_all(&[b'b', 0x00]).unwrap();
         let err = recv_to_end(&mut stream, &mut frames).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);

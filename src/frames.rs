@@ -19,10 +19,11 @@ use std::fmt;
 /// ```
 #[derive(Default, Clone)]
 pub struct Frames {
-    /// Every payload, back to back.
+    /// Every payload, back to back (or, after [`adopt`](Frames::adopt), one read buffer that
+    /// still holds its frame's header).
     data: Vec<u8>,
-    /// `ends[i]` is the offset in `data` one past the end of frame `i`.
-    ends: Vec<usize>,
+    /// `spans[i]` is where frame `i` lies in `data`.
+    spans: Vec<(usize, usize)>,
 }
 
 impl Frames {
@@ -34,32 +35,44 @@ impl Frames {
     /// Appends one frame's payload (copied).
     #[inline]
     pub fn push(&mut self, payload: &[u8]) {
+        let start = self.data.len();
         self.data.extend_from_slice(payload);
-        self.ends.push(self.data.len());
+        self.spans.push((start, self.data.len()));
+    }
+
+    /// Takes a whole read buffer holding one frame at `payload`, without copying it when the
+    /// batch is empty (a large frame then costs no copy here). Otherwise the payload is copied
+    /// as by [`push`](Frames::push).
+    pub(crate) fn adopt(&mut self, buffer: Vec<u8>, payload: std::ops::Range<usize>) {
+        if self.spans.is_empty() {
+            self.data = buffer;
+            self.spans.push((payload.start, payload.end));
+        } else {
+            self.push(&buffer[payload]);
+        }
     }
 
     /// The number of frames in the batch.
     #[inline]
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.spans.len()
     }
 
     /// Whether the batch holds no frame.
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.spans.is_empty()
     }
 
     /// The total payload bytes in the batch.
     #[inline]
     pub fn bytes(&self) -> usize {
-        self.data.len()
+        self.spans.iter().map(|(start, end)| end - start).sum()
     }
 
     /// The payload of frame `index`, if there is one.
     pub fn get(&self, index: usize) -> Option<&[u8]> {
-        let end = *self.ends.get(index)?;
-        let start = if index == 0 { 0 } else { self.ends[index - 1] };
+        let &(start, end) = self.spans.get(index)?;
         Some(&self.data[start..end])
     }
 
@@ -67,7 +80,6 @@ impl Frames {
     pub fn iter(&self) -> Iter<'_> {
         Iter {
             frames: self,
-            start: 0,
             next: 0,
         }
     }
@@ -75,7 +87,7 @@ impl Frames {
     /// Removes every frame, keeping the memory for the next batch.
     pub fn clear(&mut self) {
         self.data.clear();
-        self.ends.clear();
+        self.spans.clear();
     }
 
     /// Clears the batch and gives back its memory if it grew past `limit` bytes, so one burst of
@@ -85,8 +97,8 @@ impl Frames {
         if self.data.capacity() > limit {
             self.data = Vec::new();
         }
-        if self.ends.capacity() * std::mem::size_of::<usize>() > limit {
-            self.ends = Vec::new();
+        if self.spans.capacity() * std::mem::size_of::<(usize, usize)>() > limit {
+            self.spans = Vec::new();
         }
     }
 }
@@ -113,7 +125,6 @@ impl<'a> IntoIterator for &'a Frames {
 #[derive(Debug, Clone)]
 pub struct Iter<'a> {
     frames: &'a Frames,
-    start: usize,
     next: usize,
 }
 
@@ -122,15 +133,13 @@ impl<'a> Iterator for Iter<'a> {
 
     #[inline]
     fn next(&mut self) -> Option<&'a [u8]> {
-        let end = *self.frames.ends.get(self.next)?;
-        let payload = &self.frames.data[self.start..end];
-        self.start = end;
+        let &(start, end) = self.frames.spans.get(self.next)?;
         self.next += 1;
-        Some(payload)
+        Some(&self.frames.data[start..end])
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = self.frames.ends.len() - self.next;
+        let left = self.frames.spans.len() - self.next;
         (left, Some(left))
     }
 }
@@ -157,6 +166,21 @@ mod tests {
         let all: Vec<&[u8]> = frames.iter().collect();
         assert_eq!(all, [&b"a"[..], b"", b"bcd"]);
         assert_eq!(frames.iter().len(), 3);
+    }
+
+    #[test]
+    fn adopt_takes_the_buffer_when_empty_and_copies_otherwise() {
+        let mut frames = Frames::new();
+        let buffer = vec![0, 0, 0, 3, b'a', b'b', b'c'];
+        let pointer = buffer.as_ptr();
+        frames.adopt(buffer, 4..7);
+        assert_eq!(frames.get(0), Some(&b"abc"[..]));
+        assert_eq!(frames.data.as_ptr(), pointer, "no copy");
+        assert_eq!(frames.bytes(), 3);
+        frames.adopt(vec![9, b'x'], 1..2);
+        assert_eq!(frames.iter().collect::<Vec<_>>(), [&b"abc"[..], &b"x"[..]]);
+        frames.clear();
+        assert!(frames.is_empty());
     }
 
     #[test]

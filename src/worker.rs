@@ -129,11 +129,17 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
     ///
     /// At most one worker waits in `epoll_wait` (the leader: whoever holds `poll_lock`). It
     /// lets go of the lock as soon as events arrive, keeps the first for itself and, if other
-    /// workers are idle, queues the rest for them (otherwise it handles the whole batch);
-    /// idle workers sleep on the queue and wake only for queued work, and take over the polling
-    /// if the leader is still busy when they run out of it. So under light
-    /// load one thread serves a request from wake-up to reply, with no hand-off, and under heavy
-    /// load every worker has a share of each batch.
+    /// workers are idle, queues the rest for them (otherwise it handles the whole batch). Idle
+    /// workers sleep on the queue and wake only for queued work, and take over the polling if
+    /// the leader is still busy when they run out of it. So under light load one thread serves
+    /// a request from wake-up to reply, with no hand-off, and under heavy load every worker has
+    /// a share of each batch.
+    ///
+    /// The price: while the leader runs callbacks, new events wait until a worker is free to
+    /// poll. Measured against a design where every worker waits in `epoll_wait` (the kernel
+    /// then wakes the longest sleeper, so consecutive requests on one connection alternate
+    /// between threads), this served 2.4 times the round trips on one connection; see
+    /// BENCHMARKS.md.
     pub fn run(&mut self) -> io::Result<()> {
         let core = self.core;
         let mut events = Events::with_capacity(EVENTS_PER_WAIT);
