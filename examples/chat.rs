@@ -19,13 +19,11 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
-use std::thread;
 
 use hydrogen::{
     CloseReason, Codec, Config, Framed, Handler, LengthPrefixed, SendError, Server, SimpleFrame,
     Socket,
 };
-use nix::sys::signal::{SigSet, Signal};
 use parking_lot::Mutex;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
@@ -152,21 +150,12 @@ fn parse_args() -> Result<Option<Args>, String> {
 }
 
 /// Binds, serves until SIGINT or SIGTERM, and returns once the server has stopped.
-fn serve<C: Codec + Clone + Sync>(codec: C, config: Config, signals: SigSet) -> io::Result<()> {
+fn serve<C: Codec + Clone + Sync>(codec: C, config: Config) -> io::Result<()> {
     let server = Server::<Framed<C>, Chat<C>>::bind(config)?;
     println!("listening on {}", server.local_addr()?);
 
-    // The signals are blocked in every thread (see `main`); this one takes them.
-    let stop = server.shutdown_handle();
-    thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || match signals.wait() {
-            Ok(signal) => {
-                eprintln!("received {signal}, shutting down");
-                stop.shutdown();
-            }
-            Err(err) => eprintln!("sigwait failed: {err}; stop with SIGKILL"),
-        })?;
+    // Ctrl-C or SIGTERM starts the drain; `run` returns when it is done.
+    server.shutdown_handle().shutdown_on_signals()?;
 
     server
         .run(Chat {
@@ -198,16 +187,9 @@ fn main() -> ExitCode {
         .with_writer(io::stderr)
         .init();
 
-    // Before any thread starts, so that every thread inherits the blocked mask.
-    let signals = SigSet::from_iter([Signal::SIGINT, Signal::SIGTERM]);
-    if let Err(err) = signals.thread_block() {
-        eprintln!("error: cannot block SIGINT and SIGTERM: {err}");
-        return ExitCode::FAILURE;
-    }
-
     let result = match framing {
-        Framing::Simple => serve(SimpleFrame, config, signals),
-        Framing::U32 => serve(LengthPrefixed::default(), config, signals),
+        Framing::Simple => serve(SimpleFrame, config),
+        Framing::U32 => serve(LengthPrefixed::default(), config),
     };
     match result {
         Ok(()) => {

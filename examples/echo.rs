@@ -18,10 +18,8 @@
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
-use std::thread;
 
 use hydrogen::{Codec, Config, Framed, Handler, LengthPrefixed, Server, SimpleFrame, Socket};
-use nix::sys::signal::{SigSet, Signal};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 
@@ -128,23 +126,12 @@ fn parse_args() -> Result<Option<Args>, String> {
 ///
 /// Generic over the codec because the server's type names its stream type: `Server<Framed<C>,
 /// Echo<C>>` is a different type for each framing.
-fn serve<C: Codec + Clone + Sync>(codec: C, config: Config, signals: SigSet) -> io::Result<()> {
+fn serve<C: Codec + Clone + Sync>(codec: C, config: Config) -> io::Result<()> {
     let server = Server::<Framed<C>, Echo<C>>::bind(config)?;
     println!("listening on {}", server.local_addr()?);
 
-    // SIGINT and SIGTERM are blocked in this thread, and so in every thread started from now
-    // on (threads inherit the mask): this one thread takes them with sigwait and stops the
-    // server. It is not joined; it ends with the process.
-    let stop = server.shutdown_handle();
-    thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || match signals.wait() {
-            Ok(signal) => {
-                eprintln!("received {signal}, shutting down");
-                stop.shutdown();
-            }
-            Err(err) => eprintln!("sigwait failed: {err}; stop with SIGKILL"),
-        })?;
+    // Ctrl-C or SIGTERM starts the drain; `run` returns when it is done.
+    server.shutdown_handle().shutdown_on_signals()?;
 
     let summary = server.run(Echo { codec })?;
     eprintln!(
@@ -176,17 +163,9 @@ fn main() -> ExitCode {
         .with_writer(io::stderr)
         .init();
 
-    // Before any thread starts, so that all of them inherit the blocked mask and the signals
-    // can only be taken by `sigwait`.
-    let signals = SigSet::from_iter([Signal::SIGINT, Signal::SIGTERM]);
-    if let Err(err) = signals.thread_block() {
-        eprintln!("error: cannot block SIGINT and SIGTERM: {err}");
-        return ExitCode::FAILURE;
-    }
-
     let result = match framing {
-        Framing::Simple => serve(SimpleFrame, config, signals),
-        Framing::U32 => serve(LengthPrefixed::default(), config, signals),
+        Framing::Simple => serve(SimpleFrame, config),
+        Framing::U32 => serve(LengthPrefixed::default(), config),
     };
     match result {
         Ok(()) => {

@@ -16,6 +16,7 @@ use socket2::{Domain, Protocol, Type};
 use crate::conn::Limits;
 use crate::queue::Queue;
 use crate::sys::epoll::Poller;
+use crate::sys::signal::Termination;
 use crate::sys::timer::Ticker;
 use crate::table::{self, Table};
 use crate::worker::{Core, Stats, Worker};
@@ -254,5 +255,42 @@ impl ShutdownHandle {
         if let Some(queue) = self.queue.upgrade() {
             queue.shut_down();
         }
+    }
+
+    /// Shuts the server down when the process receives SIGINT (Ctrl-C) or SIGTERM.
+    ///
+    /// Blocks both signals in the calling thread and starts a thread that waits for them with
+    /// `sigwait`. Call it before [`Server::run`] and before starting threads of your own: threads
+    /// started later inherit the blocked mask (the server's workers among them), while a thread
+    /// started earlier could still receive a signal and let it kill the process. The waiting
+    /// thread is not joined; it ends with the process.
+    ///
+    /// ```no_run
+    /// # use hydrogen::{Config, Server, SimpleStream};
+    /// # fn run<H: hydrogen::Handler<SimpleStream>>(handler: H) -> std::io::Result<()> {
+    /// let server = Server::<SimpleStream, H>::bind(Config::default())?;
+    /// server.shutdown_handle().shutdown_on_signals()?;
+    /// let summary = server.run(handler)?; // returns after Ctrl-C, once drained
+    /// eprintln!("drained {} connections", summary.drained);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Fails if the signal mask cannot be changed or the thread cannot be started.
+    pub fn shutdown_on_signals(&self) -> io::Result<()> {
+        let termination = Termination::block()?;
+        let handle = self.clone();
+        thread::Builder::new()
+            .name("hydrogen-signals".into())
+            .spawn(move || match termination.wait() {
+                Ok(signal) => {
+                    tracing::info!(signal, "shutting down on a signal");
+                    handle.shutdown();
+                }
+                Err(err) => tracing::error!(error = %err, "sigwait failed"),
+            })?;
+        Ok(())
     }
 }
