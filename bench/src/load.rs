@@ -111,8 +111,8 @@ impl Framing {
 
     fn max_payload(self) -> usize {
         match self {
-            Framing::Simple => usize::from(u16::MAX),
-            Framing::U32 => LengthPrefixed::DEFAULT_MAX_FRAME_LEN,
+            Framing::Simple => SimpleFrame.max_payload(),
+            Framing::U32 => LengthPrefixed::default().max_payload(),
         }
     }
 }

@@ -66,6 +66,11 @@ impl Default for LengthPrefixed {
 }
 
 impl Codec for LengthPrefixed {
+    /// The configured maximum frame length (capped at `u32::MAX`, what the prefix can say).
+    fn max_payload(&self) -> usize {
+        self.limit()
+    }
+
     /// Appends the 4-byte big-endian length and the payload to `out`.
     ///
     /// # Errors
@@ -255,5 +260,18 @@ mod tests {
     fn never_panics() {
         check_no_panic(&mut LengthPrefixed::new(40), &[0, 0, 0]);
         check_no_panic(&mut LengthPrefixed::new(usize::MAX), &[0, 0, 0]);
+    }
+
+    #[test]
+    fn max_payload_is_the_configured_limit() {
+        assert_eq!(LengthPrefixed::new(4096).max_payload(), 4096);
+        assert_eq!(
+            LengthPrefixed::default().max_payload(),
+            LengthPrefixed::DEFAULT_MAX_FRAME_LEN
+        );
+        assert_eq!(
+            LengthPrefixed::new(usize::MAX).max_payload(),
+            u32::MAX as usize
+        );
     }
 }

@@ -74,6 +74,12 @@ pub trait Codec: Send + 'static {
     /// Returns a [`FrameError`] when the bytes cannot be the start of a valid frame. The stream
     /// cannot be resynchronized after that, so callers close the connection.
     fn decode(&mut self, buf: &[u8]) -> Result<Option<Decoded>, FrameError>;
+
+    /// The largest payload this codec encodes and accepts, in bytes (`usize::MAX` if the
+    /// format sets no bound).
+    fn max_payload(&self) -> usize {
+        usize::MAX
+    }
 }
 
 /// Where [`Codec::decode`] found a frame in the buffer it was given.

@@ -38,6 +38,11 @@ impl SimpleFrame {
 }
 
 impl Codec for SimpleFrame {
+    /// [`MAX_PAYLOAD`](SimpleFrame::MAX_PAYLOAD): 65535 bytes.
+    fn max_payload(&self) -> usize {
+        Self::MAX_PAYLOAD
+    }
+
     /// Appends `0x01`, the length, the payload and `0x17` to `out`.
     ///
     /// # Errors
@@ -225,5 +230,21 @@ mod tests {
     #[test]
     fn never_panics() {
         check_no_panic(&mut SimpleFrame, &[0x01, 0x00]);
+    }
+
+    #[test]
+    fn max_payload_is_the_format_limit() {
+        assert_eq!(SimpleFrame.max_payload(), 65535);
+        let mut out = Vec::new();
+        assert!(
+            SimpleFrame
+                .encode(&vec![0; SimpleFrame.max_payload()], &mut out)
+                .is_ok()
+        );
+        assert!(
+            SimpleFrame
+                .encode(&vec![0; SimpleFrame.max_payload() + 1], &mut out)
+                .is_err()
+        );
     }
 }
