@@ -30,8 +30,6 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::process::ExitCode;
 
 use hydrogen::{CloseReason, Config, Frames, Handler, RecvStatus, Server, Socket, Stream};
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::filter::LevelFilter;
 
 /// The longest line accepted or sent, in bytes, without its line ending.
 const MAX_LINE: usize = 64 * 1024;
@@ -44,6 +42,8 @@ const CHUNK: usize = 16 * 1024;
 
 /// An empty write queue keeps its allocation only up to this capacity.
 const WBUF_KEEP: usize = 4 * 1024;
+
+mod support;
 
 const USAGE: &str = "\
 Usage: custom_stream [--addr HOST:PORT]
@@ -251,24 +251,6 @@ impl Handler<LineStream> for Upper {
     }
 }
 
-/// Splits `HOST:PORT` on its last ':'; `[::1]:PORT` gives host `::1`.
-fn parse_addr(s: &str) -> Result<(String, u16), String> {
-    let (host, port) = s
-        .rsplit_once(':')
-        .ok_or_else(|| format!("--addr {s:?}: expected HOST:PORT"))?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if host.is_empty() {
-        return Err(format!("--addr {s:?}: empty host"));
-    }
-    let port = port
-        .parse()
-        .map_err(|_| format!("--addr {s:?}: invalid port {port:?}"))?;
-    Ok((host.to_string(), port))
-}
-
 fn parse_args() -> Result<Option<Config>, String> {
     let mut config = Config {
         port: 1338,
@@ -280,7 +262,7 @@ fn parse_args() -> Result<Option<Config>, String> {
             "-h" | "--help" => return Ok(None),
             "--addr" => {
                 let value = args.next().ok_or("--addr needs a value")?;
-                (config.addr, config.port) = parse_addr(&value)?;
+                (config.addr, config.port) = support::parse_addr(&value)?;
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -300,14 +282,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::builder()
-                .with_default_directive(LevelFilter::WARN.into())
-                .from_env_lossy(),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    support::init_logging();
 
     let server = match Server::<LineStream, Upper>::bind(config) {
         Ok(server) => server,

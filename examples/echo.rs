@@ -20,8 +20,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
 
 use hydrogen::{Codec, Config, Framed, Handler, LengthPrefixed, Server, SimpleFrame, Socket};
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::filter::LevelFilter;
+
+mod support;
+
+use support::{Args, Framing};
 
 const USAGE: &str = "\
 Usage: echo [--addr HOST:PORT] [--framing simple|u32] [--threads N]
@@ -58,70 +60,6 @@ impl<C: Codec + Clone + Sync> Handler<Framed<C>> for Echo<C> {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Framing {
-    Simple,
-    U32,
-}
-
-struct Args {
-    config: Config,
-    framing: Framing,
-}
-
-/// Splits `HOST:PORT` on its last ':'; `[::1]:PORT` gives host `::1`.
-fn parse_addr(s: &str) -> Result<(String, u16), String> {
-    let (host, port) = s
-        .rsplit_once(':')
-        .ok_or_else(|| format!("--addr {s:?}: expected HOST:PORT"))?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if host.is_empty() {
-        return Err(format!("--addr {s:?}: empty host"));
-    }
-    let port = port
-        .parse()
-        .map_err(|_| format!("--addr {s:?}: invalid port {port:?}"))?;
-    Ok((host.to_string(), port))
-}
-
-/// `Ok(None)` means `--help`.
-fn parse_args() -> Result<Option<Args>, String> {
-    // Config's defaults: 127.0.0.1:1337, one worker per CPU, a backlog of 1024.
-    let mut config = Config::default();
-    let mut framing = Framing::Simple;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
-        match arg.as_str() {
-            "-h" | "--help" => return Ok(None),
-            "--addr" => (config.addr, config.port) = parse_addr(&value("--addr")?)?,
-            "--framing" => {
-                framing = match value("--framing")?.as_str() {
-                    "simple" => Framing::Simple,
-                    "u32" => Framing::U32,
-                    other => {
-                        return Err(format!(
-                            "--framing {other:?}: expected \"simple\" or \"u32\""
-                        ));
-                    }
-                }
-            }
-            "--threads" => {
-                let v = value("--threads")?;
-                config.max_threads = match v.parse() {
-                    Ok(n) if n >= 1 => n,
-                    _ => return Err(format!("--threads {v:?}: expected a number of at least 1")),
-                };
-            }
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok(Some(Args { config, framing }))
-}
-
 /// Binds, serves until SIGINT or SIGTERM, and returns once the server has stopped.
 ///
 /// Generic over the codec because the server's type names its stream type: `Server<Framed<C>,
@@ -142,7 +80,7 @@ fn serve<C: Codec + Clone + Sync>(codec: C, config: Config) -> io::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let Args { config, framing } = match parse_args() {
+    let Args { config, framing } = match support::parse_args(Config::default()) {
         Ok(Some(args)) => args,
         Ok(None) => {
             print!("{USAGE}");
@@ -154,14 +92,7 @@ fn main() -> ExitCode {
         }
     };
 
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::builder()
-                .with_default_directive(LevelFilter::WARN.into())
-                .from_env_lossy(),
-        )
-        .with_writer(io::stderr)
-        .init();
+    support::init_logging();
 
     let result = match framing {
         Framing::Simple => serve(SimpleFrame, config),
