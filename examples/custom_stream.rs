@@ -370,13 +370,16 @@ mod tests {
     #[test]
     fn addresses() {
         assert_eq!(
-            parse_addr("127.0.0.1:1338").unwrap(),
+            support::parse_addr("127.0.0.1:1338").unwrap(),
             ("127.0.0.1".into(), 1338)
         );
-        assert_eq!(parse_addr("[::1]:80").unwrap(), ("::1".into(), 80));
-        assert_eq!(parse_addr("localhost:0").unwrap(), ("localhost".into(), 0));
-        assert!(parse_addr("1338").is_err());
-        assert!(parse_addr(":1338").is_err());
-        assert!(parse_addr("host:99999").is_err());
+        assert_eq!(support::parse_addr("[::1]:80").unwrap(), ("::1".into(), 80));
+        assert_eq!(
+            support::parse_addr("localhost:0").unwrap(),
+            ("localhost".into(), 0)
+        );
+        assert!(support::parse_addr("1338").is_err());
+        assert!(support::parse_addr(":1338").is_err());
+        assert!(support::parse_addr("host:99999").is_err());
     }
 }
