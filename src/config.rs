@@ -70,7 +70,8 @@ pub struct Config {
     /// peers that trickle bytes to hold connections open (slowloris). Default 30 s.
     pub frame_timeout: Option<Duration>,
     /// On shutdown, how long to keep flushing queued writes before closing the connections
-    /// that still have some. Default 5 s; zero closes at once.
+    /// that still have some. Default 5 s; zero closes at once; `Duration::MAX` waits for as
+    /// long as it takes.
     pub drain_timeout: Duration,
 }
 

@@ -92,7 +92,7 @@ impl<S: Stream, H: Handler<S>> Worker<'_, S, H> {
             core.queue.stop();
             return;
         }
-        let deadline = clock::advance() + core.drain_timeout.as_millis() as u64;
+        let deadline = clock::deadline(clock::advance(), core.drain_timeout);
         core.drain_deadline.store(deadline, Ordering::Release);
         tracing::info!(timeout = ?core.drain_timeout, "shutting down: draining connections");
         let mut all = Vec::new();

@@ -137,7 +137,7 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
             .min(MAX_SHARDS)
             .min(self.config.pre_allocated.max(1).next_power_of_two());
         let config = &self.config;
-        let millis = |d: std::time::Duration| d.as_millis().max(1) as u64;
+        let millis = |d: std::time::Duration| crate::clock::millis(d).max(1);
         let core = Core {
             handler,
             table: Table::new(shards, config.pre_allocated),

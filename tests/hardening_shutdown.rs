@@ -413,3 +413,50 @@ fn drain_delivers_everything_to_a_peer_that_sends_during_it() {
     assert_eq!(reason, "shutdown");
     assert_eq!((summary.drained, summary.abandoned), (2, 0), "{summary:?}");
 }
+
+/// `drain_timeout: Duration::MAX` ("as long as it takes") overflowed the deadline: release
+/// builds gave up at the first drain tick (100 ms) and debug builds panicked. The peer here
+/// starts reading well after that tick, and must still get everything.
+#[test]
+fn drain_timeout_max_overflowed_the_deadline() {
+    let _serial = serial();
+    const FRAMES: usize = 16; // 1 MiB
+    let handler = Arc::new(Recorder::new(codec(), |_, _| {}));
+    let server = TestServer::start(
+        Config {
+            outbound_policy: OutboundPolicy::Reject,
+            max_outbound: 8 * MIB,
+            drain_timeout: Duration::MAX,
+            ..config(2)
+        },
+        SmallSendBuffer(handler.clone()),
+    );
+    let tcp = connect_small_window(server.addr);
+    let socket = handler.nth_opened(1);
+    for i in 0..FRAMES {
+        socket
+            .send(&frame(i))
+            .unwrap_or_else(|e| panic!("frame {i}: {e}"));
+    }
+    server.shutdown.shutdown();
+    // Not a synchronisation: time must pass, several drain ticks, for a wrapped deadline to
+    // show. A correct server keeps waiting for the peer.
+    thread::sleep(Duration::from_millis(350));
+    assert!(
+        !socket.is_closed(),
+        "the drain gave up although its timeout is Duration::MAX"
+    );
+    let mut reader = Client::from_stream(tcp, codec());
+    reader.set_read_timeout(Some(DEADLINE)).unwrap();
+    for i in 0..FRAMES {
+        let got = reader
+            .recv()
+            .unwrap_or_else(|e| panic!("frame {i}: {e}"))
+            .unwrap_or_else(|| panic!("frame {i}: end of stream"));
+        assert!(got == frame(i), "frame {i} corrupted or out of order");
+    }
+    assert_eq!(reader.recv().unwrap(), None, "then end of stream");
+    let summary = server.stop().unwrap();
+    assert_eq!(handler.removal_of(socket.id()), "shutdown");
+    assert_eq!((summary.drained, summary.abandoned), (1, 0), "{summary:?}");
+}
