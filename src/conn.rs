@@ -69,6 +69,11 @@ pub(crate) struct State<S> {
     /// epoll reported a hang-up or an error: no more data will arrive, so a short read does
     /// not mean the end was seen; read until the stream reports it.
     pub hangup: bool,
+    /// The peer sent urgent data (epoll reported `EPOLLPRI`). Reads stop short at an urgent
+    /// mark, so from then on a short read does not mean drained either: like `hangup`, read
+    /// until the stream reports `WouldBlock`. The urgent byte itself is dropped by the kernel
+    /// (no `SO_OOBINLINE`); the bytes around it stay in order.
+    pub urgent: bool,
     /// The server is shutting down: read no more, close once the output is written.
     pub draining: bool,
     /// Set when the connection must close at the owner's next look (a local close, or an
@@ -141,6 +146,7 @@ impl<S: Stream> Conn<S> {
                 claim: Claim::Running,
                 read_closed: false,
                 hangup: false,
+                urgent: false,
                 draining: false,
                 closing: None,
             }),

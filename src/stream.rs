@@ -38,7 +38,9 @@ pub enum RecvStatus {
 ///   [`RecvStatus::MoreAvailable`] when it stops early; and [`flush`](Stream::flush) must write
 ///   until its queue is empty or the socket reports `WouldBlock`. After the peer hangs up the
 ///   library calls `recv` again until it reports [`RecvStatus::Eof`] or an error, so a short
-///   read never hides the end of the stream.
+///   read never hides the end of the stream. Likewise once the peer has sent urgent
+///   (`MSG_OOB`) data, at whose mark a read stops short with more input behind it: the
+///   library calls `recv` again until a call reads nothing new.
 /// - `WouldBlock` is never an error: `recv` returns the status, `flush` returns `Ok` with output
 ///   still pending.
 /// - Any error returned by `recv` or `flush` closes the connection. An error of kind

@@ -181,7 +181,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
     fn on_task(&mut self, task: Task) {
         match task {
             Task::Event(event) => self.on_any_event(event),
-            Task::Conn { slot, id } => self.on_event(slot, table::tag(id), true, false),
+            Task::Conn { slot, id } => self.on_event(slot, table::tag(id), true, false, false),
             Task::Accept => self.accept(),
             Task::Stop => {}
         }
@@ -194,7 +194,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
             table::TIMER => self.on_tick(),
             token => {
                 let (slot, tag) = table::split(token);
-                self.on_event(slot, tag, event.readable, event.hangup);
+                self.on_event(slot, tag, event.readable, event.hangup, event.urgent);
             }
         }
     }
@@ -209,7 +209,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
 
     /// An event or a scheduled turn for the connection in `slot`: claim it and drive it, or,
     /// if another thread is driving it, leave it a note.
-    fn on_event(&mut self, slot: usize, tag: u64, readable: bool, hangup: bool) {
+    fn on_event(&mut self, slot: usize, tag: u64, readable: bool, hangup: bool, urgent: bool) {
         let Some(conn) = self.core.table.get(slot, tag) else {
             tracing::trace!(slot, "event for a connection that is gone");
             return;
@@ -220,6 +220,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
                 return;
             }
             state.hangup |= hangup;
+            state.urgent |= urgent;
             if state.claim != Claim::Idle {
                 state.claim = Claim::RunningAgain;
                 return;
@@ -265,18 +266,20 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
             let mut status = Ok(RecvStatus::Drained);
             if read {
                 let mut state = conn.state.lock();
-                let hangup = state.hangup;
+                // After a hang-up or urgent data, a short read does not mean drained.
+                let read_on = state.hangup || state.urgent;
                 let draining = state.draining;
                 if state.closing.is_none()
                     && !state.read_closed
                     && let Some(stream) = state.stream.as_mut()
                 {
                     status = stream.recv(&mut self.frames);
-                    // A stream may stop at a short read: more data would raise a new edge, but
-                    // after a hang-up none comes, so read on until the end shows (bounded:
-                    // past a hang-up each read returns data, the end or an error).
+                    // A stream may stop at a short read: more data would raise a new edge. But
+                    // after a hang-up none comes, so read on until the end shows; and a read
+                    // stops short at an urgent mark with data behind it, so read on past it
+                    // (bounded: each extra read returns data, the end, WouldBlock or an error).
                     let mut extra = 0;
-                    while hangup && extra < 4 && matches!(status, Ok(RecvStatus::Drained)) {
+                    while read_on && extra < 4 && matches!(status, Ok(RecvStatus::Drained)) {
                         status = stream.recv(&mut self.frames);
                         extra += 1;
                     }

@@ -17,6 +17,9 @@ pub(crate) struct Event {
     /// The peer hung up or the socket has an error: read until the end, not just until a
     /// short read.
     pub hangup: bool,
+    /// The peer sent urgent (`MSG_OOB`) data. A read stops short at the urgent mark with
+    /// more input behind it and no new edge to come, so a short read does not mean drained.
+    pub urgent: bool,
 }
 
 /// A reusable buffer for [`Poller::wait`].
@@ -55,9 +58,11 @@ impl Poller {
         Ok(Poller { epoll })
     }
 
-    /// Registers a connection socket: input, output and peer hang-up, edge-triggered.
+    /// Registers a connection socket: input, urgent data, output and peer hang-up,
+    /// edge-triggered.
     pub fn add_socket(&self, fd: impl AsFd, token: u64) -> io::Result<()> {
         let flags = EpollFlags::EPOLLIN
+            | EpollFlags::EPOLLPRI
             | EpollFlags::EPOLLOUT
             | EpollFlags::EPOLLRDHUP
             | EpollFlags::EPOLLET;
@@ -88,6 +93,7 @@ impl Poller {
             token: ev.data(),
             readable: ev.events().intersects(READABLE),
             hangup: ev.events().intersects(HANGUP),
+            urgent: ev.events().contains(EpollFlags::EPOLLPRI),
         }))
     }
 }
