@@ -43,7 +43,10 @@ mod tests {
     fn huge_timeout_overflowed_the_deadline() {
         assert_eq!(super::millis(Duration::MAX), u64::MAX);
         assert_eq!(super::deadline(5_000, Duration::MAX), u64::MAX);
-        assert_eq!(super::deadline(u64::MAX - 1, Duration::from_secs(1)), u64::MAX);
+        assert_eq!(
+            super::deadline(u64::MAX - 1, Duration::from_secs(1)),
+            u64::MAX
+        );
         assert_eq!(super::deadline(5, Duration::from_millis(10)), 15);
     }
 

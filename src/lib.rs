@@ -77,6 +77,7 @@ mod framed;
 mod frames;
 mod handler;
 mod housekeeping;
+mod monitor;
 mod queue;
 mod server;
 mod socket;

@@ -18,6 +18,9 @@ pub(crate) enum Task {
     Conn { slot: usize, id: u64 },
     /// Keep accepting: the last accept loop stopped at its budget.
     Accept,
+    /// Take over the polling: nobody is waiting in `epoll_wait` and the leader is busy
+    /// (sent by the [monitor](crate::monitor)).
+    Poll,
     /// Return: the server is stopping.
     Stop,
 }

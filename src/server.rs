@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use socket2::{Domain, Protocol, Type};
 
 use crate::conn::Limits;
+use crate::monitor::Monitor;
 use crate::queue::Queue;
 use crate::sys::epoll::Poller;
 use crate::sys::signal::Termination;
@@ -162,6 +163,7 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
             retiming: Mutex::new(()),
             poll_lock: Mutex::new(()),
             idle_workers: AtomicUsize::new(0),
+            monitor: Monitor::default(),
         };
         core.queue.set_workers(threads);
         crate::clock::advance();
@@ -191,6 +193,17 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
                     }
                 }
             }
+            // With one worker there is nobody to hand the polling to.
+            if result.is_ok() && threads > 1 {
+                let core = &core;
+                let monitor = thread::Builder::new()
+                    .name("hydrogen-watch".into())
+                    .spawn_scoped(scope, move || crate::monitor::watch(core));
+                if let Err(err) = monitor {
+                    result = Err(err);
+                    core.queue.stop();
+                }
+            }
             if result.is_ok() {
                 // A panic here must not unwind past the scope, which would wait forever for the
                 // other workers: stop them first.
@@ -206,6 +219,8 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
                     result = joined;
                 }
             }
+            // The monitor sees the stop at its next look, or now if it is parked.
+            core.monitor.unpark();
             result
         });
         core.close_all();
@@ -236,6 +251,11 @@ pub struct RunSummary {
     pub drained: u64,
     /// Connections the shutdown closed with output still queued (the drain timed out).
     pub abandoned: u64,
+    /// The most queued tasks (connection turns, handed-on events) the workers ran back to
+    /// back with nobody looking at epoll: how long new events, accepts and the shutdown
+    /// notice could wait behind queued work. Bounded by a small constant (the runtime polls
+    /// between runs of queued work); a large figure points at a runtime bug.
+    pub longest_poll_gap: u64,
 }
 
 /// Stops a [`Server`] from any thread; cheap to clone.

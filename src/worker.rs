@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 use crate::clock;
 use crate::conn::{Claim, Conn, Limits, RunningGuard, State};
 use crate::handler::CloseReason;
+use crate::monitor::Monitor;
 use crate::queue::{Queue, Task};
 use crate::sys::epoll::{Event, Events, Poller};
 use crate::sys::timer::Ticker;
@@ -36,12 +37,19 @@ mod libc_errno {
 }
 
 /// Events taken from epoll per wait; all but the first go to the queue for the other workers.
-const EVENTS_PER_WAIT: usize = 32;
+const EVENT_BATCH: usize = 32;
 /// Connections accepted per listener wake-up before other work gets a turn.
 const ACCEPT_BUDGET: usize = 64;
 /// Rounds one turn may take (each round reads until drained) before the connection is sent to
 /// the back of the queue.
 const MAX_ROUNDS: usize = 8;
+/// Queued tasks a worker runs in a row before it looks at epoll again (without waiting), so
+/// turns that requeue themselves (connections that keep sending) cannot keep new events,
+/// accepts, ticks and the shutdown notice waiting: tokio's `event_interval`. Chosen by
+/// measurement (see BENCHMARKS.md, "Stalls"): a turn of a connection that keeps sending reads
+/// up to eight read budgets, so this bounds the wait of a new event to a few milliseconds
+/// with every worker busy, and a poll that finds nothing costs well under a microsecond.
+const EVENT_INTERVAL: u64 = 16;
 /// A worker keeps at most this much frame buffer between turns.
 const FRAMES_KEEP: usize = 256 * 1024;
 
@@ -79,6 +87,8 @@ pub(crate) struct Core<S, H> {
     pub poll_lock: Mutex<()>,
     /// Workers asleep on the queue, waiting for work.
     pub idle_workers: AtomicUsize,
+    /// Watches that some worker polls while the leader is busy.
+    pub monitor: Monitor,
 }
 
 /// Counters behind [`RunSummary`].
@@ -88,6 +98,10 @@ pub(crate) struct Stats {
     pub refused: AtomicU64,
     pub drained: AtomicU64,
     pub abandoned: AtomicU64,
+    /// Queued tasks run since a worker last looked at epoll (reset by every poll).
+    pub since_poll: AtomicU64,
+    /// The most `since_poll` reached.
+    pub longest_poll_gap: AtomicU64,
 }
 
 impl Stats {
@@ -97,6 +111,22 @@ impl Stats {
             refused: self.refused.load(Ordering::Relaxed),
             drained: self.drained.load(Ordering::Relaxed),
             abandoned: self.abandoned.load(Ordering::Relaxed),
+            longest_poll_gap: self.longest_poll_gap.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counts one queued task run; returns how many ran since the last poll.
+    #[inline]
+    fn task_run(&self) -> u64 {
+        self.since_poll.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Records a poll: the run of queued tasks before it ends.
+    #[inline]
+    fn polled(&self) {
+        let gap = self.since_poll.swap(0, Ordering::Relaxed);
+        if gap > self.longest_poll_gap.load(Ordering::Relaxed) {
+            self.longest_poll_gap.fetch_max(gap, Ordering::Relaxed);
         }
     }
 
@@ -130,45 +160,44 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
     /// At most one worker waits in `epoll_wait` (the leader: whoever holds `poll_lock`). It
     /// lets go of the lock as soon as events arrive, keeps the first for itself and, if other
     /// workers are idle, queues the rest for them (otherwise it handles the whole batch). Idle
-    /// workers sleep on the queue and wake only for queued work, and take over the polling if
-    /// the leader is still busy when they run out of it. So under light load one thread serves
-    /// a request from wake-up to reply, with no hand-off, and under heavy load every worker has
+    /// workers sleep on the queue and wake for queued work, and take over the polling if the
+    /// leader is still busy when they run out of it. So under light load one thread serves a
+    /// request from wake-up to reply, with no hand-off, and under heavy load every worker has
     /// a share of each batch.
     ///
-    /// The price: while the leader runs callbacks, new events wait until a worker is free to
-    /// poll. Measured against a design where every worker waits in `epoll_wait` (the kernel
-    /// then wakes the longest sleeper, so consecutive requests on one connection alternate
-    /// between threads), this served 2.4 times the round trips on one connection; see
-    /// BENCHMARKS.md.
+    /// Two rules keep polling from stalling:
+    /// - once the workers have run [`EVENT_INTERVAL`] queued tasks since the last poll, the
+    ///   next worker to take one looks at epoll first (without waiting), unless another worker
+    ///   is waiting there already, so queued work cannot starve new events;
+    /// - while the leader runs callbacks, the [monitor](crate::monitor) wakes an idle worker
+    ///   to poll in its place if no poll has returned for a millisecond or so, so a callback
+    ///   that blocks delays only its own connection while any worker is free.
+    ///
+    /// Measured against a design where every worker waits in `epoll_wait` (the kernel then
+    /// wakes the longest sleeper, so consecutive requests on one connection alternate between
+    /// threads), this served 2.4 times the round trips on one connection; see BENCHMARKS.md.
     pub fn run(&mut self) -> io::Result<()> {
         let core = self.core;
-        let mut events = Events::with_capacity(EVENTS_PER_WAIT);
+        let mut events = Events::with_capacity(EVENT_BATCH);
         loop {
             if core.queue.must_stop() {
                 return Ok(());
             }
             if let Some(task) = core.queue.pop() {
+                if core.stats.task_run() >= EVENT_INTERVAL {
+                    // Enough queued work in a row: look at epoll first, without waiting. If
+                    // the lock is taken, another worker is at epoll: nothing starves.
+                    if let Some(lead) = core.poll_lock.try_lock() {
+                        self.lead(lead, &mut events, false)?;
+                    } else {
+                        core.stats.polled();
+                    }
+                }
                 self.on_task(task);
                 continue;
             }
             if let Some(lead) = core.poll_lock.try_lock() {
-                let mut batch = core.poller.wait(&mut events)?;
-                drop(lead);
-                let Some(first) = batch.next() else {
-                    continue;
-                };
-                // Share the rest of the batch only if a worker is idle: handing events to busy
-                // ones would only add channel traffic. A busy worker that runs out of work
-                // takes over the polling, and so its share of the next batch.
-                if core.idle_workers.load(Ordering::Acquire) > 0 {
-                    for event in batch.by_ref() {
-                        core.queue.push_local(Task::Event(event));
-                    }
-                }
-                self.on_any_event(first);
-                for event in batch {
-                    self.on_any_event(event);
-                }
+                self.lead(lead, &mut events, true)?;
                 continue;
             }
             core.idle_workers.fetch_add(1, Ordering::AcqRel);
@@ -178,12 +207,44 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
         }
     }
 
+    /// Polls as the leader (waiting for events if `block`), lets go of the poll lock as soon
+    /// as the wait returns, and handles the batch.
+    fn lead(
+        &mut self,
+        lead: parking_lot::MutexGuard<'_, ()>,
+        events: &mut Events,
+        block: bool,
+    ) -> io::Result<()> {
+        let core = self.core;
+        let waited = core.poller.wait(events, block);
+        drop(lead);
+        core.stats.polled();
+        core.monitor.polled();
+        let mut batch = waited?;
+        let Some(first) = batch.next() else {
+            return Ok(());
+        };
+        // Share the rest of the batch only if a worker is idle: handing events to busy ones
+        // would only add channel traffic. A busy worker that runs out of work takes over the
+        // polling, and so its share of the next batch.
+        if core.idle_workers.load(Ordering::Acquire) > 0 {
+            for event in batch.by_ref() {
+                core.queue.push_local(Task::Event(event));
+            }
+        }
+        self.on_any_event(first);
+        for event in batch {
+            self.on_any_event(event);
+        }
+        Ok(())
+    }
+
     fn on_task(&mut self, task: Task) {
         match task {
             Task::Event(event) => self.on_any_event(event),
             Task::Conn { slot, id } => self.on_event(slot, table::tag(id), true, false, false),
             Task::Accept => self.accept(),
-            Task::Stop => {}
+            Task::Poll | Task::Stop => {}
         }
     }
 

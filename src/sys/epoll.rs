@@ -81,10 +81,19 @@ impl Poller {
         Ok(self.epoll.delete(fd)?)
     }
 
-    /// Waits with no timeout for at least one event and returns those that arrived.
-    /// An interrupted wait returns no events.
-    pub fn wait<'a>(&self, events: &'a mut Events) -> io::Result<impl Iterator<Item = Event> + 'a> {
-        let n = match self.epoll.wait(&mut events.0, EpollTimeout::NONE) {
+    /// Waits for at least one event and returns those that arrived; with `block` false, returns
+    /// at once with what is ready. An interrupted wait returns no events.
+    pub fn wait<'a>(
+        &self,
+        events: &'a mut Events,
+        block: bool,
+    ) -> io::Result<impl Iterator<Item = Event> + 'a> {
+        let timeout = if block {
+            EpollTimeout::NONE
+        } else {
+            EpollTimeout::ZERO
+        };
+        let n = match self.epoll.wait(&mut events.0, timeout) {
             Ok(n) => n,
             Err(Errno::EINTR) => 0,
             Err(e) => return Err(e.into()),
@@ -209,6 +218,9 @@ mod tests {
             }
         }
         other.join().unwrap();
-        assert_eq!(lost, 0, "{lost} of {rounds} rounds left a wake recorded but not pending");
+        assert_eq!(
+            lost, 0,
+            "{lost} of {rounds} rounds left a wake recorded but not pending"
+        );
     }
 }
