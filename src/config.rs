@@ -44,7 +44,10 @@ pub struct Config {
     /// (see [`Server::local_addr`](crate::Server::local_addr)).
     pub port: u16,
     /// Number of worker threads, the thread calling [`Server::run`](crate::Server::run) included.
-    /// Default: the number of CPUs.
+    /// Default: the number of CPUs. It is also how many callbacks may block at once: while one
+    /// blocks, the other workers go on serving every other connection (see
+    /// [`Handler`](crate::Handler#what-callbacks-may-do)); with all of them blocked, the
+    /// server waits for one to return.
     pub max_threads: usize,
     /// Connection slots to allocate up front; the table grows past it on demand. Default `1024`.
     pub pre_allocated: usize,

@@ -22,13 +22,19 @@ use crate::{Socket, Stream};
 ///   Callbacks for different connections run in parallel on different workers.
 /// - No lock of the library is held during a callback: from inside one you may send to this or
 ///   any other connection, close any connection, or hand a [`Socket`] to another thread.
-/// - Callbacks must not block. A callback occupies its worker until it returns, and the worker
-///   that last waited on epoll runs the first event it received itself, without handing it off
-///   (that is what makes a request/reply round trip cheap); while it runs, new events are picked
-///   up only once another worker is free. A callback that blocks for milliseconds (a database
-///   query, a file read, a lock held elsewhere) therefore delays other connections by as much.
-///   Hand slow work to your own threads and reply later through the [`Socket`], which works from
-///   any thread.
+/// - Callbacks should not block, but a blocking one stalls only its own connection while
+///   another worker is free. A callback occupies its worker until it returns. The worker that
+///   last waited on epoll runs the first event it received itself, without handing it off
+///   (that is what makes a request/reply round trip cheap); if it is still busy after about a
+///   millisecond, an idle worker takes over the polling. So with `max_threads` workers, up to
+///   `max_threads - 1` callbacks may block at once while the others are served, each delayed
+///   by at most a millisecond or two when a worker starts blocking. When every worker is in a
+///   callback, nothing is read, accepted or written (except sends from other threads) until
+///   one returns. With `max_threads: 1` there is nobody to take over, and a blocking callback
+///   delays every connection by as long as it blocks. For work that blocks routinely (a
+///   database query, a file read), hand it to your own threads and reply later through the
+///   [`Socket`], which works from any thread; size `max_threads` for the blocking you do
+///   allow.
 pub trait Handler<S: Stream>: Send + Sync + 'static {
     /// Called once from [`Server::run`](crate::Server::run), before the first connection is
     /// accepted, with the listening socket (to set options on it, for instance).
