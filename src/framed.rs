@@ -22,6 +22,16 @@ const RBUF_SHRINK_ABOVE: usize = 64 * 1024;
 /// The smallest buffer an incomplete frame gets.
 const RBUF_MIN: usize = 4 * 1024;
 
+/// The most initialised room a read buffer keeps ahead of the bytes it holds. The buffer grows
+/// by what arrived (as much again, at least [`RBUF_MIN`], at most this), so a peer that sends
+/// part of a large frame commits little more memory than it sent.
+const RBUF_STEP_MAX: usize = 64 * 1024;
+
+/// The length of a read buffer holding `held` bytes, with room for the next read.
+fn rbuf_len_for(held: usize) -> usize {
+    held + held.clamp(RBUF_MIN, RBUF_STEP_MAX)
+}
+
 thread_local! {
     /// The buffer `recv` reads into, allocated once per thread. It is taken out while in use, so
     /// a nested call (from inside a codec, say) allocates its own instead of failing.
@@ -142,9 +152,10 @@ impl<C: Codec> Framed<C> {
             let partial = self.rlen > 0;
             let target: &mut [u8] = if partial {
                 if self.rlen == self.rbuf.len() {
-                    // Grow by doubling, driven by bytes received, never by a claimed length.
-                    let grown = (self.rbuf.len() * 2).max(RBUF_MIN);
-                    self.rbuf.resize(grown, 0);
+                    // Grow by what arrived, never by a claimed length. Only the initialised
+                    // length is bounded: `resize` reserves capacity geometrically, which costs
+                    // address space but no memory until written.
+                    self.rbuf.resize(rbuf_len_for(self.rlen), 0);
                 }
                 let end = self.rbuf.len().min(self.rlen + room);
                 &mut self.rbuf[self.rlen..end]
@@ -191,7 +202,7 @@ impl<C: Codec> Framed<C> {
         let tail = &data[used..];
         if !tail.is_empty() {
             self.rbuf.clear();
-            self.rbuf.resize((tail.len() * 2).max(RBUF_MIN), 0);
+            self.rbuf.resize(rbuf_len_for(tail.len()), 0);
             self.rbuf[..tail.len()].copy_from_slice(tail);
             self.rlen = tail.len();
         }
@@ -227,7 +238,7 @@ impl<C: Codec> Framed<C> {
         self.rlen -= used;
         // A small leftover after a large frame should not pin the large allocation.
         if self.rbuf.len() > RBUF_SHRINK_ABOVE && self.rlen < self.rbuf.len() / 4 {
-            self.rbuf.truncate((self.rlen * 2).max(RBUF_MIN));
+            self.rbuf.truncate(rbuf_len_for(self.rlen));
             self.rbuf.shrink_to_fit();
         }
         Ok(())
@@ -488,6 +499,41 @@ mod tests {
         assert_eq!(stream.recv(&mut frames).unwrap(), RecvStatus::Drained);
         assert_eq!(collect(&frames), payloads);
         assert_eq!(stream.rbuf.capacity(), 0, "read buffer released");
+    }
+
+    /// A partial frame's buffer doubled with a zero-filling resize: a peer that sent 3 MiB of
+    /// an 8 MB frame had 4 MiB committed for it. The initialised length must track what
+    /// arrived.
+    #[test]
+    fn partial_frame_committed_twice_its_size() {
+        let (server, mut peer) = pair();
+        let mut stream = Framed::new(server, LengthPrefixed::new(16 << 20));
+        let sent = 3 << 20;
+        let writer = thread::spawn(move || {
+            let mut wire = 8_000_000u32.to_be_bytes().to_vec();
+            wire.resize(sent, 0x5a);
+            peer.write_all(&wire).unwrap();
+            peer
+        });
+        let mut frames = Frames::new();
+        let start = Instant::now();
+        while stream.rlen < sent {
+            if stream.recv(&mut frames).unwrap() == RecvStatus::Drained {
+                thread::sleep(Duration::from_millis(1));
+            }
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "only {} bytes arrived",
+                stream.rlen
+            );
+        }
+        let _peer = writer.join().unwrap();
+        assert!(frames.is_empty());
+        assert!(
+            stream.rbuf.len() <= sent + RBUF_STEP_MAX,
+            "{} bytes initialised for {sent} received",
+            stream.rbuf.len()
+        );
     }
 
     #[test]
