@@ -76,6 +76,18 @@ pub struct Config {
     /// that still have some. Default 5 s; zero closes at once; `Duration::MAX` waits for as
     /// long as it takes.
     pub drain_timeout: Duration,
+    /// A ceiling on the bytes held across all connections, in incomplete inbound frames plus
+    /// outbound queues. Past it the server stops reading from the connections holding the
+    /// most (TCP flow control then pushes back on their peers) and reads them again once the
+    /// total is back under 7/8 of it; past 1.5 times it, it closes the biggest holders with
+    /// [`CloseReason::MaxBuffered`](crate::CloseReason::MaxBuffered). Connections that hold
+    /// little, such as request/reply traffic in small frames, keep being served throughout.
+    ///
+    /// Default: a quarter of the memory the process may use (the machine's, or its cgroup's
+    /// limit if lower), so that a flood of partial frames or unread replies cannot take the
+    /// machine down while no ordinary workload comes near it. `None` sets no ceiling (each
+    /// connection is still bounded by the frame size and `max_outbound`).
+    pub max_buffered: Option<usize>,
 }
 
 /// The soft limit on open files, less a reserve, as the default connection cap.
@@ -99,6 +111,7 @@ impl Default for Config {
             idle_timeout: None,
             frame_timeout: Some(Duration::from_secs(30)),
             drain_timeout: Duration::from_secs(5),
+            max_buffered: Some(crate::buffers::default_max_buffered()),
         }
     }
 }
@@ -140,6 +153,12 @@ impl Config {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "Config::max_connections must be at least 1",
+            ));
+        }
+        if self.max_buffered == Some(0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "Config::max_buffered must be positive (use None for no ceiling)",
             ));
         }
         for (name, timeout) in [

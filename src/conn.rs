@@ -3,12 +3,13 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::sync::Weak;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
 use crate::Stream;
+use crate::buffers::{Buffers, PAUSE_FLOOR};
 use crate::clock;
 use crate::config::OutboundPolicy;
 use crate::handler::CloseReason;
@@ -76,6 +77,10 @@ pub(crate) struct State<S> {
     pub urgent: bool,
     /// The server is shutting down: read no more, close once the output is written.
     pub draining: bool,
+    /// Bytes the stream held at the last count (see [`Buffers`]).
+    pub held: usize,
+    /// Not read while the server is over `max_buffered`: this connection held too much.
+    pub read_paused: bool,
     /// Set when the connection must close at the owner's next look (a local close, or an
     /// error seen by a thread that was not the owner).
     pub closing: Option<CloseReason>,
@@ -123,6 +128,8 @@ pub(crate) struct Conn<S> {
     /// Where to schedule a turn. Weak, so a handle kept after the server stops does not keep
     /// the server's descriptors open.
     queue: Weak<Queue>,
+    /// The server-wide byte count this connection's buffers are part of.
+    pub buffers: Arc<Buffers>,
 }
 
 impl<S: Stream> Conn<S> {
@@ -134,6 +141,7 @@ impl<S: Stream> Conn<S> {
         stream: S,
         queue: Weak<Queue>,
         limits: Limits,
+        buffers: Arc<Buffers>,
     ) -> Conn<S> {
         use std::os::fd::AsRawFd;
         Conn {
@@ -147,6 +155,8 @@ impl<S: Stream> Conn<S> {
                 read_closed: false,
                 hangup: false,
                 urgent: false,
+                held: 0,
+                read_paused: false,
                 draining: false,
                 closing: None,
             }),
@@ -155,6 +165,16 @@ impl<S: Stream> Conn<S> {
             partial_since: AtomicU64::new(0),
             limits,
             queue,
+            buffers,
+        }
+    }
+
+    /// Counts what the stream holds now against `max_buffered`.
+    #[inline]
+    pub fn account(&self, state: &mut State<S>) {
+        if let Some(stream) = state.stream.as_ref() {
+            let now = stream.buffered_input() + stream.pending_output();
+            self.buffers.set(&mut state.held, now);
         }
     }
 
@@ -251,6 +271,21 @@ impl<S: Stream> Link for Conn<S> {
         match stream.flush() {
             Ok(()) => {
                 self.touch();
+                self.account(&mut state);
+                if self.buffers.over_hard() && state.held > PAUSE_FLOOR {
+                    // Far past the ceiling, and this queue is among the big ones.
+                    tracing::debug!(
+                        conn = self.id,
+                        held = state.held,
+                        "closing on send: max_buffered"
+                    );
+                    let schedule = self.close_with(&mut state, CloseReason::MaxBuffered);
+                    drop(state);
+                    if schedule {
+                        self.schedule();
+                    }
+                    return Err(SendError::Closed);
+                }
                 Ok(())
             }
             Err(err) => {

@@ -343,6 +343,12 @@ impl<C: Codec> Stream for Framed<C> {
         self.rlen > 0
     }
 
+    /// The read buffer's initialised length: the incomplete frame's bytes and the room for
+    /// its next read.
+    fn buffered_input(&self) -> usize {
+        self.rbuf.len()
+    }
+
     /// Shuts the socket down in both directions. A socket that is no longer connected is not an
     /// error.
     fn shutdown(&mut self) -> io::Result<()> {

@@ -128,6 +128,10 @@ pub enum CloseReason {
     /// A callback (or a method of the [`Stream`]) panicked while serving this connection; the
     /// panic's message. The worker thread caught it and goes on serving everyone else.
     Panicked(String),
+    /// The server held more than 1.5 times
+    /// [`Config::max_buffered`](crate::Config::max_buffered) across all connections, and this
+    /// one held among the most (in an incomplete inbound frame or its outbound queue).
+    MaxBuffered,
 }
 
 impl CloseReason {
@@ -154,6 +158,7 @@ impl CloseReason {
                 | CloseReason::IdleTimeout
                 | CloseReason::FrameTimeout
                 | CloseReason::SlowConsumer
+                | CloseReason::MaxBuffered
         )
     }
 }
@@ -174,6 +179,9 @@ impl fmt::Display for CloseReason {
                 f.write_str("server shut down before the queued output was written")
             }
             CloseReason::Panicked(msg) => write!(f, "a callback panicked: {msg}"),
+            CloseReason::MaxBuffered => {
+                f.write_str("the server held too much memory and this connection held the most")
+            }
         }
     }
 }

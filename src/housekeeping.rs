@@ -43,6 +43,7 @@ impl<S: Stream, H: Handler<S>> Worker<'_, S, H> {
         if core.idle_timeout_ms.is_some() || core.frame_timeout_ms.is_some() {
             self.sweep(now);
         }
+        self.relieve();
     }
 
     /// Closes every connection past a timeout.

@@ -68,6 +68,7 @@
 #![deny(missing_docs, missing_debug_implementations)]
 #![forbid(unsafe_code)]
 
+mod buffers;
 pub mod client;
 mod clock;
 pub mod codec;

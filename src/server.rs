@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 
 use socket2::{Domain, Protocol, Type};
 
+use crate::buffers::Buffers;
 use crate::conn::Limits;
 use crate::monitor::Monitor;
 use crate::queue::Queue;
@@ -164,6 +165,7 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
             poll_lock: Mutex::new(()),
             idle_workers: AtomicUsize::new(0),
             monitor: Monitor::default(),
+            buffers: Arc::new(Buffers::new(config.max_buffered)),
         };
         core.queue.set_workers(threads);
         crate::clock::advance();

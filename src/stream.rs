@@ -81,6 +81,14 @@ pub trait Stream: AsFd + Send + 'static {
         self.pending_output() > 0
     }
 
+    /// Bytes of memory the stream holds for input not yet delivered (an incomplete frame),
+    /// counted with [`pending_output`](Stream::pending_output) against
+    /// [`Config::max_buffered`](crate::Config::max_buffered). The default says none, which
+    /// leaves the stream's input out of the ceiling.
+    fn buffered_input(&self) -> usize {
+        0
+    }
+
     /// Whether the stream holds the start of a frame whose rest has not arrived. The library
     /// times such frames out ([`Config::frame_timeout`](crate::Config::frame_timeout)). The
     /// default says no, which leaves the stream to idle timeouts only.

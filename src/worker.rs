@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use crate::buffers::Buffers;
 use crate::clock;
 use crate::conn::{Claim, Conn, Limits, RunningGuard, State};
 use crate::handler::CloseReason;
@@ -89,6 +90,8 @@ pub(crate) struct Core<S, H> {
     pub idle_workers: AtomicUsize,
     /// Watches that some worker polls while the leader is busy.
     pub monitor: Monitor,
+    /// The bytes held across all connections, against `max_buffered`.
+    pub buffers: Arc<Buffers>,
 }
 
 /// Counters behind [`RunSummary`].
@@ -330,8 +333,14 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
                 // After a hang-up or urgent data, a short read does not mean drained.
                 let read_on = state.hangup || state.urgent;
                 let draining = state.draining;
+                if !state.read_paused && core.buffers.over() && state.held >= self.share() {
+                    self.pause(conn, &mut state);
+                }
+                // A paused connection is read again once the peer hangs up: what is left in
+                // the socket is bounded, and reading it lets the close free the memory.
                 if state.closing.is_none()
                     && !state.read_closed
+                    && (!state.read_paused || state.hangup)
                     && let Some(stream) = state.stream.as_mut()
                 {
                     status = stream.recv(&mut self.frames);
@@ -413,6 +422,13 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
                 self.finalize(conn, state, &socket, reason);
                 return;
             }
+            conn.account(&mut state);
+            if !state.read_paused && core.buffers.over() && state.held >= self.share() {
+                self.pause(conn, &mut state);
+            }
+            if state.read_paused && !state.hangup {
+                more = false; // read again when resumed, which schedules a turn
+            }
             if state.claim == Claim::RunningAgain && round < MAX_ROUNDS {
                 state.claim = Claim::Running;
                 read = true;
@@ -429,7 +445,110 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
                     id: conn.id,
                 });
             }
+            self.relieve();
             return;
+        }
+    }
+
+    /// Over `max_buffered`, a connection holding this much or more is paused.
+    fn share(&self) -> usize {
+        self.core
+            .buffers
+            .share(self.core.open.load(Ordering::Relaxed))
+    }
+
+    /// Stops reading a connection that holds too much while the server is over `max_buffered`.
+    fn pause(&self, conn: &Conn<S>, state: &mut State<S>) {
+        state.read_paused = true;
+        self.core.buffers.pause(conn.slot, conn.id);
+        tracing::debug!(
+            conn = conn.id,
+            held = state.held,
+            total = self.core.buffers.total(),
+            "max_buffered passed: reading paused"
+        );
+    }
+
+    /// Acts on the memory ceiling after memory was freed or taken: resumes the paused
+    /// connections once the total is low enough, or closes the biggest holders past the hard
+    /// limit.
+    pub(crate) fn relieve(&self) {
+        let buffers = &self.core.buffers;
+        if buffers.may_resume() {
+            self.resume_paused();
+        } else if buffers.over_hard() && buffers.start_shedding() {
+            self.shed();
+            buffers.done_shedding();
+        }
+    }
+
+    /// Reads every paused connection again: each gets a turn, since edge-triggered epoll will
+    /// not report input that arrived while it was paused.
+    fn resume_paused(&self) {
+        let core = self.core;
+        let paused = core.buffers.take_paused();
+        tracing::debug!(
+            count = paused.len(),
+            total = core.buffers.total(),
+            "under max_buffered again: reading resumed"
+        );
+        for (slot, id) in paused {
+            let Some(conn) = core.table.get(slot, table::tag(id)) else {
+                continue;
+            };
+            let mut state = conn.state.lock();
+            if conn.id != id || state.stream.is_none() || !state.read_paused {
+                continue;
+            }
+            state.read_paused = false;
+            let schedule = state.nudge();
+            drop(state);
+            if schedule {
+                conn.schedule();
+            }
+        }
+    }
+
+    /// Past the hard limit: closes the paused connections holding the most until what is
+    /// left fits under the ceiling. Connections already closing count as freed.
+    fn shed(&self) {
+        let core = self.core;
+        let mut holders: Vec<(usize, Arc<Conn<S>>)> = core
+            .buffers
+            .paused()
+            .into_iter()
+            .filter_map(|(slot, id)| core.table.get(slot, table::tag(id)))
+            .map(|conn| {
+                let held = conn.state.lock().held;
+                (held, conn)
+            })
+            .collect();
+        holders.sort_by_key(|h| std::cmp::Reverse(h.0));
+        let mut excess = core.buffers.excess();
+        for (held, conn) in holders {
+            if excess == 0 {
+                break;
+            }
+            let mut state = conn.state.lock();
+            if state.stream.is_none() {
+                continue;
+            }
+            excess = excess.saturating_sub(held);
+            if state.closing.is_some() {
+                continue; // its memory is about to be freed
+            }
+            tracing::warn!(
+                conn = conn.id,
+                peer = %conn.peer,
+                held,
+                total = core.buffers.total(),
+                "far past max_buffered: closing one of the biggest holders"
+            );
+            let schedule = conn.close_with(&mut state, CloseReason::MaxBuffered);
+            drop(state);
+            if schedule {
+                conn.schedule();
+            }
         }
     }
 
@@ -451,6 +570,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
         if let Err(err) = core.poller.delete(stream.as_fd()) {
             tracing::debug!(conn = conn.id, error = %err, "epoll delete failed");
         }
+        core.buffers.set(&mut state.held, 0);
         drop(state);
         shut_and_drop(conn.id, stream);
         core.table.remove(conn.slot, conn.id);
@@ -463,6 +583,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
         if core.draining.load(Ordering::Acquire) {
             self.check_drained();
         }
+        self.relieve();
     }
 
     /// Accepts pending connections, up to a budget.
@@ -536,10 +657,10 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let queue = Arc::downgrade(&core.queue);
         let limits = core.limits;
-        let Some(conn) = core
-            .table
-            .insert(id, |slot| Conn::new(id, slot, peer, stream, queue, limits))
-        else {
+        let buffers = core.buffers.clone();
+        let Some(conn) = core.table.insert(id, |slot| {
+            Conn::new(id, slot, peer, stream, queue, limits, buffers)
+        }) else {
             tracing::warn!(%peer, "connection table full");
             return;
         };

@@ -102,6 +102,7 @@ pub fn reason_kind(reason: &CloseReason) -> &'static str {
         CloseReason::IdleTimeout => "idle_timeout",
         CloseReason::FrameTimeout => "frame_timeout",
         CloseReason::SlowConsumer => "slow_consumer",
+        CloseReason::MaxBuffered => "max_buffered",
         CloseReason::Panicked(_) => "panicked",
         _ => "other",
     }
