@@ -5,14 +5,12 @@
 //! It runs only while something needs it: a timeout in the `Config`, a paused accept, or a
 //! drain in progress.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::clock;
-use crate::conn::Conn;
-use crate::handler::CloseReason;
 use crate::queue::Task;
+use crate::table;
 use crate::worker::Worker;
 use crate::{Handler, Stream};
 
@@ -40,31 +38,36 @@ impl<S: Stream, H: Handler<S>> Worker<'_, S, H> {
                 self.retime();
             }
         }
-        if core.idle_timeout_ms.is_some() || core.frame_timeout_ms.is_some() {
+        if core.timeouts.any() {
             self.sweep(now);
         }
         self.relieve();
     }
 
-    /// Closes every connection past a timeout.
+    /// Closes the connections past a timeout, looking only at those due (see
+    /// [`timeouts`](crate::timeouts)).
     fn sweep(&self, now: u64) {
         let core = self.core;
-        let mut expired: Vec<(Arc<Conn<S>>, CloseReason)> = Vec::new();
-        core.table.for_each(|conn| {
+        let due = core.deadlines.take_due(now);
+        if due.is_empty() {
+            return;
+        }
+        let mut rearm = Vec::new();
+        for (id, slot) in due {
+            let Some(conn) = core.table.get(slot, table::tag(id)) else {
+                continue; // closed since
+            };
+            if conn.id != id {
+                continue;
+            }
             let partial = conn.partial_since.load(Ordering::Relaxed);
             let active = conn.last_active.load(Ordering::Relaxed);
-            if let Some(limit) = core.frame_timeout_ms
-                && partial != 0
-                && now.saturating_sub(partial) > limit
-            {
-                expired.push((conn.clone(), CloseReason::FrameTimeout));
-            } else if let Some(limit) = core.idle_timeout_ms
-                && now.saturating_sub(active) > limit
-            {
-                expired.push((conn.clone(), CloseReason::IdleTimeout));
-            }
-        });
-        for (conn, reason) in expired {
+            let Some(reason) = core.timeouts.expired(now, active, partial) else {
+                if let Some(next) = core.timeouts.next_check(now, active, partial) {
+                    rearm.push((next, id, slot));
+                }
+                continue;
+            };
             let mut state = conn.state.lock();
             if state.stream.is_none() || state.closing.is_some() {
                 continue;
@@ -76,6 +79,7 @@ impl<S: Stream, H: Handler<S>> Worker<'_, S, H> {
                 conn.schedule();
             }
         }
+        core.deadlines.arm_all(rearm);
     }
 
     /// Starts the graceful shutdown: stop accepting, stop reading, and give every connection a

@@ -85,6 +85,7 @@ mod socket;
 mod stream;
 mod sys;
 mod table;
+mod timeouts;
 mod worker;
 
 pub use codec::{Codec, Decoded, FrameError, LengthPrefixed, SimpleFrame};

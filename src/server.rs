@@ -153,8 +153,11 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
             },
             max_connections: config.max_connections,
             tick: config.tick(),
-            idle_timeout_ms: config.idle_timeout.map(millis),
-            frame_timeout_ms: config.frame_timeout.map(millis),
+            timeouts: crate::timeouts::Limits {
+                idle: config.idle_timeout.map(millis),
+                frame: config.frame_timeout.map(millis),
+            },
+            deadlines: Default::default(),
             drain_timeout: config.drain_timeout,
             open: AtomicUsize::new(0),
             stats: Stats::default(),

@@ -26,6 +26,7 @@ use crate::queue::{Queue, Task};
 use crate::sys::epoll::{Event, Events, Poller};
 use crate::sys::timer::Ticker;
 use crate::table::{self, Table};
+use crate::timeouts;
 use crate::{Frames, Handler, RecvStatus, RunSummary, Socket, Stream};
 
 /// The `errno` values accept pauses on.
@@ -70,8 +71,9 @@ pub(crate) struct Core<S, H> {
     pub max_connections: usize,
     /// The housekeeping period the timeouts need, if any are set.
     pub tick: Option<Duration>,
-    pub idle_timeout_ms: Option<u64>,
-    pub frame_timeout_ms: Option<u64>,
+    pub timeouts: timeouts::Limits,
+    /// When each connection must next be checked against the timeouts.
+    pub deadlines: timeouts::Deadlines,
     pub drain_timeout: Duration,
     /// Connections in the table (opened, not yet finalized).
     pub open: AtomicUsize,
@@ -666,6 +668,10 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
         };
         core.open.fetch_add(1, Ordering::AcqRel);
         core.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let now = clock::now();
+        if let Some(due) = core.timeouts.next_check(now, now, 0) {
+            core.deadlines.arm(due, id, conn.slot);
+        }
         let registered = {
             let state = conn.state.lock();
             let stream = state

@@ -1,0 +1,169 @@
+//! Idle and frame timeouts at a cost proportional to what is due, not to the connections open.
+//!
+//! Each connection has one entry in an ordered set, at the earliest time it could expire. The
+//! entry is not moved when the connection is active (that would cost a lock per read); instead
+//! the tick takes only the entries that are due, and for each either closes the connection or
+//! puts it back at its real next deadline, computed from its activity stamps. A connection is
+//! therefore looked at about once per timeout period however busy it is, and an idle server
+//! with thousands of connections looks at none of them on most ticks.
+//!
+//! Why the entry is never late: at the time `t` an entry is (re)armed, the connection's known
+//! deadlines are `last_active + idle` and, with a frame in progress, `partial_since + frame`.
+//! Activity after `t` only moves the idle deadline later, and a frame that starts after `t`
+//! cannot expire before `t + frame`. So the minimum of those is a lower bound of every deadline
+//! the connection can reach before the entry comes due.
+
+use std::collections::BTreeSet;
+
+use parking_lot::Mutex;
+
+use crate::handler::CloseReason;
+
+/// The timeouts in force, in [`clock`](crate::clock) milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub idle: Option<u64>,
+    pub frame: Option<u64>,
+}
+
+impl Limits {
+    pub fn any(&self) -> bool {
+        self.idle.is_some() || self.frame.is_some()
+    }
+
+    /// Which timeout, if any, has passed at `now` for a connection last active at `active`
+    /// and holding a frame begun at `partial` (0: none). A frame timeout wins.
+    pub fn expired(&self, now: u64, active: u64, partial: u64) -> Option<CloseReason> {
+        if let Some(limit) = self.frame
+            && partial != 0
+            && now.saturating_sub(partial) > limit
+        {
+            return Some(CloseReason::FrameTimeout);
+        }
+        if let Some(limit) = self.idle
+            && now.saturating_sub(active) > limit
+        {
+            return Some(CloseReason::IdleTimeout);
+        }
+        None
+    }
+
+    /// The earliest time at which a connection looked at `now` could be expired (see the
+    /// module documentation), or `None` if no timeout is set.
+    pub fn next_check(&self, now: u64, active: u64, partial: u64) -> Option<u64> {
+        let idle = self.idle.map(|limit| active.saturating_add(limit));
+        let frame = self.frame.map(|limit| {
+            let start = if partial != 0 { partial } else { now };
+            start.saturating_add(limit)
+        });
+        let due = match (idle, frame) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        // Expired means strictly past the deadline.
+        Some(due.saturating_add(1).max(now.saturating_add(1)))
+    }
+}
+
+/// Connections ordered by when they must next be looked at: `(due, id, slot)`.
+#[derive(Debug, Default)]
+pub(crate) struct Deadlines {
+    set: Mutex<BTreeSet<(u64, u64, usize)>>,
+}
+
+impl Deadlines {
+    /// Looks at connection `id` in `slot` again at `due`.
+    pub fn arm(&self, due: u64, id: u64, slot: usize) {
+        self.set.lock().insert((due, id, slot));
+    }
+
+    /// Re-arms many at once.
+    pub fn arm_all(&self, entries: impl IntoIterator<Item = (u64, u64, usize)>) {
+        let mut set = self.set.lock();
+        set.extend(entries);
+    }
+
+    /// Takes every entry due at `now`: `(id, slot)`, earliest first.
+    pub fn take_due(&self, now: u64) -> Vec<(u64, usize)> {
+        let mut set = self.set.lock();
+        let Some(&(first, _, _)) = set.first() else {
+            return Vec::new();
+        };
+        if first > now {
+            return Vec::new();
+        }
+        let later = set.split_off(&(now.saturating_add(1), 0, 0));
+        let due = std::mem::replace(&mut *set, later);
+        drop(set);
+        due.into_iter().map(|(_, id, slot)| (id, slot)).collect()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.set.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOTH: Limits = Limits {
+        idle: Some(1_000),
+        frame: Some(300),
+    };
+
+    #[test]
+    fn expiry_matches_the_limits() {
+        assert!(BOTH.expired(1_000, 0, 0).is_none(), "exactly at the limit");
+        assert!(matches!(
+            BOTH.expired(1_001, 0, 0),
+            Some(CloseReason::IdleTimeout)
+        ));
+        assert!(matches!(
+            BOTH.expired(500, 450, 100),
+            Some(CloseReason::FrameTimeout)
+        ));
+        assert!(BOTH.expired(500, 450, 300).is_none());
+        let none = Limits {
+            idle: None,
+            frame: None,
+        };
+        assert!(none.expired(u64::MAX, 0, 1).is_none());
+        assert_eq!(none.next_check(5, 5, 0), None);
+    }
+
+    #[test]
+    fn next_check_is_never_after_a_reachable_deadline() {
+        // No frame in progress: a frame starting now could expire at now + 300.
+        assert_eq!(BOTH.next_check(100, 100, 0), Some(401));
+        // A frame in progress since 50.
+        assert_eq!(BOTH.next_check(100, 100, 50), Some(351));
+        // Idle nearer than any frame.
+        let idle_only = Limits {
+            idle: Some(1_000),
+            frame: None,
+        };
+        assert_eq!(idle_only.next_check(900, 10, 0), Some(1_011));
+        // Already past: look again at the next tick, not in the past.
+        assert_eq!(idle_only.next_check(5_000, 10, 0), Some(5_001));
+    }
+
+    /// The sweep was O(connections): it scanned the whole table on every tick. With 15,000
+    /// connections armed for later, a tick takes only what is due.
+    #[test]
+    fn timeout_sweep_scanned_every_connection() {
+        let deadlines = Deadlines::default();
+        for id in 0..15_000u64 {
+            deadlines.arm(10_000 + id, id, id as usize);
+        }
+        assert!(deadlines.take_due(9_999).is_empty());
+        assert_eq!(deadlines.len(), 15_000);
+        let due = deadlines.take_due(10_009);
+        assert_eq!(due.len(), 10, "only the ten due entries are taken");
+        assert_eq!(due[0], (0, 0));
+        assert_eq!(deadlines.len(), 14_990);
+        deadlines.arm_all([(20_000, 1, 1)]);
+        assert_eq!(deadlines.len(), 14_991);
+    }
+}
