@@ -5,7 +5,11 @@
 //! Every server binary follows the same contract, which the suite relies on:
 //!
 //! - `--addr HOST:PORT` (default `127.0.0.1:0`), `--framing simple|u32` (default `u32`),
-//!   `--threads N` (default 2); anything else prints the usage on stderr and exits with status 2.
+//!   `--threads N` (default 2), `--max-frame BYTES` (default 1 MiB: the largest `u32` payload),
+//!   `--block-ms N` (default 0: a frame whose payload starts with [`BLOCK_PREFIX`] makes the
+//!   frame handling sleep N ms, blocking its thread, before the echo), and `--max-buffered BYTES`
+//!   (hydrogen only: `Config::max_buffered`; the other servers refuse it); anything else prints
+//!   the usage on stderr and exits with status 2.
 //! - Once bound, exactly one line `listening on ADDR` goes to stdout, and nothing else.
 //! - Every frame is echoed on its connection, in order, in the same framing.
 //! - SIGINT and SIGTERM end the process with status 0.
@@ -14,11 +18,31 @@ use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::ops::Range;
 use std::process;
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// The largest payload a `u32` frame may announce: 1 MiB. A larger prefix closes the connection.
+/// The largest payload a `u32` frame may announce by default (`--max-frame`): 1 MiB. A larger
+/// prefix closes the connection.
 pub const U32_MAX_FRAME: usize = 1024 * 1024;
+
+/// A frame whose payload starts with these bytes makes the server sleep `--block-ms` before
+/// echoing it (the stalls benchmark's stand-in for a handler that blocks).
+pub const BLOCK_PREFIX: &[u8] = b"BLOCK";
+
+/// Whether a frame with this payload is to be delayed by `--block-ms`.
+#[inline]
+pub fn is_block_frame(payload: &[u8]) -> bool {
+    payload.starts_with(BLOCK_PREFIX)
+}
+
+/// Sleeps `block` (blocking the calling thread, on purpose) if `payload` is a `BLOCK` frame.
+#[inline]
+pub fn maybe_block(payload: &[u8], block: Duration) {
+    if !block.is_zero() && is_block_frame(payload) {
+        std::thread::sleep(block);
+    }
+}
 
 /// The `listen(2)` backlog of every server.
 pub const BACKLOG: i32 = 1024;
@@ -34,8 +58,12 @@ const LEFTOVER_SHRINK_ABOVE: usize = 64 * 1024;
 pub enum Framing {
     /// `0x01`, payload length (u16 big-endian), payload, `0x17`.
     Simple,
-    /// Payload length (u32 big-endian, at most [`U32_MAX_FRAME`]), payload.
-    U32,
+    /// Payload length (u32 big-endian, at most `max`: [`U32_MAX_FRAME`] unless `--max-frame`
+    /// says otherwise), payload.
+    U32 {
+        /// The largest payload accepted.
+        max: usize,
+    },
 }
 
 /// The input cannot be a frame of the connection's framing; the connection is closed.
@@ -45,8 +73,13 @@ pub enum BadFrame {
     StartByte(u8),
     /// A SimpleFrame whose byte after the payload is not `0x17`.
     EndByte(u8),
-    /// A `u32` prefix over [`U32_MAX_FRAME`].
-    TooLarge(u32),
+    /// A `u32` prefix over the framing's bound.
+    TooLarge {
+        /// What the prefix announced.
+        announced: u32,
+        /// The bound.
+        max: usize,
+    },
 }
 
 impl std::fmt::Display for BadFrame {
@@ -54,7 +87,9 @@ impl std::fmt::Display for BadFrame {
         match self {
             BadFrame::StartByte(b) => write!(f, "bad start byte 0x{b:02x}"),
             BadFrame::EndByte(b) => write!(f, "bad end byte 0x{b:02x}"),
-            BadFrame::TooLarge(n) => write!(f, "frame of {n} bytes over {U32_MAX_FRAME}"),
+            BadFrame::TooLarge { announced, max } => {
+                write!(f, "frame of {announced} bytes over {max}")
+            }
         }
     }
 }
@@ -94,14 +129,14 @@ impl Framing {
                     Some(&other) => Err(BadFrame::EndByte(other)),
                 }
             }
-            Framing::U32 => {
+            Framing::U32 { max } => {
                 let Some(&[a, b, c, d]) = buf.get(..4) else {
                     return Ok(None);
                 };
                 let announced = u32::from_be_bytes([a, b, c, d]);
                 let len = announced as usize;
-                if len > U32_MAX_FRAME {
-                    return Err(BadFrame::TooLarge(announced));
+                if len > max {
+                    return Err(BadFrame::TooLarge { announced, max });
                 }
                 let end = 4 + len;
                 if buf.len() < end {
@@ -125,7 +160,7 @@ impl Framing {
                 out.extend_from_slice(payload);
                 out.push(Self::SIMPLE_END);
             }
-            Framing::U32 => {
+            Framing::U32 { .. } => {
                 let len = u32::try_from(payload.len()).expect("u32 frame payload over 4 GiB");
                 out.reserve(payload.len() + 4);
                 out.extend_from_slice(&len.to_be_bytes());
@@ -135,11 +170,19 @@ impl Framing {
     }
 
     /// Decodes every complete frame at the start of `buf`, appends its echo to `out`, and
-    /// returns how many bytes of `buf` those frames occupy.
-    pub fn echo_all(self, buf: &[u8], out: &mut Vec<u8>) -> Result<usize, BadFrame> {
+    /// returns how many bytes of `buf` those frames occupy. A `BLOCK` frame first sleeps
+    /// `block` (see [`maybe_block`]).
+    pub fn echo_all(
+        self,
+        buf: &[u8],
+        out: &mut Vec<u8>,
+        block: Duration,
+    ) -> Result<usize, BadFrame> {
         let mut pos = 0;
         while let Some((payload, consumed)) = self.decode(&buf[pos..])? {
-            self.encode(&buf[pos..][payload], out);
+            let payload = &buf[pos..][payload];
+            maybe_block(payload, block);
+            self.encode(payload, out);
             pos += consumed;
         }
         Ok(pos)
@@ -160,14 +203,15 @@ impl Framing {
         leftover: &mut Vec<u8>,
         data: &[u8],
         out: &mut Vec<u8>,
+        block: Duration,
     ) -> Result<(), BadFrame> {
         if leftover.is_empty() {
-            let used = self.echo_all(data, out)?;
+            let used = self.echo_all(data, out, block)?;
             leftover.extend_from_slice(&data[used..]);
             return Ok(());
         }
         leftover.extend_from_slice(data);
-        let used = self.echo_all(leftover, out)?;
+        let used = self.echo_all(leftover, out, block)?;
         if used == leftover.len() {
             *leftover = Vec::new();
         } else if used > 0 {
@@ -191,29 +235,47 @@ pub struct ServerArgs {
     pub framing: Framing,
     /// Worker threads.
     pub threads: usize,
+    /// The largest `u32` payload accepted (`--max-frame`); also inside `framing` when it is
+    /// [`Framing::U32`].
+    pub max_frame: usize,
+    /// How long a `BLOCK` frame blocks its thread before the echo (`--block-ms`; zero: never).
+    pub block: Duration,
+    /// `--max-buffered`: hydrogen's `Config::max_buffered`. The tokio and mio servers refuse
+    /// it (see [`refuse_max_buffered`]).
+    pub max_buffered: Option<usize>,
 }
 
 fn usage(name: &str) -> String {
     format!(
         "Usage: {name} [--addr HOST:PORT] [--framing simple|u32] [--threads N]\n\
+         {pad}[--max-frame BYTES] [--block-ms N] [--max-buffered BYTES]\n\
          \n\
          An echo server for the benchmark suite: every frame comes back on its connection.\n\
          \n\
          Options:\n  \
            --addr HOST:PORT       address to listen on (default 127.0.0.1:0, any free port)\n  \
            --framing simple|u32   simple: 0x01, u16 BE length, payload, 0x17\n                         \
-                                  u32: u32 BE length, payload, at most 1 MiB (default)\n  \
+                                  u32: u32 BE length, payload (default)\n  \
            --threads N            worker threads (default 2)\n  \
+           --max-frame BYTES      largest u32 payload accepted (default 1048576, 1 MiB)\n  \
+           --block-ms N           a frame whose payload starts with `BLOCK` sleeps N ms\n                         \
+                                  (blocking its thread) before its echo (default 0)\n  \
+           --max-buffered BYTES   hydrogen_echo only: Config::max_buffered (default none);\n                         \
+                                  the other servers refuse it\n  \
            -h, --help             print this help\n\
          \n\
-         Prints `listening on ADDR` once bound; exits with status 0 on SIGINT or SIGTERM.\n"
+         Prints `listening on ADDR` once bound; exits with status 0 on SIGINT or SIGTERM.\n",
+        pad = " ".repeat("Usage:  ".len() + name.len())
     )
 }
 
 fn parse(args: &[String]) -> Result<Option<ServerArgs>, String> {
     let mut addr = "127.0.0.1:0".to_string();
-    let mut framing = Framing::U32;
+    let mut simple = false;
     let mut threads = 2;
+    let mut max_frame = U32_MAX_FRAME;
+    let mut block_ms = 0u64;
+    let mut max_buffered = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
@@ -221,9 +283,9 @@ fn parse(args: &[String]) -> Result<Option<ServerArgs>, String> {
             "-h" | "--help" => return Ok(None),
             "--addr" => addr = value("--addr")?.clone(),
             "--framing" => {
-                framing = match value("--framing")?.as_str() {
-                    "simple" => Framing::Simple,
-                    "u32" => Framing::U32,
+                simple = match value("--framing")?.as_str() {
+                    "simple" => true,
+                    "u32" => false,
                     other => return Err(format!("--framing {other:?}: expected simple or u32")),
                 }
             }
@@ -234,9 +296,39 @@ fn parse(args: &[String]) -> Result<Option<ServerArgs>, String> {
                     _ => return Err(format!("--threads {v:?}: expected a number of at least 1")),
                 };
             }
+            "--max-frame" => {
+                let v = value("--max-frame")?;
+                max_frame = match v.parse::<u32>() {
+                    Ok(n) => n as usize,
+                    _ => {
+                        return Err(format!(
+                            "--max-frame {v:?}: expected bytes, 0 to 4294967295"
+                        ));
+                    }
+                };
+            }
+            "--block-ms" => {
+                let v = value("--block-ms")?;
+                block_ms = match v.parse::<u64>() {
+                    Ok(n) if n <= 3_600_000 => n,
+                    _ => return Err(format!("--block-ms {v:?}: expected 0 to 3600000")),
+                };
+            }
+            "--max-buffered" => {
+                let v = value("--max-buffered")?;
+                max_buffered = match v.parse::<usize>() {
+                    Ok(n) if n >= 1 => Some(n),
+                    _ => return Err(format!("--max-buffered {v:?}: expected bytes, at least 1")),
+                };
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    let framing = if simple {
+        Framing::Simple
+    } else {
+        Framing::U32 { max: max_frame }
+    };
     let addr = addr
         .to_socket_addrs()
         .map_err(|e| format!("--addr {addr:?}: {e}"))?
@@ -246,6 +338,9 @@ fn parse(args: &[String]) -> Result<Option<ServerArgs>, String> {
         addr,
         framing,
         threads,
+        max_frame,
+        block: Duration::from_millis(block_ms),
+        max_buffered,
     }))
 }
 
@@ -263,6 +358,18 @@ pub fn parse_args(name: &str) -> ServerArgs {
             eprintln!("{name}: {err}\n\n{}", usage(name));
             process::exit(2);
         }
+    }
+}
+
+/// For the servers without `Config::max_buffered` (tokio, mio): `--max-buffered` prints an
+/// error and the usage on stderr and exits with status 2, rather than being silently ignored.
+pub fn refuse_max_buffered(name: &str, args: &ServerArgs) {
+    if args.max_buffered.is_some() {
+        eprintln!(
+            "{name}: --max-buffered is only supported by hydrogen_echo\n\n{}",
+            usage(name)
+        );
+        process::exit(2);
     }
 }
 
@@ -321,7 +428,7 @@ mod tests {
         let mut leftover = Vec::new();
         let mut out = Vec::new();
         for chunk in chunks {
-            framing.echo_ingest(&mut leftover, chunk, &mut out)?;
+            framing.echo_ingest(&mut leftover, chunk, &mut out, Duration::ZERO)?;
         }
         Ok((out, leftover.len()))
     }
@@ -344,21 +451,66 @@ mod tests {
         );
     }
 
+    const U32: Framing = Framing::U32 { max: U32_MAX_FRAME };
+
     #[test]
     fn u32_frames_echo_and_bound() {
         let mut wire = Vec::new();
         for p in [&b"hello"[..], b"", &vec![7u8; U32_MAX_FRAME]] {
-            Framing::U32.encode(p, &mut wire);
+            U32.encode(p, &mut wire);
         }
         assert_eq!(&wire[..9], [0, 0, 0, 5, b'h', b'e', b'l', b'l', b'o']);
         let chunks: Vec<&[u8]> = wire.chunks(1000).collect();
-        assert_eq!(echo(Framing::U32, &chunks).unwrap(), (wire.clone(), 0));
+        assert_eq!(echo(U32, &chunks).unwrap(), (wire.clone(), 0));
         let over = (U32_MAX_FRAME as u32 + 1).to_be_bytes();
         assert_eq!(
-            echo(Framing::U32, &[&over]),
-            Err(BadFrame::TooLarge(U32_MAX_FRAME as u32 + 1))
+            echo(U32, &[&over]),
+            Err(BadFrame::TooLarge {
+                announced: U32_MAX_FRAME as u32 + 1,
+                max: U32_MAX_FRAME
+            })
         );
-        assert_eq!(echo(Framing::U32, &[&[0, 0, 0]]).unwrap(), (vec![], 3));
+        assert_eq!(echo(U32, &[&[0, 0, 0]]).unwrap(), (vec![], 3));
+    }
+
+    #[test]
+    fn u32_bound_follows_max_frame() {
+        let small = Framing::U32 { max: 10 };
+        let mut wire = Vec::new();
+        small.encode(&[1; 10], &mut wire);
+        assert_eq!(echo(small, &[&wire]).unwrap(), (wire.clone(), 0));
+        assert_eq!(
+            echo(small, &[&11u32.to_be_bytes()]),
+            Err(BadFrame::TooLarge {
+                announced: 11,
+                max: 10
+            })
+        );
+        // 16 MiB: a prefix announcing 8,000,000 bytes is a frame still to come, not an error.
+        let big = Framing::U32 { max: 16 << 20 };
+        let prefix = 8_000_000u32.to_be_bytes();
+        assert_eq!(big.decode(&prefix), Ok(None));
+        assert!(U32.decode(&prefix).is_err());
+    }
+
+    #[test]
+    fn block_frames() {
+        assert!(is_block_frame(b"BLOCK"));
+        assert!(is_block_frame(b"BLOCK and more"));
+        assert!(!is_block_frame(b"BLOC"));
+        assert!(!is_block_frame(b"xBLOCK"));
+        assert!(!is_block_frame(b""));
+        // A BLOCK frame is echoed like any other, after the sleep.
+        let mut wire = Vec::new();
+        U32.encode(b"BLOCK 1", &mut wire);
+        U32.encode(b"ping", &mut wire);
+        let mut out = Vec::new();
+        let started = std::time::Instant::now();
+        let used = U32
+            .echo_all(&wire, &mut out, Duration::from_millis(20))
+            .unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(20));
+        assert_eq!((used, out), (wire.len(), wire.clone()));
     }
 
     #[test]
@@ -366,8 +518,11 @@ mod tests {
         let args = |v: &[&str]| parse(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         let a = args(&[]).unwrap().unwrap();
         assert_eq!(a.addr, "127.0.0.1:0".parse().unwrap());
-        assert_eq!(a.framing, Framing::U32);
+        assert_eq!(a.framing, U32);
         assert_eq!(a.threads, 2);
+        assert_eq!(a.max_frame, U32_MAX_FRAME);
+        assert_eq!(a.block, Duration::ZERO);
+        assert_eq!(a.max_buffered, None);
         let a = args(&[
             "--framing",
             "simple",
@@ -385,5 +540,36 @@ mod tests {
         assert!(args(&["--threads", "0"]).is_err());
         assert!(args(&["--threads"]).is_err());
         assert!(args(&["--help"]).unwrap().is_none());
+
+        let a = args(&[
+            "--max-frame",
+            "16777216",
+            "--block-ms",
+            "100",
+            "--max-buffered",
+            "67108864",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(a.framing, Framing::U32 { max: 16 << 20 });
+        assert_eq!(a.max_frame, 16 << 20);
+        assert_eq!(a.block, Duration::from_millis(100));
+        assert_eq!(a.max_buffered, Some(64 << 20));
+        // The bound is kept with the simple framing too (where it does not apply).
+        let a = args(&["--framing", "simple", "--max-frame", "5"])
+            .unwrap()
+            .unwrap();
+        assert_eq!((a.framing, a.max_frame), (Framing::Simple, 5));
+        for bad in [
+            &["--max-frame", "-1"][..],
+            &["--max-frame", "4294967296"],
+            &["--max-frame"],
+            &["--block-ms", "x"],
+            &["--block-ms", "3600001"],
+            &["--max-buffered", "0"],
+            &["--max-buffered", "lots"],
+        ] {
+            assert!(args(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -1,8 +1,10 @@
 //! The hydrogen server of the benchmark: hydrogen's own echo, with its built-in framed streams.
 //!
 //! A `Handler` that sets `TCP_NODELAY` on each accepted socket, wraps it in a `Framed` stream of
-//! the chosen codec (`LengthPrefixed` bounded at 1 MiB, or `SimpleFrame`) and answers every frame
-//! with `Socket::send`. SIGINT/SIGTERM are taken by a thread with `sigwait`, which calls the
+//! the chosen codec (`LengthPrefixed` bounded at `--max-frame`, 1 MiB by default, or `SimpleFrame`)
+//! and answers every frame with `Socket::send`; with `--block-ms N`, a frame whose payload starts
+//! with `BLOCK` first sleeps N ms in `on_frame` (blocking the worker, as a naive handler would).
+//! `--max-buffered` sets `Config::max_buffered`. SIGINT/SIGTERM are taken by a thread with `sigwait`, which calls the
 //! server's `ShutdownHandle`; `run` then returns and the process exits with status 0.
 //!
 //! See `hydrogen_bench::server_cli` for the command line and the framings.
@@ -14,7 +16,7 @@ use std::thread;
 use std::time::Duration;
 
 use hydrogen::{Codec, Config, Framed, Handler, LengthPrefixed, Server, SimpleFrame, Socket};
-use hydrogen_bench::server_cli::{self, Framing, U32_MAX_FRAME};
+use hydrogen_bench::server_cli::{self, Framing};
 use nix::sys::signal::{SigSet, Signal};
 
 const NAME: &str = "hydrogen_echo";
@@ -26,6 +28,8 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 struct Echo<C> {
     /// Cloned into each connection's stream.
     codec: C,
+    /// How long a `BLOCK` frame sleeps before its echo (`--block-ms`).
+    block: Duration,
 }
 
 impl<C: Codec + Clone + Sync> Handler<Framed<C>> for Echo<C> {
@@ -35,6 +39,7 @@ impl<C: Codec + Clone + Sync> Handler<Framed<C>> for Echo<C> {
     }
 
     fn on_frame(&self, socket: &Socket, frame: &[u8]) {
+        server_cli::maybe_block(frame, self.block);
         // Fails only once the connection is closing; there is no one left to answer then.
         let _ = socket.send(frame);
     }
@@ -51,6 +56,7 @@ fn serve<C: Codec + Clone + Sync>(
         port: args.addr.port(),
         max_threads: args.threads,
         backlog: server_cli::BACKLOG as u32,
+        max_buffered: args.max_buffered,
         ..Config::default()
     };
     let server = Server::<Framed<C>, Echo<C>>::bind(config)?;
@@ -68,7 +74,8 @@ fn serve<C: Codec + Clone + Sync>(
             process::exit(1);
         })?;
     server_cli::print_listening(server.local_addr()?);
-    server.run(Echo { codec }).map(drop)
+    let block = args.block;
+    server.run(Echo { codec, block }).map(drop)
 }
 
 fn main() {
@@ -83,7 +90,7 @@ fn main() {
     }
 
     let result = match args.framing {
-        Framing::U32 => serve(LengthPrefixed::new(U32_MAX_FRAME), &args, signals),
+        Framing::U32 { max } => serve(LengthPrefixed::new(max), &args, signals),
         Framing::Simple => serve(SimpleFrame, &args, signals),
     };
     match result {

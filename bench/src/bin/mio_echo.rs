@@ -16,6 +16,9 @@
 //! - SIGINT/SIGTERM are taken by the main thread with `sigwait`, which sets the stop flag and
 //!   wakes every reactor through a `mio::Waker`.
 //!
+//! `--block-ms` and `--max-frame` behave as in the other servers; `--max-buffered` (hydrogen's
+//! `Config::max_buffered`) is refused with status 2.
+//!
 //! See `hydrogen_bench::server_cli` for the command line and the framings.
 
 use std::io::{self, Read, Write};
@@ -126,6 +129,7 @@ impl Conn {
         &mut self,
         readable: bool,
         framing: Framing,
+        block: Duration,
         scratch: &mut [u8],
         out: &mut Vec<u8>,
     ) -> io::Result<Status> {
@@ -152,7 +156,7 @@ impl Conn {
                 Err(e) => return Err(e),
             };
             out.clear();
-            let decoded = framing.echo_ingest(&mut self.leftover, &scratch[..n], out);
+            let decoded = framing.echo_ingest(&mut self.leftover, &scratch[..n], out, block);
             self.write_out(out)?;
             if decoded.is_err() {
                 // Malformed input: answer the frames before it, then close.
@@ -183,6 +187,8 @@ struct Reactor {
     listener_queued: bool,
     conns: Slab<Conn>,
     framing: Framing,
+    /// `--block-ms`.
+    block: Duration,
     scratch: Box<[u8]>,
     out: Vec<u8>,
     /// Connections (and the listener) with work left from an earlier turn.
@@ -286,7 +292,13 @@ impl Reactor {
         let Some(conn) = self.conns.get_mut(key) else {
             return; // an event for a connection closed earlier in this batch
         };
-        match conn.drive(readable, self.framing, &mut self.scratch, &mut self.out) {
+        match conn.drive(
+            readable,
+            self.framing,
+            self.block,
+            &mut self.scratch,
+            &mut self.out,
+        ) {
             Ok(Status::Idle) => {}
             Ok(Status::More) => {
                 if !conn.queued {
@@ -331,6 +343,7 @@ fn reactors(
             listener_queued: false,
             conns: Slab::new(),
             framing: args.framing,
+            block: args.block,
             scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
             out: Vec::new(),
             again: Vec::new(),
@@ -342,6 +355,7 @@ fn reactors(
 
 fn main() {
     let args = server_cli::parse_args(NAME);
+    server_cli::refuse_max_buffered(NAME, &args);
     server_cli::raise_nofile_limit();
 
     // Blocked before any thread starts, so every thread inherits the mask and only `sigwait`

@@ -9,11 +9,17 @@
 //! `write_all().await` before reading again, which is the backpressure). Both are freed once
 //! drained, so an idle connection holds no buffer at all, only its task.
 //!
+//! With `--block-ms N`, a frame whose payload starts with `BLOCK` sleeps N ms with
+//! `std::thread::sleep` before its echo, blocking the runtime worker thread as a naive user's
+//! handler would. `--max-frame` bounds the `u32` framing as in hydrogen_echo; `--max-buffered`
+//! (hydrogen's `Config::max_buffered`, which has no equivalent here) is refused with status 2.
+//!
 //! See `hydrogen_bench::server_cli` for the command line and the framings.
 
 use std::cell::RefCell;
 use std::io;
 use std::process;
+use std::time::Duration;
 
 use hydrogen_bench::server_cli::{self, Framing, READ_CHUNK};
 use tokio::io::AsyncWriteExt;
@@ -53,6 +59,7 @@ enum Turn {
 fn turn(
     stream: &TcpStream,
     framing: Framing,
+    block: Duration,
     scratch: &mut Scratch,
     leftover: &mut Vec<u8>,
     pending: &mut Vec<u8>,
@@ -72,7 +79,7 @@ fn turn(
         Err(e) => return Err(e),
     };
     out.clear();
-    let decoded = framing.echo_ingest(leftover, &read[..n], out);
+    let decoded = framing.echo_ingest(leftover, &read[..n], out, block);
     let mut written = 0;
     while written < out.len() {
         match stream.try_write(&out[written..]) {
@@ -96,14 +103,21 @@ fn turn(
 }
 
 /// Serves one connection until the peer closes it or breaks the framing.
-async fn serve(mut stream: TcpStream, framing: Framing) -> io::Result<()> {
+async fn serve(mut stream: TcpStream, framing: Framing, block: Duration) -> io::Result<()> {
     // The bytes of an incomplete frame, and the replies the socket has not taken yet.
     let mut leftover = Vec::new();
     let mut pending = Vec::new();
     loop {
         stream.readable().await?;
         let turn = SCRATCH.with_borrow_mut(|scratch| {
-            turn(&stream, framing, scratch, &mut leftover, &mut pending)
+            turn(
+                &stream,
+                framing,
+                block,
+                scratch,
+                &mut leftover,
+                &mut pending,
+            )
         })?;
         if let Turn::Eof = turn {
             return Ok(());
@@ -127,7 +141,7 @@ fn out_of_resources(err: &io::Error) -> bool {
     )
 }
 
-async fn accept_loop(listener: TcpListener, framing: Framing) {
+async fn accept_loop(listener: TcpListener, framing: Framing, block: Duration) {
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
@@ -136,7 +150,7 @@ async fn accept_loop(listener: TcpListener, framing: Framing) {
                 }
                 tokio::spawn(async move {
                     // A reset or a framing error ends only this connection; nothing to report.
-                    let _ = serve(stream, framing).await;
+                    let _ = serve(stream, framing, block).await;
                 });
             }
             Err(err) if out_of_resources(&err) => {
@@ -158,7 +172,7 @@ async fn run(args: server_cli::ServerArgs) -> io::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let listener = TcpListener::from_std(server_cli::bind_listener(args.addr, false)?)?;
     server_cli::print_listening(listener.local_addr()?);
-    tokio::spawn(accept_loop(listener, args.framing));
+    tokio::spawn(accept_loop(listener, args.framing, args.block));
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
@@ -168,6 +182,7 @@ async fn run(args: server_cli::ServerArgs) -> io::Result<()> {
 
 fn main() {
     let args = server_cli::parse_args(NAME);
+    server_cli::refuse_max_buffered(NAME, &args);
     server_cli::raise_nofile_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads)
