@@ -1,4 +1,5 @@
 //! Shared pieces of the benchmark suite.
+pub mod child;
 pub mod load;
 pub mod report;
 pub mod server_cli;

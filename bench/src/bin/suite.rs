@@ -4,20 +4,18 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use hydrogen_bench::child::{
+    Guard, cpu_ticks, describe, install_signal_handlers, line_reader, rss_kib, start_server,
+};
 use hydrogen_bench::load::Mode;
 use hydrogen_bench::report::{self, Case, Run, Settings};
-use nix::libc;
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, kill, sigaction};
-use nix::unistd::Pid;
 
 const USAGE: &str = "\
 Usage: suite [--rounds R] [--secs S] [--warmup W] [--servers LIST] [--scenarios LIST]
@@ -47,8 +45,6 @@ const ALL_SERVERS: [&str; 3] = ["hydrogen", "tokio", "mio"];
 const ALL_SCENARIOS: [&str; 7] = [
     "latency", "c100", "c1000", "large", "idle", "churn", "sweep",
 ];
-/// How long a server may take to print its `listening on` line, and to accept a connection.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a server may take to exit after SIGTERM before it gets SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Slack on top of warm-up and window for loadgen (opening 10,000 connections, checks).
@@ -204,168 +200,6 @@ fn cases(args: &Args) -> Vec<Case> {
     out
 }
 
-/// Pids of the running children (0: free slot), for the signal handler. At most two children
-/// run at once: a server and loadgen.
-static CHILDREN: [AtomicI32; 4] = [const { AtomicI32::new(0) }; 4];
-
-/// On SIGINT, SIGTERM or SIGHUP: SIGKILL the children, then exit. Uses only async-signal-safe
-/// calls (atomic loads, `kill`, `_exit`).
-extern "C" fn on_signal(_signal: libc::c_int) {
-    for slot in &CHILDREN {
-        let pid = slot.load(Ordering::SeqCst);
-        if pid > 0 {
-            // SAFETY: kill(2) is async-signal-safe and takes plain integers.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
-    }
-    // SAFETY: _exit(2) is async-signal-safe; nothing runs after it.
-    unsafe { libc::_exit(130) }
-}
-
-/// Makes SIGINT, SIGTERM and SIGHUP take the children down with the suite. The handler is reset
-/// to the default in the children by `exec`, and no signal is blocked, so the servers' own
-/// SIGTERM handling is untouched.
-fn install_signal_handlers() {
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        // SAFETY: the handler only performs async-signal-safe operations.
-        if let Err(e) = unsafe { sigaction(signal, &action) } {
-            eprintln!("suite: warning: cannot handle {signal}: {e}");
-        }
-    }
-}
-
-/// A child process that is killed (SIGKILL) and reaped if still running when dropped, so that
-/// no error path leaves a stray process behind.
-struct Guard {
-    child: Child,
-}
-
-impl Guard {
-    fn new(child: Child) -> Guard {
-        let pid = child.id() as i32;
-        for slot in &CHILDREN {
-            if slot
-                .compare_exchange(0, pid, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-            {
-                break;
-            }
-        }
-        Guard { child }
-    }
-
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.id() as i32)
-    }
-
-    /// Waits up to `timeout` for the child to exit.
-    fn wait_for(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return Ok(Some(status)),
-                Ok(None) if Instant::now() >= deadline => return Ok(None),
-                Ok(None) => thread::sleep(Duration::from_millis(10)),
-                Err(e) => return Err(format!("waiting for a child: {e}")),
-            }
-        }
-    }
-
-    /// SIGTERM, up to [`STOP_TIMEOUT`] to exit, then SIGKILL. Describes how it ended.
-    fn stop(&mut self) -> String {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            return format!("exited early ({status})");
-        }
-        let _ = kill(self.pid(), Signal::SIGTERM);
-        match self.wait_for(STOP_TIMEOUT) {
-            Ok(Some(status)) => describe(status),
-            _ => {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                format!(
-                    "did not exit within {} s of SIGTERM; killed",
-                    STOP_TIMEOUT.as_secs()
-                )
-            }
-        }
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        let pid = self.child.id() as i32;
-        for slot in &CHILDREN {
-            let _ = slot.compare_exchange(pid, 0, Ordering::SeqCst, Ordering::SeqCst);
-        }
-    }
-}
-
-fn describe(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(c), _) => c.to_string(),
-        (None, Some(s)) => format!("signal {s}"),
-        _ => status.to_string(),
-    }
-}
-
-/// Sends every line of `r` to a channel, from a thread of its own; the channel closes at EOF.
-fn line_reader(r: impl Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(r).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat).
-fn cpu_ticks(pid: Pid) -> Result<u64, String> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
-    // The command name (field 2) is in parentheses and may contain spaces.
-    let after = stat
-        .rfind(')')
-        .map(|i| &stat[i + 1..])
-        .ok_or(format!("{path}: unexpected format"))?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // `after` starts at field 3 (state): field N is at index N - 3.
-    let field = |n: usize| -> Result<u64, String> {
-        fields
-            .get(n - 3)
-            .and_then(|f| f.parse().ok())
-            .ok_or(format!("{path}: no field {n}"))
-    };
-    Ok(field(14)? + field(15)?)
-}
-
-/// VmRSS of a process, KiB.
-fn rss_kib(pid: Pid) -> Result<u64, String> {
-    let path = format!("/proc/{pid}/status");
-    let status = fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .ok_or(format!("{path}: no VmRSS"))
-}
-
 /// Clock ticks per second, from `getconf CLK_TCK` (the `nix` crate's `sysconf` needs a feature
 /// this crate does not enable); 100, the Linux value, if that fails.
 fn clk_tck() -> u64 {
@@ -403,61 +237,6 @@ struct Ctx {
     logs: PathBuf,
 }
 
-/// Starts the server, waits until it accepts, returns it and its address.
-fn start_server(ctx: &Ctx, server: &str, log: &File) -> Result<(Guard, SocketAddr), String> {
-    let bin = ctx.bin_dir.join(format!("{server}_echo"));
-    let log = log.try_clone().map_err(|e| format!("log file: {e}"))?;
-    let mut child = Command::new(&bin)
-        .args([
-            "--threads",
-            "2",
-            "--addr",
-            "127.0.0.1:0",
-            "--framing",
-            "u32",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| format!("starting {}: {e}", bin.display()))?;
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut guard = Guard::new(child);
-    let lines = line_reader(stdout);
-    let line = match lines.recv_timeout(STARTUP_TIMEOUT) {
-        Ok(line) => line,
-        Err(_) => {
-            let status = guard.child.try_wait().ok().flatten();
-            return Err(format!(
-                "{server}_echo printed no `listening on` line within {} s{}",
-                STARTUP_TIMEOUT.as_secs(),
-                status.map_or(String::new(), |s| format!(" (exited: {s})"))
-            ));
-        }
-    };
-    let addr: SocketAddr = line
-        .strip_prefix("listening on ")
-        .and_then(|a| a.trim().parse().ok())
-        .ok_or(format!(
-            "{server}_echo: expected `listening on ADDR`, got {line:?}"
-        ))?;
-    // Keep draining the server's stdout so that it never blocks on a full pipe.
-    thread::spawn(move || for _ in lines {});
-    let deadline = Instant::now() + STARTUP_TIMEOUT;
-    loop {
-        match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
-            Ok(_) => break,
-            Err(e) if Instant::now() >= deadline => {
-                return Err(format!("{server}_echo does not accept on {addr}: {e}"));
-            }
-            Err(_) => thread::sleep(Duration::from_millis(20)),
-        }
-    }
-    // Let the server notice the probe connection closing before the baseline is taken.
-    thread::sleep(Duration::from_millis(50));
-    Ok((guard, addr))
-}
-
 /// One run: a fresh server, loadgen against it, the server's CPU and memory around the window.
 fn measure(ctx: &Ctx, case: &Case, run: &mut Run, log: &mut File) -> Result<(), String> {
     let _ = writeln!(
@@ -467,7 +246,7 @@ fn measure(ctx: &Ctx, case: &Case, run: &mut Run, log: &mut File) -> Result<(), 
         run.round,
         report::utc_now()
     );
-    let (mut server, addr) = start_server(ctx, &run.server, log)?;
+    let (mut server, addr) = start_server(&ctx.bin_dir, &run.server, &["--threads", "2"], log)?;
     let pid = server.pid();
     run.rss_base_kib = Some(rss_kib(pid)?);
 
@@ -562,7 +341,7 @@ fn measure(ctx: &Ctx, case: &Case, run: &mut Run, log: &mut File) -> Result<(), 
     run.cpu_ticks = Some(t1.saturating_sub(t0));
     let result = result.ok_or("loadgen printed no RESULT line")?;
     run.set_result(&result)?;
-    run.server_exit = server.stop();
+    run.server_exit = server.stop(STOP_TIMEOUT);
     Ok(())
 }
 
@@ -623,7 +402,7 @@ fn main() -> ExitCode {
 fn run_suite(args: &Args) -> Result<bool, String> {
     let (bin_dir, loadgen) = locate_binaries(&args.servers)?;
     raise_nofile_limit();
-    install_signal_handlers();
+    install_signal_handlers("suite");
     let logs = args.out.join("logs");
     fs::create_dir_all(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
     let ctx = Ctx {

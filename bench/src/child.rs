@@ -1,0 +1,241 @@
+//! Child processes for the drivers (`suite`, `stalls`): starting an echo server and reading its
+//! `listening on ADDR` line, a guard that kills a child left running on any path, signal
+//! handlers that take the children down with the driver, and what `/proc` says about a process.
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::libc;
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, kill, sigaction};
+use nix::unistd::Pid;
+
+/// How long a server may take to print its `listening on` line, and to accept a connection.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Pids of the running children (0: free slot), for the signal handler. At most two children
+/// run at once: a server and loadgen.
+static CHILDREN: [AtomicI32; 4] = [const { AtomicI32::new(0) }; 4];
+
+/// On SIGINT, SIGTERM or SIGHUP: SIGKILL the children, then exit. Uses only async-signal-safe
+/// calls (atomic loads, `kill`, `_exit`).
+extern "C" fn on_signal(_signal: libc::c_int) {
+    for slot in &CHILDREN {
+        let pid = slot.load(Ordering::SeqCst);
+        if pid > 0 {
+            // SAFETY: kill(2) is async-signal-safe and takes plain integers.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+    // SAFETY: _exit(2) is async-signal-safe; nothing runs after it.
+    unsafe { libc::_exit(130) }
+}
+
+/// Makes SIGINT, SIGTERM and SIGHUP take the children down with the calling program. The handler is reset
+/// to the default in the children by `exec`, and no signal is blocked, so the servers' own
+/// SIGTERM handling is untouched.
+pub fn install_signal_handlers(name: &str) {
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only performs async-signal-safe operations.
+        if let Err(e) = unsafe { sigaction(signal, &action) } {
+            eprintln!("{name}: warning: cannot handle {signal}: {e}");
+        }
+    }
+}
+
+/// A child process that is killed (SIGKILL) and reaped if still running when dropped, so that
+/// no error path leaves a stray process behind.
+pub struct Guard {
+    /// The child process.
+    pub child: Child,
+}
+
+impl Guard {
+    /// Takes `child` in charge (and registers it for [`install_signal_handlers`]).
+    pub fn new(child: Child) -> Guard {
+        let pid = child.id() as i32;
+        for slot in &CHILDREN {
+            if slot
+                .compare_exchange(0, pid, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                break;
+            }
+        }
+        Guard { child }
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Waits up to `timeout` for the child to exit.
+    pub fn wait_for(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Ok(Some(status)),
+                Ok(None) if Instant::now() >= deadline => return Ok(None),
+                Ok(None) => thread::sleep(Duration::from_millis(10)),
+                Err(e) => return Err(format!("waiting for a child: {e}")),
+            }
+        }
+    }
+
+    /// SIGTERM, up to `timeout` to exit, then SIGKILL. Describes how it ended.
+    pub fn stop(&mut self, timeout: Duration) -> String {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return format!("exited early ({status})");
+        }
+        let _ = kill(self.pid(), Signal::SIGTERM);
+        match self.wait_for(timeout) {
+            Ok(Some(status)) => describe(status),
+            _ => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                format!(
+                    "did not exit within {} s of SIGTERM; killed",
+                    timeout.as_secs_f64()
+                )
+            }
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let pid = self.child.id() as i32;
+        for slot in &CHILDREN {
+            let _ = slot.compare_exchange(pid, 0, Ordering::SeqCst, Ordering::SeqCst);
+        }
+    }
+}
+
+pub fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => c.to_string(),
+        (None, Some(s)) => format!("signal {s}"),
+        _ => status.to_string(),
+    }
+}
+
+/// Sends every line of `r` to a channel, from a thread of its own; the channel closes at EOF.
+pub fn line_reader(r: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat).
+pub fn cpu_ticks(pid: Pid) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+    // The command name (field 2) is in parentheses and may contain spaces.
+    let after = stat
+        .rfind(')')
+        .map(|i| &stat[i + 1..])
+        .ok_or(format!("{path}: unexpected format"))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // `after` starts at field 3 (state): field N is at index N - 3.
+    let field = |n: usize| -> Result<u64, String> {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse().ok())
+            .ok_or(format!("{path}: no field {n}"))
+    };
+    Ok(field(14)? + field(15)?)
+}
+
+/// VmRSS of a process, KiB.
+pub fn rss_kib(pid: Pid) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/status");
+    let status = fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or(format!("{path}: no VmRSS"))
+}
+
+/// Starts `bin_dir/SERVER_echo --addr 127.0.0.1:0 --framing u32` followed by `args`, its
+/// stderr going to `log`; waits for its `listening on ADDR` line and until it accepts a
+/// connection, and returns it and its address.
+pub fn start_server(
+    bin_dir: &Path,
+    server: &str,
+    args: &[&str],
+    log: &File,
+) -> Result<(Guard, SocketAddr), String> {
+    let bin = bin_dir.join(format!("{server}_echo"));
+    let log = log.try_clone().map_err(|e| format!("log file: {e}"))?;
+    let mut child = Command::new(&bin)
+        .args(["--addr", "127.0.0.1:0", "--framing", "u32"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut guard = Guard::new(child);
+    let lines = line_reader(stdout);
+    let line = match lines.recv_timeout(STARTUP_TIMEOUT) {
+        Ok(line) => line,
+        Err(_) => {
+            let status = guard.child.try_wait().ok().flatten();
+            return Err(format!(
+                "{server}_echo printed no `listening on` line within {} s{}",
+                STARTUP_TIMEOUT.as_secs(),
+                status.map_or(String::new(), |s| format!(" (exited: {s})"))
+            ));
+        }
+    };
+    let addr: SocketAddr = line
+        .strip_prefix("listening on ")
+        .and_then(|a| a.trim().parse().ok())
+        .ok_or(format!(
+            "{server}_echo: expected `listening on ADDR`, got {line:?}"
+        ))?;
+    // Keep draining the server's stdout so that it never blocks on a full pipe.
+    thread::spawn(move || for _ in lines {});
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+            Ok(_) => break,
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!("{server}_echo does not accept on {addr}: {e}"));
+            }
+            Err(_) => thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    // Let the server notice the probe connection closing before the baseline is taken.
+    thread::sleep(Duration::from_millis(50));
+    Ok((guard, addr))
+}
