@@ -5,7 +5,7 @@
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::{self, Receiver};
@@ -238,4 +238,26 @@ pub fn start_server(
     // Let the server notice the probe connection closing before the baseline is taken.
     thread::sleep(Duration::from_millis(50));
     Ok((guard, addr))
+}
+
+/// The directory of this executable, checked to hold every binary of `names`.
+pub fn sibling_binaries(names: &[String]) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("locating this executable: {e}"))?;
+    let dir = exe
+        .parent()
+        .ok_or("this executable has no parent directory")?
+        .to_path_buf();
+    let missing: Vec<&str> = names
+        .iter()
+        .filter(|n| !dir.join(n).is_file())
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "missing next to {}: {}; build with `cargo build --release -p hydrogen-bench`",
+            exe.display(),
+            missing.join(", ")
+        ));
+    }
+    Ok(dir)
 }

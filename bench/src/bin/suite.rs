@@ -12,8 +12,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use hydrogen_bench::child::{
-    Guard, cpu_ticks, describe, install_signal_handlers, line_reader, rss_kib, start_server,
+    Guard, cpu_ticks, describe, install_signal_handlers, line_reader, rss_kib, sibling_binaries,
+    start_server,
 };
+use hydrogen_bench::cli::{parse_list, parse_secs};
 use hydrogen_bench::load::Mode;
 use hydrogen_bench::report::{self, Case, Run, Settings};
 
@@ -60,25 +62,6 @@ struct Args {
     out: PathBuf,
 }
 
-fn parse_list(name: &str, v: &str, allowed: &[&str]) -> Result<Vec<String>, String> {
-    let mut out: Vec<String> = Vec::new();
-    for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        if !allowed.contains(&item) {
-            return Err(format!(
-                "{name}: unknown {item:?}; expected some of {}",
-                allowed.join(",")
-            ));
-        }
-        if !out.iter().any(|s| s == item) {
-            out.push(item.to_string());
-        }
-    }
-    if out.is_empty() {
-        return Err(format!("{name}: empty list"));
-    }
-    Ok(out)
-}
-
 /// Server names: the three peers, or any other `NAME` whose `NAME_echo` binary sits next to
 /// the suite (for example a build of hydrogen from another commit, to compare two versions).
 fn parse_servers(v: &str) -> Result<Vec<String>, String> {
@@ -92,13 +75,6 @@ fn parse_servers(v: &str) -> Result<Vec<String>, String> {
         }
     }
     parse_list("--servers", v, &names)
-}
-
-fn parse_secs(name: &str, v: &str, min: f64) -> Result<f64, String> {
-    match v.parse::<f64>() {
-        Ok(s) if s.is_finite() && s >= min && s <= 600.0 => Ok(s),
-        _ => Err(format!("{name} {v:?}: expected seconds from {min} to 600")),
-    }
 }
 
 /// `Ok(None)` means `--help`.
@@ -346,28 +322,12 @@ fn measure(ctx: &Ctx, case: &Case, run: &mut Run, log: &mut File) -> Result<(), 
 }
 
 fn locate_binaries(servers: &[String]) -> Result<(PathBuf, PathBuf), String> {
-    let exe = std::env::current_exe().map_err(|e| format!("locating this executable: {e}"))?;
-    let dir = exe
-        .parent()
-        .ok_or("this executable has no parent directory")?
-        .to_path_buf();
-    let mut missing = Vec::new();
-    for name in servers
+    let names: Vec<String> = servers
         .iter()
         .map(|s| format!("{s}_echo"))
         .chain(["loadgen".to_string()])
-    {
-        if !dir.join(&name).is_file() {
-            missing.push(name);
-        }
-    }
-    if !missing.is_empty() {
-        return Err(format!(
-            "missing next to {}: {}; build with `cargo build --release -p hydrogen-bench`",
-            exe.display(),
-            missing.join(", ")
-        ));
-    }
+        .collect();
+    let dir = sibling_binaries(&names)?;
     let loadgen = dir.join("loadgen");
     Ok((dir, loadgen))
 }
