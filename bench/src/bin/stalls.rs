@@ -161,6 +161,12 @@ fn summarize(mut ns: Vec<u64>) -> Option<Latency> {
     })
 }
 
+/// How many connections (each a list of round trips, nanoseconds) had one of `at_least` or more.
+fn stalled_count(conns: &[Vec<u64>], at_least: Duration) -> usize {
+    let ns = at_least.as_nanos() as u64;
+    conns.iter().filter(|c| c.iter().any(|&v| v >= ns)).count()
+}
+
 /// How the server ended after SIGTERM.
 #[derive(Debug, Clone, PartialEq)]
 enum Shutdown {
@@ -179,6 +185,8 @@ struct Measured {
     upload_rate: Option<f64>,
     /// Blocking: round trips of the BLOCK connection.
     blocker_count: Option<usize>,
+    /// Blocking: ping-pong connections with at least one round trip of `BLOCK_MS` or more.
+    stalled_conns: Option<usize>,
     /// Memory: the server's VmRSS after the attack, KiB.
     rss_kib: Option<u64>,
     /// Memory: bytes the attackers' writes got accepted by the kernel, all together.
@@ -456,7 +464,7 @@ fn run_blocking(ctx: &Ctx, srv: &mut Running) -> Result<Measured, String> {
     let deadline = Instant::now() + window(ctx);
     let stop = AtomicBool::new(false);
     let stop = &stop;
-    let (pings, blocker) = thread::scope(|scope| -> Result<(Vec<u64>, Vec<u64>), String> {
+    let (pings, blocker) = thread::scope(|scope| -> Result<(Vec<Vec<u64>>, Vec<u64>), String> {
         let _set = SetOnDrop(stop);
         let pingers: Vec<_> = (0..BLOCK_PINGERS)
             .map(|_| scope.spawn(move || ping_pong(addr, false, deadline, stop)))
@@ -469,7 +477,7 @@ fn run_blocking(ctx: &Ctx, srv: &mut Running) -> Result<Measured, String> {
                 .join()
                 .unwrap_or_else(|_| Err("ping thread panicked".into()))
             {
-                Ok(s) => all.extend(s),
+                Ok(s) => all.push(s),
                 Err(e) => {
                     first_err.get_or_insert(e);
                 }
@@ -485,9 +493,11 @@ fn run_blocking(ctx: &Ctx, srv: &mut Running) -> Result<Measured, String> {
     })?;
     srv.check_alive()?;
     let shutdown = srv.terminate()?;
+    let stalled = stalled_count(&pings, Duration::from_millis(BLOCK_MS));
     Ok(Measured {
-        latency: summarize(pings),
+        latency: summarize(pings.concat()),
         blocker_count: Some(blocker.len()),
+        stalled_conns: Some(stalled),
         shutdown: Some(shutdown),
         ..Measured::default()
     })
@@ -755,11 +765,13 @@ fn tables(rows: &[Row], args: &Args) -> String {
              connections ping-pong {PING_SIZE}-byte frames (one in flight each, a thread each) \
              for {secs} s, while one more sends `BLOCK` frames one at a time, each of which \
              sleeps {BLOCK_MS} ms in the server's frame handling. Latency: the {BLOCK_PINGERS} \
-             connections together.\n"
+             connections together; \"stalled\" counts those of them that waited {BLOCK_MS} ms \
+             or more at least once.\n"
         );
         md.push_str(
-            "| server | round trips | p50 µs | p99 µs | max µs | p99 vs tokio | BLOCK round trips \
-             | shutdown ms | exit |\n|---|--:|--:|--:|--:|--:|--:|--:|---|\n",
+            "| server | round trips | p50 µs | p99 µs | max µs | p99 vs tokio | stalled \
+             | BLOCK round trips | shutdown ms | exit |\n\
+             |---|--:|--:|--:|--:|--:|--:|--:|--:|---|\n",
         );
         for r in rows.iter().filter(|r| r.scenario == "blocking") {
             let _ = write!(md, "| {} |", r.server);
@@ -769,14 +781,15 @@ fn tables(rows: &[Row], args: &Args) -> String {
                     write_latency(&mut md, m.latency);
                     let _ = writeln!(
                         md,
-                        " {} | {} | {sd} | {exit} |",
+                        " {} | {}/{BLOCK_PINGERS} | {} | {sd} | {exit} |",
                         ratio(p99(Some(m)), p99(tokio_peer(rows, r))),
+                        m.stalled_conns.map_or("—".into(), |c| c.to_string()),
                         m.blocker_count
                             .map_or("—".into(), |c| report::thousands(c as f64))
                     );
                 }
                 Err(_) => {
-                    let _ = writeln!(md, "{} FAILED |", failed_cells(7));
+                    let _ = writeln!(md, "{} FAILED |", failed_cells(8));
                 }
             }
         }
@@ -912,6 +925,9 @@ fn progress(row: &Row) -> String {
             if let Some(c) = m.blocker_count {
                 let _ = write!(s, " block_n={c}");
             }
+            if let Some(c) = m.stalled_conns {
+                let _ = write!(s, " stalled={c}/{BLOCK_PINGERS}");
+            }
             if let Some(k) = m.rss_kib {
                 let _ = write!(s, " rss={}MiB", k / 1024);
             }
@@ -1046,6 +1062,8 @@ mod tests {
         assert_eq!(l.count, 4);
         assert_eq!((l.p50_us, l.p99_us, l.max_us), (2.0, 100.0, 100.0));
         assert!(summarize(Vec::new()).is_none());
+        let conns = [vec![1, 2], vec![5, 100_000_000], vec![], vec![99_999_999]];
+        assert_eq!(stalled_count(&conns, Duration::from_millis(100)), 1);
     }
 
     #[test]
@@ -1098,6 +1116,7 @@ mod tests {
                 max_us: p99,
             }),
             blocker_count: Some(3),
+            stalled_conns: Some(2),
             shutdown: Some(Shutdown::Exited {
                 ms: 2.0,
                 status: "0".into(),
@@ -1108,7 +1127,7 @@ mod tests {
         rows[1].result = Ok(m(100.0));
         let md = tables(&rows, &a);
         assert!(
-            md.contains("| hydrogen | 10 | 1 | 300 | 300 | 3.00 | 3 | 2 | 0 |"),
+            md.contains("| hydrogen | 10 | 1 | 300 | 300 | 3.00 | 2/20 | 3 | 2 | 0 |"),
             "{md}"
         );
         assert!(!md.contains("failures"));
