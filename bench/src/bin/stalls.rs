@@ -56,7 +56,8 @@ Options:
   -h, --help         print this help
 
 Exits with status 1 if a run failed (server did not start, a connection broke, or the server
-took over 30 s to exit after SIGTERM: then it is killed and reported as hung).
+took over 30 s to exit after SIGTERM: then it is killed and reported as hung). A connection
+without an echo for 10 s is a stall, reported as a lower bound (>=), not a failure.
 The server binaries must sit next to this executable:
 build with `cargo build --release -p hydrogen-bench`.
 ";
@@ -137,6 +138,26 @@ struct Latency {
     p50_us: f64,
     p99_us: f64,
     max_us: f64,
+    /// A connection got no echo within [`IO_TIMEOUT`]: its last round trip counts as the time
+    /// it waited, so the max (and any percentile equal to it) is a lower bound.
+    starved: bool,
+}
+
+impl Latency {
+    /// Whether `v` (one of the figures) is only a lower bound.
+    fn censored(&self, v: f64) -> bool {
+        self.starved && v >= self.max_us
+    }
+
+    /// A figure, µs, with `≥` when it is a lower bound.
+    fn cell(&self, v: f64) -> String {
+        let n = fmt_us(v);
+        if self.censored(v) {
+            format!("≥ {n}")
+        } else {
+            n
+        }
+    }
 }
 
 /// The nearest-rank percentile `p` (0 < p <= 100) of sorted values: the smallest value with at
@@ -149,8 +170,9 @@ fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
-/// Summary of round-trip times given in nanoseconds; `None` without any.
-fn summarize(mut ns: Vec<u64>) -> Option<Latency> {
+/// Summary of round-trip times given in nanoseconds; `None` without any. `starved`: the largest
+/// is a wait cut short (see [`Latency::starved`]).
+fn summarize(mut ns: Vec<u64>, starved: bool) -> Option<Latency> {
     ns.sort_unstable();
     let us = |v: u64| v as f64 / 1000.0;
     Some(Latency {
@@ -158,6 +180,7 @@ fn summarize(mut ns: Vec<u64>) -> Option<Latency> {
         p50_us: us(percentile(&ns, 50.0)?),
         p99_us: us(percentile(&ns, 99.0)?),
         max_us: us(*ns.last()?),
+        starved,
     })
 }
 
@@ -260,14 +283,26 @@ fn ping_payload(seq: u64, block: bool) -> [u8; PING_SIZE] {
     p
 }
 
+/// What one ping-pong connection saw.
+#[derive(Debug, Default)]
+struct Pings {
+    /// Round-trip times, nanoseconds.
+    samples: Vec<u64>,
+    /// It stopped because an echo did not come within [`IO_TIMEOUT`] (or the frame could not
+    /// be written within it); the last sample is that wait.
+    starved: bool,
+}
+
 /// Ping-pong on a new connection until `deadline` or `stop`: one frame, wait for its echo
-/// (checked byte for byte), repeat. Returns the round-trip times, nanoseconds.
+/// (checked byte for byte), repeat. A round trip longer than [`IO_TIMEOUT`] is a stall, not a
+/// failure: it ends the loop with [`Pings::starved`]. A closed connection or a wrong echo is a
+/// failure.
 fn ping_pong(
     addr: SocketAddr,
     block: bool,
     deadline: Instant,
     stop: &AtomicBool,
-) -> Result<Vec<u64>, String> {
+) -> Result<Pings, String> {
     let mut s = connect(addr)?;
     let mut samples = Vec::new();
     let mut reply = vec![0u8; 4 + PING_SIZE];
@@ -277,20 +312,22 @@ fn ping_pong(
     {
         let f = frame(&ping_payload(seq, block));
         let t0 = Instant::now();
-        s.write_all(&f)
-            .map_err(|e| format!("{what}: write of frame {seq}: {e}"))?;
-        s.read_exact(&mut reply).map_err(|e| {
-            let e = if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) {
-                format!("no echo within {} s", IO_TIMEOUT.as_secs())
-            } else {
-                e.to_string()
-            };
-            format!("{what}: echo of frame {seq}: {e}")
-        })?;
-        samples.push(t0.elapsed().as_nanos() as u64);
+        match s.write_all(&f).and_then(|()| s.read_exact(&mut reply)) {
+            Ok(()) => samples.push(t0.elapsed().as_nanos() as u64),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                samples.push(t0.elapsed().as_nanos() as u64);
+                return Ok(Pings {
+                    samples,
+                    starved: true,
+                });
+            }
+            Err(e) => return Err(format!("{what}: frame {seq}: {e}")),
+        }
         if reply != f {
             return Err(format!(
                 "{what}: echo of frame {seq} differs from the frame"
@@ -298,7 +335,10 @@ fn ping_pong(
         }
         seq += 1;
     }
-    Ok(samples)
+    Ok(Pings {
+        samples,
+        starved: false,
+    })
 }
 
 /// Whether an I/O error only means "try again" (timeouts of a socket with one set included).
@@ -443,14 +483,14 @@ fn run_uploaders(ctx: &Ctx, srv: &mut Running, uploaders: usize) -> Result<Measu
         }
         let before = written.load(Ordering::Relaxed);
         let t0 = Instant::now();
-        let samples = ping_pong(addr, false, t0 + window(ctx), stop)?;
+        let pings = ping_pong(addr, false, t0 + window(ctx), stop)?;
         let secs = t0.elapsed().as_secs_f64();
         let uploaded = written.load(Ordering::Relaxed) - before;
         srv.check_alive()?;
         // The uploaders are still running: that is the point of the shutdown figure.
         let shutdown = srv.terminate()?;
         Ok(Measured {
-            latency: summarize(samples),
+            latency: summarize(pings.samples, pings.starved),
             upload_rate: (uploaders > 0).then(|| uploaded as f64 / secs),
             shutdown: Some(shutdown),
             ..Measured::default()
@@ -464,7 +504,7 @@ fn run_blocking(ctx: &Ctx, srv: &mut Running) -> Result<Measured, String> {
     let deadline = Instant::now() + window(ctx);
     let stop = AtomicBool::new(false);
     let stop = &stop;
-    let (pings, blocker) = thread::scope(|scope| -> Result<(Vec<Vec<u64>>, Vec<u64>), String> {
+    let (pings, blocker) = thread::scope(|scope| -> Result<(Vec<Pings>, Pings), String> {
         let _set = SetOnDrop(stop);
         let pingers: Vec<_> = (0..BLOCK_PINGERS)
             .map(|_| scope.spawn(move || ping_pong(addr, false, deadline, stop)))
@@ -493,10 +533,12 @@ fn run_blocking(ctx: &Ctx, srv: &mut Running) -> Result<Measured, String> {
     })?;
     srv.check_alive()?;
     let shutdown = srv.terminate()?;
-    let stalled = stalled_count(&pings, Duration::from_millis(BLOCK_MS));
+    let per_conn: Vec<Vec<u64>> = pings.iter().map(|p| p.samples.clone()).collect();
+    let stalled = stalled_count(&per_conn, Duration::from_millis(BLOCK_MS));
+    let starved = pings.iter().any(|p| p.starved);
     Ok(Measured {
-        latency: summarize(pings.concat()),
-        blocker_count: Some(blocker.len()),
+        latency: summarize(per_conn.concat(), starved),
+        blocker_count: Some(blocker.samples.len()),
         stalled_conns: Some(stalled),
         shutdown: Some(shutdown),
         ..Measured::default()
@@ -533,7 +575,7 @@ fn run_memory(ctx: &Ctx, srv: &mut Running, attackers: usize) -> Result<Measured
     let mut conns: Vec<Attacker> = Vec::with_capacity(attackers);
     let stop = AtomicBool::new(false);
     let stop = &stop;
-    let (samples, rss) = thread::scope(|scope| -> Result<(Vec<u64>, u64), String> {
+    let (samples, rss) = thread::scope(|scope| -> Result<(Pings, u64), String> {
         let _set = SetOnDrop(stop);
         // A safety bound only: `stop` ends it once the RSS is read.
         let deadline = Instant::now() + limit + ATTACK_SETTLE + IO_TIMEOUT + window(ctx);
@@ -588,7 +630,7 @@ fn run_memory(ctx: &Ctx, srv: &mut Running, attackers: usize) -> Result<Measured
     // The attackers are still connected, their frames incomplete.
     let shutdown = srv.terminate()?;
     Ok(Measured {
-        latency: summarize(samples),
+        latency: summarize(samples.samples, samples.starved),
         rss_kib: Some(rss),
         attack_bytes: Some(conns.iter().map(|a| a.sent as u64).sum()),
         attackers_done: conns.iter().filter(|a| a.sent == 4 + ATTACK_SENT).count(),
@@ -707,8 +749,18 @@ fn tokio_peer<'a>(rows: &'a [Row], row: &Row) -> Option<&'a Measured> {
         .and_then(|r| r.result.as_ref().ok())
 }
 
-fn p99(m: Option<&Measured>) -> Option<f64> {
-    m.and_then(|m| m.latency).map(|l| l.p99_us)
+/// The p99 ratio to tokio's, `≥` when this row's p99 is a lower bound, `≤` when tokio's is.
+fn p99_ratio(m: &Measured, tokio: Option<&Measured>) -> String {
+    let (Some(l), Some(t)) = (m.latency, tokio.and_then(|t| t.latency)) else {
+        return "—".to_string();
+    };
+    let r = ratio(Some(l.p99_us), Some(t.p99_us));
+    match (l.censored(l.p99_us), t.censored(t.p99_us)) {
+        (false, false) => r,
+        (true, false) => format!("≥ {r}"),
+        (false, true) => format!("≤ {r}"),
+        (true, true) => "—".to_string(),
+    }
 }
 
 fn mib(bytes: f64) -> String {
@@ -748,7 +800,7 @@ fn tables(rows: &[Row], args: &Args) -> String {
                     let _ = writeln!(
                         md,
                         " {} | {sd} | {exit} |",
-                        ratio(p99(Some(m)), p99(tokio_peer(rows, r)))
+                        p99_ratio(m, tokio_peer(rows, r))
                     );
                 }
                 Err(_) => {
@@ -782,7 +834,7 @@ fn tables(rows: &[Row], args: &Args) -> String {
                     let _ = writeln!(
                         md,
                         " {} | {}/{BLOCK_PINGERS} | {} | {sd} | {exit} |",
-                        ratio(p99(Some(m)), p99(tokio_peer(rows, r))),
+                        p99_ratio(m, tokio_peer(rows, r)),
                         m.stalled_conns.map_or("—".into(), |c| c.to_string()),
                         m.blocker_count
                             .map_or("—".into(), |c| report::thousands(c as f64))
@@ -840,7 +892,7 @@ fn tables(rows: &[Row], args: &Args) -> String {
                         m.attackers_closed,
                         m.latency
                             .map_or("0".into(), |l| report::thousands(l.count as f64)),
-                        m.latency.map_or("—".into(), |l| fmt_us(l.p99_us)),
+                        m.latency.map_or("—".into(), |l| l.cell(l.p99_us)),
                     );
                 }
                 Err(_) => {
@@ -849,6 +901,20 @@ fn tables(rows: &[Row], args: &Args) -> String {
             }
         }
         md.push('\n');
+    }
+    let starved = rows
+        .iter()
+        .filter_map(|r| r.result.as_ref().ok())
+        .any(|m| m.latency.is_some_and(|l| l.starved));
+    if starved {
+        let _ = writeln!(
+            md,
+            "`≥`: a connection got no echo within {} s (or could not write its frame within it) \
+             and stopped there; that wait counts as its last round trip, so the figure is a lower \
+             bound (and a ratio with `≤` is an upper bound, tokio's figure being the lower \
+             bound). The server was still running: this is a stall, not a failure.\n",
+            IO_TIMEOUT.as_secs()
+        );
     }
     let failures: Vec<&Row> = rows.iter().filter(|r| r.failed()).collect();
     if !failures.is_empty() {
@@ -876,9 +942,9 @@ fn write_latency(md: &mut String, l: Option<Latency>) {
                 md,
                 " {} | {} | {} | {} |",
                 report::thousands(l.count as f64),
-                fmt_us(l.p50_us),
-                fmt_us(l.p99_us),
-                fmt_us(l.max_us)
+                l.cell(l.p50_us),
+                l.cell(l.p99_us),
+                l.cell(l.max_us)
             );
         }
         None => md.push_str(" 0 | — | — | — |"),
@@ -918,8 +984,12 @@ fn progress(row: &Row) -> String {
             if let Some(l) = m.latency {
                 let _ = write!(
                     s,
-                    "n={} p50={:.0}us p99={:.0}us max={:.0}us",
-                    l.count, l.p50_us, l.p99_us, l.max_us
+                    "n={} p50={:.0}us p99={:.0}us max={:.0}us{}",
+                    l.count,
+                    l.p50_us,
+                    l.p99_us,
+                    l.max_us,
+                    if l.starved { " (starved)" } else { "" }
                 );
             }
             if let Some(c) = m.blocker_count {
@@ -1058,10 +1128,13 @@ mod tests {
         let mut v = vec![10u64; 199];
         v.push(100_000);
         assert_eq!(percentile(&v, 99.0), Some(10));
-        let l = summarize(vec![3000, 1000, 2000, 100_000]).unwrap();
+        let l = summarize(vec![3000, 1000, 2000, 100_000], false).unwrap();
         assert_eq!(l.count, 4);
         assert_eq!((l.p50_us, l.p99_us, l.max_us), (2.0, 100.0, 100.0));
-        assert!(summarize(Vec::new()).is_none());
+        assert!(summarize(Vec::new(), false).is_none());
+        let l = summarize(vec![1000, 10_000_000_000], true).unwrap();
+        assert_eq!(l.cell(l.p50_us), "1");
+        assert_eq!(l.cell(l.max_us), "≥ 10,000,000");
         let conns = [vec![1, 2], vec![5, 100_000_000], vec![], vec![99_999_999]];
         assert_eq!(stalled_count(&conns, Duration::from_millis(100)), 1);
     }
@@ -1114,6 +1187,7 @@ mod tests {
                 p50_us: 1.0,
                 p99_us: p99,
                 max_us: p99,
+                starved: false,
             }),
             blocker_count: Some(3),
             stalled_conns: Some(2),
@@ -1141,5 +1215,22 @@ mod tests {
         assert!(md.contains("FAILED"));
         assert!(md.contains("- blocking hydrogen : boom"), "{md}");
         assert!(md.contains("| hung |"), "{md}");
+
+        let starved = |p99| Measured {
+            latency: Some(Latency {
+                starved: true,
+                ..m(p99).latency.unwrap()
+            }),
+            ..m(p99)
+        };
+        assert_eq!(p99_ratio(&m(300.0), Some(&m(100.0))), "3.00");
+        assert_eq!(p99_ratio(&starved(300.0), Some(&m(100.0))), "≥ 3.00");
+        assert_eq!(p99_ratio(&m(300.0), Some(&starved(100.0))), "≤ 3.00");
+        assert_eq!(p99_ratio(&starved(300.0), Some(&starved(100.0))), "—");
+        assert_eq!(p99_ratio(&m(300.0), None), "—");
+        rows[0].result = Ok(starved(300.0));
+        let md = tables(&rows, &a);
+        assert!(md.contains("| ≥ 300 | ≥ 300 | ≥ 3.00 |"), "{md}");
+        assert!(md.contains("lower bound"), "{md}");
     }
 }
