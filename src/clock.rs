@@ -15,6 +15,13 @@ pub(crate) fn now() -> u64 {
     NOW.load(Ordering::Relaxed)
 }
 
+/// Nanoseconds since the first use, from the real clock (a vDSO call, no system call).
+#[inline]
+pub(crate) fn nanos() -> u64 {
+    let start = *START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Reads the real clock, moves the coarse one forward, and returns it.
 pub(crate) fn advance() -> u64 {
     let start = *START.get_or_init(Instant::now);

@@ -38,24 +38,31 @@ impl Drop for RunningGuard {
     }
 }
 
-/// Who may drive a connection. The connection is driven only by the thread that moved it out
-/// of `Idle`, from then until it sets `Idle` again; everything else that wants the connection
-/// driven (an epoll event, a close from another thread) either claims it, if idle, or leaves a
-/// note for the owner.
+/// Who may drive a connection. The connection is driven only by the thread that moved it to
+/// `Running`, from then until it sets `Idle` or `Queued` again; everything else that wants the
+/// connection driven (an epoll event, a close from another thread) either claims it, if idle,
+/// schedules a turn, or leaves a note for the owner.
 ///
-/// | from           | event                       | to             |
-/// |----------------|-----------------------------|----------------|
-/// | `Idle`         | a worker claims it          | `Running`      |
-/// | `Running`      | event / request meanwhile   | `RunningAgain` |
-/// | `RunningAgain` | owner starts another round  | `Running`      |
-/// | `Running`      | owner finishes its turn     | `Idle`         |
+/// | from           | event                                   | to             |
+/// |----------------|-----------------------------------------|----------------|
+/// | `Idle`         | an epoll event: a worker claims it      | `Running`      |
+/// | `Idle`         | a request: a turn is queued ([`nudge`](State::nudge)) | `Queued` |
+/// | `Queued`       | the queued turn is taken                | `Running`      |
+/// | `Queued`       | an epoll event or a request             | `Queued` (the queued turn reads until drained) |
+/// | `Running`      | event / request meanwhile               | `RunningAgain` |
+/// | `RunningAgain` | owner starts another round              | `Running`      |
+/// | `Running`      | owner finishes its turn                 | `Idle`         |
+/// | `Running`/`RunningAgain` | owner stops early with work left, and queues a turn | `Queued` |
 ///
 /// Every transition happens under the connection's lock, so a request that lands just as the
 /// owner finishes is either seen by the owner (`RunningAgain`) or finds the connection `Idle`
-/// and is scheduled: a wake-up is never lost.
+/// and is scheduled: a wake-up is never lost. `Queued` keeps a connection that went to the back
+/// of the queue from being driven again by each epoll event meanwhile, so the poll that comes
+/// between runs of queued work serves the connections that were waiting, not the busy ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Claim {
     Idle,
+    Queued,
     Running,
     RunningAgain,
 }
@@ -87,17 +94,21 @@ pub(crate) struct State<S> {
 }
 
 impl<S> State<S> {
-    /// Asks for a turn: returns `true` if the connection is idle and the caller must schedule
-    /// one, or leaves a note for the running owner and returns `false`.
+    /// Asks for a turn: returns `true` if the connection was idle and the caller must now
+    /// schedule one (it is marked `Queued`), or returns `false` if a turn is queued already or
+    /// the running owner was left a note.
     #[inline]
     pub fn nudge(&mut self) -> bool {
         match self.claim {
-            Claim::Idle => true,
+            Claim::Idle => {
+                self.claim = Claim::Queued;
+                true
+            }
             Claim::Running => {
                 self.claim = Claim::RunningAgain;
                 false
             }
-            Claim::RunningAgain => false,
+            Claim::Queued | Claim::RunningAgain => false,
         }
     }
 }
@@ -315,5 +326,41 @@ impl<S: Stream> Link for Conn<S> {
     fn is_closed(&self) -> bool {
         let state = self.state.lock();
         state.stream.is_none() || state.closing.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(claim: Claim) -> State<()> {
+        State {
+            stream: Some(()),
+            claim,
+            read_closed: false,
+            hangup: false,
+            urgent: false,
+            draining: false,
+            held: 0,
+            read_paused: false,
+            closing: None,
+        }
+    }
+
+    /// A request schedules a turn only for an idle connection, and marks it queued so that
+    /// later requests (and epoll events) do not queue or run it again.
+    #[test]
+    fn nudge_schedules_once() {
+        let mut s = state(Claim::Idle);
+        assert!(s.nudge(), "idle: the caller schedules");
+        assert_eq!(s.claim, Claim::Queued);
+        assert!(!s.nudge(), "queued already");
+        assert_eq!(s.claim, Claim::Queued);
+
+        let mut s = state(Claim::Running);
+        assert!(!s.nudge(), "running: a note for the owner");
+        assert_eq!(s.claim, Claim::RunningAgain);
+        assert!(!s.nudge());
+        assert_eq!(s.claim, Claim::RunningAgain);
     }
 }

@@ -169,6 +169,7 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
             idle_workers: AtomicUsize::new(0),
             monitor: Monitor::default(),
             buffers: Arc::new(Buffers::new(config.max_buffered)),
+            threads,
         };
         core.queue.set_workers(threads);
         crate::clock::advance();

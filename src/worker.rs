@@ -45,13 +45,16 @@ const ACCEPT_BUDGET: usize = 64;
 /// Rounds one turn may take (each round reads until drained) before the connection is sent to
 /// the back of the queue.
 const MAX_ROUNDS: usize = 8;
-/// Queued tasks a worker runs in a row before it looks at epoll again (without waiting), so
-/// turns that requeue themselves (connections that keep sending) cannot keep new events,
-/// accepts, ticks and the shutdown notice waiting: tokio's `event_interval`. Chosen by
-/// measurement (see BENCHMARKS.md, "Stalls"): a turn of a connection that keeps sending reads
-/// up to eight read budgets, so this bounds the wait of a new event to a few milliseconds
-/// with every worker busy, and a poll that finds nothing costs well under a microsecond.
-const EVENT_INTERVAL: u64 = 16;
+/// Queued tasks the workers run in a row before one looks at epoll again (without waiting),
+/// so turns that requeue themselves (connections that keep sending) cannot keep new events,
+/// accepts, ticks and the shutdown notice waiting: tokio's `event_interval`, and its value.
+const EVENT_INTERVAL: u64 = 61;
+/// The same bound in time, for queued turns that are expensive: a poll is due once this long
+/// has passed since the last. Chosen by measurement (BENCHMARKS.md, "Stalls"): with four
+/// connections uploading 64 KiB frames on two workers, a ping-pong probe's p99 was 13 ms with
+/// the count alone, under 1 ms with this, for a zero-timeout `epoll_wait` (about a
+/// microsecond) at most every 200 µs.
+const POLL_GAP_NANOS: u64 = 200_000;
 /// A worker keeps at most this much frame buffer between turns.
 const FRAMES_KEEP: usize = 256 * 1024;
 
@@ -94,6 +97,8 @@ pub(crate) struct Core<S, H> {
     pub monitor: Monitor,
     /// The bytes held across all connections, against `max_buffered`.
     pub buffers: Arc<Buffers>,
+    /// Worker threads (`Config::max_threads`).
+    pub threads: usize,
 }
 
 /// Counters behind [`RunSummary`].
@@ -107,6 +112,8 @@ pub(crate) struct Stats {
     pub since_poll: AtomicU64,
     /// The most `since_poll` reached.
     pub longest_poll_gap: AtomicU64,
+    /// When a worker last looked at epoll ([`clock::nanos`]).
+    pub last_poll: AtomicU64,
 }
 
 impl Stats {
@@ -126,9 +133,19 @@ impl Stats {
         self.since_poll.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// Counts a queued task and tells whether a worker should look at epoll before running
+    /// it: after [`EVENT_INTERVAL`] tasks in a row, or [`POLL_GAP_NANOS`] since the last poll.
+    #[inline]
+    fn poll_due(&self) -> bool {
+        self.task_run() >= EVENT_INTERVAL
+            || clock::nanos().saturating_sub(self.last_poll.load(Ordering::Relaxed))
+                >= POLL_GAP_NANOS
+    }
+
     /// Records a poll: the run of queued tasks before it ends.
     #[inline]
     fn polled(&self) {
+        self.last_poll.store(clock::nanos(), Ordering::Relaxed);
         let gap = self.since_poll.swap(0, Ordering::Relaxed);
         if gap > self.longest_poll_gap.load(Ordering::Relaxed) {
             self.longest_poll_gap.fetch_max(gap, Ordering::Relaxed);
@@ -171,9 +188,10 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
     /// a share of each batch.
     ///
     /// Two rules keep polling from stalling:
-    /// - once the workers have run [`EVENT_INTERVAL`] queued tasks since the last poll, the
-    ///   next worker to take one looks at epoll first (without waiting), unless another worker
-    ///   is waiting there already, so queued work cannot starve new events;
+    /// - once the workers have run [`EVENT_INTERVAL`] queued tasks, or for [`POLL_GAP_NANOS`],
+    ///   since the last poll, the next worker to take one looks at epoll first (without
+    ///   waiting), unless another worker is waiting there already, so queued work cannot
+    ///   starve new events;
     /// - while the leader runs callbacks, the [monitor](crate::monitor) wakes an idle worker
     ///   to poll in its place if no poll has returned for a millisecond or so, so a callback
     ///   that blocks delays only its own connection while any worker is free.
@@ -189,7 +207,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
                 return Ok(());
             }
             if let Some(task) = core.queue.pop() {
-                if core.stats.task_run() >= EVENT_INTERVAL {
+                if core.stats.poll_due() {
                     // Enough queued work in a row: look at epoll first, without waiting. If
                     // the lock is taken, another worker is at epoll: nothing starves.
                     if let Some(lead) = core.poll_lock.try_lock() {
@@ -229,10 +247,11 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
         let Some(first) = batch.next() else {
             return Ok(());
         };
-        // Share the rest of the batch only if a worker is idle: handing events to busy ones
-        // would only add channel traffic. A busy worker that runs out of work takes over the
-        // polling, and so its share of the next batch.
-        if core.idle_workers.load(Ordering::Acquire) > 0 {
+        // With other workers, the rest of the batch goes to the queue before the first event
+        // runs: whoever is free takes it, the leader included once it is done. Kept back, it
+        // would wait behind a callback that blocks (the monitor can hand the polling to an
+        // idle worker, not these events).
+        if core.threads > 1 {
             for event in batch.by_ref() {
                 core.queue.push_local(Task::Event(event));
             }
@@ -247,7 +266,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
     fn on_task(&mut self, task: Task) {
         match task {
             Task::Event(event) => self.on_any_event(event),
-            Task::Conn { slot, id } => self.on_event(slot, table::tag(id), true, false, false),
+            Task::Conn { slot, id } => self.on_turn(slot, table::tag(id)),
             Task::Accept => self.accept(),
             Task::Poll | Task::Stop => {}
         }
@@ -273,8 +292,8 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
         }
     }
 
-    /// An event or a scheduled turn for the connection in `slot`: claim it and drive it, or,
-    /// if another thread is driving it, leave it a note.
+    /// An epoll event for the connection in `slot`: claim it and drive it, or, if another
+    /// thread is driving it, leave it a note; if a turn is queued for it, that turn will read.
     fn on_event(&mut self, slot: usize, tag: u64, readable: bool, hangup: bool, urgent: bool) {
         let Some(conn) = self.core.table.get(slot, tag) else {
             tracing::trace!(slot, "event for a connection that is gone");
@@ -287,13 +306,38 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
             }
             state.hangup |= hangup;
             state.urgent |= urgent;
-            if state.claim != Claim::Idle {
-                state.claim = Claim::RunningAgain;
-                return;
+            match state.claim {
+                Claim::Idle => state.claim = Claim::Running,
+                Claim::Queued | Claim::RunningAgain => return,
+                Claim::Running => {
+                    state.claim = Claim::RunningAgain;
+                    return;
+                }
             }
-            state.claim = Claim::Running;
         }
         self.drive_guarded(&conn, readable);
+    }
+
+    /// A turn queued for the connection in `slot` (see [`Claim`]): take it and drive it.
+    fn on_turn(&mut self, slot: usize, tag: u64) {
+        let Some(conn) = self.core.table.get(slot, tag) else {
+            return;
+        };
+        {
+            let mut state = conn.state.lock();
+            if state.stream.is_none() {
+                return;
+            }
+            match state.claim {
+                Claim::Idle | Claim::Queued => state.claim = Claim::Running,
+                Claim::RunningAgain => return,
+                Claim::Running => {
+                    state.claim = Claim::RunningAgain;
+                    return;
+                }
+            }
+        }
+        self.drive_guarded(&conn, true);
     }
 
     /// [`drive`](Self::drive), with a panic in user code (a callback or a `Stream` method)
@@ -431,7 +475,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
             if state.read_paused && !state.hangup {
                 more = false; // read again when resumed, which schedules a turn
             }
-            if state.claim == Claim::RunningAgain && round < MAX_ROUNDS {
+            if state.claim == Claim::RunningAgain && round < MAX_ROUNDS && !more {
                 state.claim = Claim::Running;
                 read = true;
                 continue;
@@ -439,7 +483,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
             // Stopped early with input left, or still wanted after MAX_ROUNDS: go to the back
             // of the queue so other connections get their turn first.
             let requeue = more || state.claim == Claim::RunningAgain;
-            state.claim = Claim::Idle;
+            state.claim = if requeue { Claim::Queued } else { Claim::Idle };
             drop(state);
             if requeue {
                 core.queue.push(Task::Conn {
