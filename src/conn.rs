@@ -6,7 +6,7 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::Stream;
 use crate::buffers::{Buffers, PAUSE_FLOOR};
@@ -82,8 +82,6 @@ pub(crate) struct State<S> {
     /// until the stream reports `WouldBlock`. The urgent byte itself is dropped by the kernel
     /// (no `SO_OOBINLINE`); the bytes around it stay in order.
     pub urgent: bool,
-    /// The server is shutting down: read no more, close once the output is written.
-    pub draining: bool,
     /// Bytes the stream held at the last count (see [`Buffers`]).
     pub held: usize,
     /// Not read while the server is over `max_buffered`: this connection held too much.
@@ -93,10 +91,69 @@ pub(crate) struct State<S> {
     pub closing: Option<CloseReason>,
 }
 
+/// What the owner of a connection does once a round of its turn is over
+/// ([`State::finish_round`]).
+#[derive(Debug)]
+pub(crate) enum Next {
+    /// Something happened during the round: go round once more (the claim stays `Running`).
+    Again,
+    /// Nothing left to do: the connection is `Idle` until the next event or request.
+    Release,
+    /// Work is left, but the turn is over: the connection is `Queued` and the owner must queue
+    /// a turn for it, after unlocking.
+    Requeue,
+    /// The connection must close now, for this reason; the owner finalizes it.
+    Close(CloseReason),
+}
+
 impl<S> State<S> {
+    /// An epoll event for the connection: records what it reported and returns `true` if the
+    /// caller now owns the connection (it was `Idle`), or leaves the owner a note. A
+    /// connection with a turn queued is left alone: that turn reads until drained.
+    #[inline]
+    pub fn claim_for_event(&mut self, hangup: bool, urgent: bool) -> bool {
+        if self.stream.is_none() {
+            return false;
+        }
+        self.hangup |= hangup;
+        self.urgent |= urgent;
+        match self.claim {
+            Claim::Idle => {
+                self.claim = Claim::Running;
+                true
+            }
+            Claim::Queued | Claim::RunningAgain => false,
+            Claim::Running => {
+                self.claim = Claim::RunningAgain;
+                false
+            }
+        }
+    }
+
+    /// A queued turn is taken: returns `true` if the caller now owns the connection, or leaves
+    /// the owner a note if another thread got to it first.
+    #[inline]
+    pub fn claim_for_turn(&mut self) -> bool {
+        if self.stream.is_none() {
+            return false;
+        }
+        match self.claim {
+            Claim::Idle | Claim::Queued => {
+                self.claim = Claim::Running;
+                true
+            }
+            Claim::RunningAgain => false,
+            Claim::Running => {
+                self.claim = Claim::RunningAgain;
+                false
+            }
+        }
+    }
+
     /// Asks for a turn: returns `true` if the connection was idle and the caller must now
     /// schedule one (it is marked `Queued`), or returns `false` if a turn is queued already or
-    /// the running owner was left a note.
+    /// the running owner was left a note. Use [`Conn::request`], which schedules after
+    /// unlocking.
     #[inline]
     pub fn nudge(&mut self) -> bool {
         match self.claim {
@@ -111,9 +168,53 @@ impl<S> State<S> {
             Claim::Queued | Claim::RunningAgain => false,
         }
     }
+
+    /// Ends a round of the owner's turn, after its output was written as far as the socket
+    /// took it: decides whether the connection closes, goes round again, is let go or goes to
+    /// the back of the queue.
+    ///
+    /// - `pending_output`: the stream still holds output;
+    /// - `draining`: the server is draining, so a connection whose output is all written
+    ///   closes;
+    /// - `more`: the round stopped at its read budget with input left;
+    /// - `may_go_again`: the turn has rounds left.
+    ///
+    /// A connection paused for memory is not read again until resumed (after a hang-up it is:
+    /// what is left in the socket is bounded, and reading it lets the close free the memory).
+    pub fn finish_round(
+        &mut self,
+        pending_output: bool,
+        draining: bool,
+        more: bool,
+        may_go_again: bool,
+    ) -> Next {
+        if self.closing.is_none() && !pending_output {
+            if draining {
+                self.closing = Some(CloseReason::Shutdown { flushed: true });
+            } else if self.read_closed {
+                self.closing = Some(CloseReason::PeerClosed);
+            }
+        }
+        if let Some(reason) = self.closing.take() {
+            return Next::Close(reason);
+        }
+        let more = more && (self.hangup || !self.read_paused);
+        if self.claim == Claim::RunningAgain && may_go_again && !more {
+            self.claim = Claim::Running;
+            return Next::Again;
+        }
+        // Stopped early with input left, or still wanted after the last round: go to the back
+        // of the queue so other connections get their turn first.
+        if more || self.claim == Claim::RunningAgain {
+            self.claim = Claim::Queued;
+            Next::Requeue
+        } else {
+            self.claim = Claim::Idle;
+            Next::Release
+        }
+    }
 }
 
-/// One connection: fixed facts plus the locked [`State`].
 /// Per-connection copies of the send limits, so a send needs nothing but the connection.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -121,6 +222,7 @@ pub(crate) struct Limits {
     pub policy: OutboundPolicy,
 }
 
+/// One connection: fixed facts plus the locked [`State`].
 pub(crate) struct Conn<S> {
     pub id: u64,
     pub slot: usize,
@@ -168,7 +270,6 @@ impl<S: Stream> Conn<S> {
                 urgent: false,
                 held: 0,
                 read_paused: false,
-                draining: false,
                 closing: None,
             }),
             closing_hint: AtomicBool::new(false),
@@ -209,21 +310,48 @@ impl<S: Stream> Conn<S> {
         self.last_active.store(clock::now(), Ordering::Relaxed);
     }
 
-    /// Closes the connection from a thread that may not own it: records the reason and makes
-    /// sure a worker gets a turn to act on it.
-    pub fn close_with(&self, state: &mut State<S>, reason: CloseReason) -> bool {
-        self.set_closing(state, reason);
-        state.nudge()
+    /// A request from a thread that may not own the connection: locks it, applies `change`,
+    /// and, if `change` returns `true`, makes sure a worker acts on it (a note for the owner,
+    /// or a queued turn, scheduled after unlocking: nothing is woken under the lock). Returns
+    /// what `change` returned; a closed connection is left alone (`false`).
+    pub fn request(&self, change: impl FnOnce(&Self, &mut State<S>) -> bool) -> bool {
+        let mut state = self.state.lock();
+        if state.stream.is_none() || !change(self, &mut state) {
+            return false;
+        }
+        self.submit(state);
+        true
+    }
+
+    /// Finishes a request made with the lock held: nudges, unlocks, then schedules.
+    pub fn submit(&self, mut state: MutexGuard<'_, State<S>>) {
+        let schedule = state.nudge();
+        drop(state);
+        if schedule {
+            self.schedule();
+        }
+    }
+
+    /// Closes the connection from a thread that may not own it, with the lock held: records
+    /// the reason (unless one is recorded already) and makes sure a worker acts on it.
+    pub fn close_locked(&self, mut state: MutexGuard<'_, State<S>>, reason: CloseReason) {
+        self.set_closing(&mut state, reason);
+        self.submit(state);
     }
 
     /// Schedules a turn on a worker.
-    pub fn schedule(&self) {
+    fn schedule(&self) {
         if let Some(queue) = self.queue.upgrade() {
             queue.push(Task::Conn {
                 slot: self.slot,
                 id: self.id,
             });
         }
+    }
+
+    /// Queues a turn for a connection its owner just marked `Queued` ([`Next::Requeue`]).
+    pub fn requeue(&self) {
+        self.schedule();
     }
 }
 
@@ -263,11 +391,7 @@ impl<S: Stream> Link for Conn<S> {
                     Ok(()) => CloseReason::SlowConsumer,
                 };
                 tracing::debug!(conn = self.id, %reason, "closing on send");
-                let schedule = self.close_with(&mut state, reason);
-                drop(state);
-                if schedule {
-                    self.schedule();
-                }
+                self.close_locked(state, reason);
                 return Err(SendError::Closed);
             }
         }
@@ -290,37 +414,27 @@ impl<S: Stream> Link for Conn<S> {
                         held = state.held,
                         "closing on send: max_buffered"
                     );
-                    let schedule = self.close_with(&mut state, CloseReason::MaxBuffered);
-                    drop(state);
-                    if schedule {
-                        self.schedule();
-                    }
+                    self.close_locked(state, CloseReason::MaxBuffered);
                     return Err(SendError::Closed);
                 }
                 Ok(())
             }
             Err(err) => {
                 tracing::debug!(conn = self.id, error = %err, "write failed");
-                let schedule = self.close_with(&mut state, CloseReason::from_io(err));
-                drop(state);
-                if schedule {
-                    self.schedule();
-                }
+                self.close_locked(state, CloseReason::from_io(err));
                 Err(SendError::Closed)
             }
         }
     }
 
     fn close(&self) {
-        let mut state = self.state.lock();
-        if state.stream.is_none() || state.closing.is_some() {
-            return;
-        }
-        let schedule = self.close_with(&mut state, CloseReason::Local);
-        drop(state);
-        if schedule {
-            self.schedule();
-        }
+        self.request(|conn, state| {
+            if state.closing.is_some() {
+                return false;
+            }
+            conn.set_closing(state, CloseReason::Local);
+            true
+        });
     }
 
     fn is_closed(&self) -> bool {
@@ -340,7 +454,6 @@ mod tests {
             read_closed: false,
             hangup: false,
             urgent: false,
-            draining: false,
             held: 0,
             read_paused: false,
             closing: None,
@@ -362,5 +475,125 @@ mod tests {
         assert_eq!(s.claim, Claim::RunningAgain);
         assert!(!s.nudge());
         assert_eq!(s.claim, Claim::RunningAgain);
+    }
+
+    #[test]
+    fn an_event_claims_only_an_idle_connection() {
+        let mut s = state(Claim::Idle);
+        assert!(s.claim_for_event(false, false));
+        assert_eq!(s.claim, Claim::Running);
+        assert!(!s.claim_for_event(true, false), "running: a note");
+        assert_eq!(s.claim, Claim::RunningAgain);
+        assert!(s.hangup, "the note keeps what epoll reported");
+        assert!(!s.claim_for_event(false, true));
+        assert_eq!(s.claim, Claim::RunningAgain);
+        assert!(s.urgent);
+
+        let mut s = state(Claim::Queued);
+        assert!(!s.claim_for_event(false, false), "a queued turn will read");
+        assert_eq!(s.claim, Claim::Queued);
+
+        let mut s = state(Claim::Idle);
+        s.stream = None;
+        assert!(!s.claim_for_event(true, true), "closed: nothing to claim");
+        assert_eq!(s.claim, Claim::Idle);
+    }
+
+    #[test]
+    fn a_queued_turn_claims_unless_someone_runs_it() {
+        for from in [Claim::Idle, Claim::Queued] {
+            let mut s = state(from);
+            assert!(s.claim_for_turn(), "{from:?}");
+            assert_eq!(s.claim, Claim::Running);
+        }
+        let mut s = state(Claim::Running);
+        assert!(!s.claim_for_turn());
+        assert_eq!(s.claim, Claim::RunningAgain);
+        let mut s = state(Claim::RunningAgain);
+        assert!(!s.claim_for_turn());
+        assert_eq!(s.claim, Claim::RunningAgain);
+        let mut s = state(Claim::Queued);
+        s.stream = None;
+        assert!(!s.claim_for_turn());
+    }
+
+    #[test]
+    fn finish_round_goes_again_releases_requeues_or_closes() {
+        // Nothing happened meanwhile: let go.
+        let mut s = state(Claim::Running);
+        assert!(matches!(
+            s.finish_round(false, false, false, true),
+            Next::Release
+        ));
+        assert_eq!(s.claim, Claim::Idle);
+
+        // A note: once more, while rounds are left.
+        let mut s = state(Claim::RunningAgain);
+        assert!(matches!(
+            s.finish_round(false, false, false, true),
+            Next::Again
+        ));
+        assert_eq!(s.claim, Claim::Running);
+        let mut s = state(Claim::RunningAgain);
+        assert!(matches!(
+            s.finish_round(false, false, false, false),
+            Next::Requeue
+        ));
+        assert_eq!(s.claim, Claim::Queued);
+
+        // Input left at the read budget: the back of the queue, note or not.
+        for from in [Claim::Running, Claim::RunningAgain] {
+            let mut s = state(from);
+            assert!(matches!(
+                s.finish_round(false, false, true, true),
+                Next::Requeue
+            ));
+            assert_eq!(s.claim, Claim::Queued);
+        }
+
+        // Paused for memory: input left is not a reason to come back, unless hung up.
+        let mut s = state(Claim::Running);
+        s.read_paused = true;
+        assert!(matches!(
+            s.finish_round(false, false, true, true),
+            Next::Release
+        ));
+        let mut s = state(Claim::Running);
+        s.read_paused = true;
+        s.hangup = true;
+        assert!(matches!(
+            s.finish_round(false, false, true, true),
+            Next::Requeue
+        ));
+
+        // Closes: a recorded reason first, then the peer's close or the drain once written.
+        let mut s = state(Claim::RunningAgain);
+        s.closing = Some(CloseReason::Local);
+        assert!(matches!(
+            s.finish_round(true, true, true, true),
+            Next::Close(CloseReason::Local)
+        ),);
+        let mut s = state(Claim::Running);
+        s.read_closed = true;
+        assert!(matches!(
+            s.finish_round(false, false, false, true),
+            Next::Close(CloseReason::PeerClosed)
+        ),);
+        let mut s = state(Claim::Running);
+        s.read_closed = true;
+        assert!(
+            matches!(s.finish_round(true, false, false, true), Next::Release),
+            "the peer closed, but output is left to write"
+        );
+        let mut s = state(Claim::Running);
+        assert!(matches!(
+            s.finish_round(false, true, false, true),
+            Next::Close(CloseReason::Shutdown { flushed: true })
+        ),);
+        let mut s = state(Claim::Running);
+        assert!(
+            matches!(s.finish_round(true, true, false, true), Next::Release),
+            "draining, but output is left to write"
+        );
     }
 }

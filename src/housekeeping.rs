@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::clock;
-use crate::queue::Task;
+use crate::lifecycle::Phase;
 use crate::table;
 use crate::worker::Worker;
 use crate::{Handler, Stream};
@@ -24,7 +24,7 @@ impl<S: Stream, H: Handler<S>> Worker<'_, S, H> {
         let core = self.core;
         core.ticker.acknowledge();
         let now = clock::advance();
-        if core.draining.load(Ordering::Acquire) {
+        if core.lifecycle().draining() {
             if now >= core.drain_deadline.load(Ordering::Acquire) {
                 tracing::warn!("drain deadline passed; closing the connections left");
                 core.queue.stop();
@@ -38,7 +38,7 @@ impl<S: Stream, H: Handler<S>> Worker<'_, S, H> {
                 self.retime();
             }
         }
-        if core.timeouts.any() {
+        if core.settings.timeouts.any() {
             self.sweep(now);
         }
         self.relieve();
@@ -62,22 +62,20 @@ impl<S: Stream, H: Handler<S>> Worker<'_, S, H> {
             }
             let partial = conn.partial_since.load(Ordering::Relaxed);
             let active = conn.last_active.load(Ordering::Relaxed);
-            let Some(reason) = core.timeouts.expired(now, active, partial) else {
-                if let Some(next) = core.timeouts.next_check(now, active, partial) {
+            let Some(reason) = core.settings.timeouts.expired(now, active, partial) else {
+                if let Some(next) = core.settings.timeouts.next_check(now, active, partial) {
                     rearm.push((next, id, slot));
                 }
                 continue;
             };
-            let mut state = conn.state.lock();
-            if state.stream.is_none() || state.closing.is_some() {
-                continue;
-            }
-            tracing::debug!(conn = conn.id, peer = %conn.peer, %reason, "timed out");
-            let schedule = conn.close_with(&mut state, reason);
-            drop(state);
-            if schedule {
-                conn.schedule();
-            }
+            conn.request(|conn, state| {
+                if state.closing.is_some() {
+                    return false;
+                }
+                tracing::debug!(conn = conn.id, peer = %conn.peer, %reason, "timed out");
+                conn.set_closing(state, reason);
+                true
+            });
         }
         core.deadlines.arm_all(rearm);
     }
@@ -87,35 +85,25 @@ impl<S: Stream, H: Handler<S>> Worker<'_, S, H> {
     /// workers stop when none is left or the drain's deadline passes.
     pub(crate) fn begin_drain(&mut self) {
         let core = self.core;
-        if core.draining.swap(true, Ordering::AcqRel) {
-            return;
+        if !core.lifecycle().advance(Phase::Draining) {
+            return; // started already, or the server is stopping
         }
         if let Err(err) = core.poller.delete(&core.listener) {
             tracing::debug!(error = %err, "cannot remove the listener from epoll");
         }
-        if core.drain_timeout.is_zero() {
+        let drain_timeout = core.settings.drain_timeout;
+        if drain_timeout.is_zero() {
             core.queue.stop();
             return;
         }
-        let deadline = clock::deadline(clock::advance(), core.drain_timeout);
+        let deadline = clock::deadline(clock::advance(), drain_timeout);
         core.drain_deadline.store(deadline, Ordering::Release);
-        tracing::info!(timeout = ?core.drain_timeout, "shutting down: draining connections");
+        tracing::info!(timeout = ?drain_timeout, "shutting down: draining connections");
         let mut all = Vec::new();
         core.table.for_each(|conn| all.push(conn.clone()));
         for conn in all {
-            let mut state = conn.state.lock();
-            if state.stream.is_none() {
-                continue;
-            }
-            state.draining = true;
-            let schedule = state.nudge();
-            drop(state);
-            if schedule {
-                core.queue.push(Task::Conn {
-                    slot: conn.slot,
-                    id: conn.id,
-                });
-            }
+            // A turn for each: it sees the drain, reads no more and closes once written.
+            conn.request(|_, _| true);
         }
         self.retime();
         self.check_drained();
@@ -132,9 +120,8 @@ impl<S: Stream, H: Handler<S>> Worker<'_, S, H> {
     pub(crate) fn retime(&self) {
         let core = self.core;
         let _serial = core.retiming.lock();
-        let busy =
-            core.draining.load(Ordering::Acquire) || core.accept_paused.load(Ordering::Acquire);
-        let period = match (busy, core.tick) {
+        let busy = core.lifecycle().draining() || core.accept_paused.load(Ordering::Acquire);
+        let period = match (busy, core.settings.tick) {
             (true, Some(tick)) => Some(tick.min(FAST_TICK)),
             (true, None) => Some(FAST_TICK),
             (false, tick) => tick,

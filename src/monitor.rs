@@ -23,7 +23,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 
 use crate::queue::Task;
-use crate::worker::Core;
+use crate::shared::Core;
 
 /// How often the monitor looks while the server is busy: the longest a blocked leader delays
 /// the other connections while a worker is idle (between one and two ticks).

@@ -2,10 +2,11 @@
 //! not deliver (turns asked for from other threads, shutdown), over one channel.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::lifecycle::{Lifecycle, Phase};
 use crate::sys::epoll::{Event, Notifier};
 
 /// Work for a worker.
@@ -26,7 +27,8 @@ pub(crate) enum Task {
 }
 
 /// A channel of [`Task`]s, the notifier that wakes the worker waiting in `epoll_wait`, and the
-/// shutdown flags.
+/// server's [`Lifecycle`] (here because [`ShutdownHandle`](crate::ShutdownHandle) holds the
+/// queue).
 ///
 /// Idle workers other than the poller block on the channel, so a task sent to it wakes one of
 /// them directly; the notifier is for the poller, which sleeps in `epoll_wait` instead.
@@ -35,10 +37,7 @@ pub(crate) struct Queue {
     tx: Sender<Task>,
     rx: Receiver<Task>,
     notifier: Notifier,
-    /// Shutdown was asked for: the workers drain the connections.
-    shutdown: AtomicBool,
-    /// The workers must return now.
-    stop: AtomicBool,
+    lifecycle: Lifecycle,
     /// How many workers block on the channel at most (one `Stop` each on stopping).
     workers: AtomicUsize,
 }
@@ -50,14 +49,17 @@ impl Queue {
             tx,
             rx,
             notifier: Notifier::new()?,
-            shutdown: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
+            lifecycle: Lifecycle::default(),
             workers: AtomicUsize::new(0),
         })
     }
 
     pub fn notifier(&self) -> &Notifier {
         &self.notifier
+    }
+
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
     }
 
     pub fn set_workers(&self, n: usize) {
@@ -87,21 +89,17 @@ impl Queue {
         self.rx.recv().unwrap_or(Task::Stop)
     }
 
-    /// Asks for a shutdown: a worker starts the drain.
+    /// Asks for a shutdown: the worker that polls next sees the notice and starts the drain.
     pub fn shut_down(&self) {
-        self.shutdown.store(true, Ordering::Release);
-        self.notifier.notify();
-    }
-
-    pub fn is_shut_down(&self) -> bool {
-        self.shutdown.load(Ordering::Acquire)
+        if self.lifecycle.advance(Phase::ShutdownAsked) {
+            self.notifier.notify();
+        }
     }
 
     /// Tells every worker to return: the poller through the notifier, the others with a `Stop`
     /// each.
     pub fn stop(&self) {
-        self.shutdown.store(true, Ordering::Release);
-        if self.stop.swap(true, Ordering::AcqRel) {
+        if !self.lifecycle.advance(Phase::Stopping) {
             return;
         }
         for _ in 0..self.workers.load(Ordering::Acquire).max(1) {
@@ -111,6 +109,6 @@ impl Queue {
     }
 
     pub fn must_stop(&self) -> bool {
-        self.stop.load(Ordering::Acquire)
+        self.lifecycle.stopping()
     }
 }

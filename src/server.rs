@@ -5,23 +5,18 @@ use std::io;
 use std::marker::PhantomData;
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Weak};
 use std::thread;
 
-use parking_lot::Mutex;
-
 use socket2::{Domain, Protocol, Type};
 
-use crate::buffers::Buffers;
-use crate::conn::Limits;
-use crate::monitor::Monitor;
 use crate::queue::Queue;
+use crate::shared::Core;
 use crate::sys::epoll::Poller;
 use crate::sys::signal::Termination;
 use crate::sys::timer::Ticker;
 use crate::table::{self, Table};
-use crate::worker::{Core, Stats, Worker};
+use crate::worker::Worker;
 use crate::{Config, Handler, Stream};
 
 /// Upper bound on the connection table's shards; beyond it, more shards buy nothing with the
@@ -138,40 +133,15 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
             .next_power_of_two()
             .min(MAX_SHARDS)
             .min(self.config.pre_allocated.max(1).next_power_of_two());
-        let config = &self.config;
-        let millis = |d: std::time::Duration| crate::clock::millis(d).max(1);
-        let core = Core {
+        let core = Core::new(
+            &self.config,
             handler,
-            table: Table::new(shards, config.pre_allocated),
-            poller: self.poller,
-            listener: self.listener,
-            queue: self.queue,
-            ticker: self.ticker,
-            limits: Limits {
-                max_outbound: config.max_outbound,
-                policy: config.outbound_policy,
-            },
-            max_connections: config.max_connections,
-            tick: config.tick(),
-            timeouts: crate::timeouts::Limits {
-                idle: config.idle_timeout.map(millis),
-                frame: config.frame_timeout.map(millis),
-            },
-            deadlines: Default::default(),
-            drain_timeout: config.drain_timeout,
-            open: AtomicUsize::new(0),
-            stats: Stats::default(),
-            accept_paused: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
-            drain_deadline: AtomicU64::new(u64::MAX),
-            retiming: Mutex::new(()),
-            poll_lock: Mutex::new(()),
-            idle_workers: AtomicUsize::new(0),
-            monitor: Monitor::default(),
-            buffers: Arc::new(Buffers::new(config.max_buffered)),
-            threads,
-        };
-        core.queue.set_workers(threads);
+            Table::new(shards, self.config.pre_allocated),
+            self.poller,
+            self.listener,
+            self.queue,
+            self.ticker,
+        );
         crate::clock::advance();
         Worker::new(&core).retime();
         core.handler.on_server_created(&core.listener);

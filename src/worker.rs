@@ -9,25 +9,21 @@
 
 use std::any::Any;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::Mutex;
-
-use crate::buffers::Buffers;
 use crate::clock;
-use crate::conn::{Claim, Conn, Limits, RunningGuard, State};
+use crate::conn::{Conn, Next, RunningGuard, State};
 use crate::handler::CloseReason;
-use crate::monitor::Monitor;
-use crate::queue::{Queue, Task};
-use crate::sys::epoll::{Event, Events, Poller};
-use crate::sys::timer::Ticker;
-use crate::table::{self, Table};
-use crate::timeouts;
-use crate::{Frames, Handler, RecvStatus, RunSummary, Socket, Stream};
+use crate::queue::Task;
+use crate::shared::Core;
+#[cfg(doc)]
+use crate::shared::{EVENT_INTERVAL, POLL_GAP_NANOS};
+use crate::sys::epoll::{Event, Events};
+use crate::table;
+use crate::{Frames, Handler, RecvStatus, Socket, Stream};
 
 /// The `errno` values accept pauses on.
 mod libc_errno {
@@ -45,123 +41,15 @@ const ACCEPT_BUDGET: usize = 64;
 /// Rounds one turn may take (each round reads until drained) before the connection is sent to
 /// the back of the queue.
 const MAX_ROUNDS: usize = 8;
-/// Queued tasks the workers run in a row before one looks at epoll again (without waiting),
-/// so turns that requeue themselves (connections that keep sending) cannot keep new events,
-/// accepts, ticks and the shutdown notice waiting: tokio's `event_interval`, and its value.
-const EVENT_INTERVAL: u64 = 61;
-/// The same bound in time, for queued turns that are expensive: a poll is due once this long
-/// has passed since the last. Chosen by measurement (BENCHMARKS.md, "Stalls"): with four
-/// connections uploading 64 KiB frames on two workers, a ping-pong probe's p99 was 13 ms with
-/// the count alone, under 1 ms with this, for a zero-timeout `epoll_wait` (about a
-/// microsecond) at most every 200 µs.
-const POLL_GAP_NANOS: u64 = 200_000;
 /// A worker keeps at most this much frame buffer between turns.
 const FRAMES_KEEP: usize = 256 * 1024;
+/// Extra reads a round may make after a short one, when a short read does not mean drained
+/// (after a hang-up or urgent data).
+const EXTRA_READS: usize = 4;
 
 /// Connection ids come from one process-wide counter, so an id names one connection of one
 /// server for the life of the process.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-/// Everything the workers of one server share.
-pub(crate) struct Core<S, H> {
-    pub handler: H,
-    pub table: Table<Conn<S>>,
-    pub poller: Poller,
-    pub listener: TcpListener,
-    pub queue: Arc<Queue>,
-    pub ticker: Ticker,
-    pub limits: Limits,
-    pub max_connections: usize,
-    /// The housekeeping period the timeouts need, if any are set.
-    pub tick: Option<Duration>,
-    pub timeouts: timeouts::Limits,
-    /// When each connection must next be checked against the timeouts.
-    pub deadlines: timeouts::Deadlines,
-    pub drain_timeout: Duration,
-    /// Connections in the table (opened, not yet finalized).
-    pub open: AtomicUsize,
-    pub stats: Stats,
-    /// Accepting stopped on a resource error; the next tick retries.
-    pub accept_paused: AtomicBool,
-    /// The shutdown drain has started.
-    pub draining: AtomicBool,
-    /// Coarse time ([`clock`]) the drain gives up at.
-    pub drain_deadline: AtomicU64,
-    /// Serialises changes of the ticker's period.
-    pub retiming: Mutex<()>,
-    /// Held by the one worker waiting in `epoll_wait` (the leader).
-    pub poll_lock: Mutex<()>,
-    /// Workers asleep on the queue, waiting for work.
-    pub idle_workers: AtomicUsize,
-    /// Watches that some worker polls while the leader is busy.
-    pub monitor: Monitor,
-    /// The bytes held across all connections, against `max_buffered`.
-    pub buffers: Arc<Buffers>,
-    /// Worker threads (`Config::max_threads`).
-    pub threads: usize,
-}
-
-/// Counters behind [`RunSummary`].
-#[derive(Debug, Default)]
-pub(crate) struct Stats {
-    pub accepted: AtomicU64,
-    pub refused: AtomicU64,
-    pub drained: AtomicU64,
-    pub abandoned: AtomicU64,
-    /// Queued tasks run since a worker last looked at epoll (reset by every poll).
-    pub since_poll: AtomicU64,
-    /// The most `since_poll` reached.
-    pub longest_poll_gap: AtomicU64,
-    /// When a worker last looked at epoll ([`clock::nanos`]).
-    pub last_poll: AtomicU64,
-}
-
-impl Stats {
-    pub fn summary(&self) -> RunSummary {
-        RunSummary {
-            accepted: self.accepted.load(Ordering::Relaxed),
-            refused: self.refused.load(Ordering::Relaxed),
-            drained: self.drained.load(Ordering::Relaxed),
-            abandoned: self.abandoned.load(Ordering::Relaxed),
-            longest_poll_gap: self.longest_poll_gap.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Counts one queued task run; returns how many ran since the last poll.
-    #[inline]
-    fn task_run(&self) -> u64 {
-        self.since_poll.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    /// Counts a queued task and tells whether a worker should look at epoll before running
-    /// it: after [`EVENT_INTERVAL`] tasks in a row, or [`POLL_GAP_NANOS`] since the last poll.
-    #[inline]
-    fn poll_due(&self) -> bool {
-        self.task_run() >= EVENT_INTERVAL
-            || clock::nanos().saturating_sub(self.last_poll.load(Ordering::Relaxed))
-                >= POLL_GAP_NANOS
-    }
-
-    /// Records a poll: the run of queued tasks before it ends.
-    #[inline]
-    fn polled(&self) {
-        self.last_poll.store(clock::nanos(), Ordering::Relaxed);
-        let gap = self.since_poll.swap(0, Ordering::Relaxed);
-        if gap > self.longest_poll_gap.load(Ordering::Relaxed) {
-            self.longest_poll_gap.fetch_max(gap, Ordering::Relaxed);
-        }
-    }
-
-    /// Counts a connection closed by the shutdown.
-    fn count_shutdown(&self, reason: &CloseReason) {
-        match reason {
-            CloseReason::Shutdown { flushed: true } => &self.drained,
-            CloseReason::Shutdown { flushed: false } => &self.abandoned,
-            _ => return,
-        }
-        .fetch_add(1, Ordering::Relaxed);
-    }
-}
 
 /// One worker thread's loop and its reusable buffers.
 pub(crate) struct Worker<'a, S, H> {
@@ -251,7 +139,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
         // runs: whoever is free takes it, the leader included once it is done. Kept back, it
         // would wait behind a callback that blocks (the monitor can hand the polling to an
         // idle worker, not these events).
-        if core.threads > 1 {
+        if core.settings.threads > 1 {
             for event in batch.by_ref() {
                 core.queue.push_local(Task::Event(event));
             }
@@ -287,8 +175,8 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
     fn on_notify(&mut self) {
         let queue = &self.core.queue;
         queue.notifier().acknowledge();
-        if queue.is_shut_down() && !queue.must_stop() {
-            self.begin_drain();
+        if queue.lifecycle().shutdown_asked() {
+            self.begin_drain(); // unless it has started already
         }
     }
 
@@ -299,45 +187,20 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
             tracing::trace!(slot, "event for a connection that is gone");
             return;
         };
-        {
-            let mut state = conn.state.lock();
-            if state.stream.is_none() {
-                return;
-            }
-            state.hangup |= hangup;
-            state.urgent |= urgent;
-            match state.claim {
-                Claim::Idle => state.claim = Claim::Running,
-                Claim::Queued | Claim::RunningAgain => return,
-                Claim::Running => {
-                    state.claim = Claim::RunningAgain;
-                    return;
-                }
-            }
+        if conn.state.lock().claim_for_event(hangup, urgent) {
+            self.drive_guarded(&conn, readable);
         }
-        self.drive_guarded(&conn, readable);
     }
 
-    /// A turn queued for the connection in `slot` (see [`Claim`]): take it and drive it.
+    /// A turn queued for the connection in `slot` (see [`Claim`](crate::conn::Claim)): take
+    /// it and drive it.
     fn on_turn(&mut self, slot: usize, tag: u64) {
         let Some(conn) = self.core.table.get(slot, tag) else {
             return;
         };
-        {
-            let mut state = conn.state.lock();
-            if state.stream.is_none() {
-                return;
-            }
-            match state.claim {
-                Claim::Idle | Claim::Queued => state.claim = Claim::Running,
-                Claim::RunningAgain => return,
-                Claim::Running => {
-                    state.claim = Claim::RunningAgain;
-                    return;
-                }
-            }
+        if conn.state.lock().claim_for_turn() {
+            self.drive_guarded(&conn, true);
         }
-        self.drive_guarded(&conn, true);
     }
 
     /// [`drive`](Self::drive), with a panic in user code (a callback or a `Stream` method)
@@ -363,136 +226,145 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
         }
     }
 
-    /// Drives a connection this thread has claimed until its turn ends: read, deliver, write,
-    /// then either let go (`Idle`), go round again, or close it.
+    /// Drives a connection this thread has claimed until its turn ends: rounds of read,
+    /// deliver, write, until [`State::finish_round`] lets go of it, queues it again or closes
+    /// it.
     fn drive(&mut self, conn: &Arc<Conn<S>>, mut read: bool) {
-        let core = self.core;
         let socket = Socket::new(conn.clone());
         let _span = tracing::trace_span!("conn", id = conn.id, fd = conn.fd).entered();
         let mut round = 0;
         loop {
             round += 1;
-            // Read, with the lock held only for the stream call.
-            let mut status = Ok(RecvStatus::Drained);
-            if read {
-                let mut state = conn.state.lock();
-                // After a hang-up or urgent data, a short read does not mean drained.
-                let read_on = state.hangup || state.urgent;
-                let draining = state.draining;
-                if !state.read_paused && core.buffers.over() && state.held >= self.share() {
-                    self.pause(conn, &mut state);
-                }
-                // A paused connection is read again once the peer hangs up: what is left in
-                // the socket is bounded, and reading it lets the close free the memory.
-                if state.closing.is_none()
-                    && !state.read_closed
-                    && (!state.read_paused || state.hangup)
-                    && let Some(stream) = state.stream.as_mut()
-                {
-                    status = stream.recv(&mut self.frames);
-                    // A stream may stop at a short read: more data would raise a new edge. But
-                    // after a hang-up none comes, so read on until the end shows; and a read
-                    // stops short at an urgent mark with data behind it, so read on past it
-                    // (bounded: each extra read returns data, the end, WouldBlock or an error).
-                    let mut extra = 0;
-                    while read_on && extra < 4 && matches!(status, Ok(RecvStatus::Drained)) {
-                        status = stream.recv(&mut self.frames);
-                        extra += 1;
-                    }
-                    // Timeout bookkeeping: relaxed stores, no clock read. The frame timeout
-                    // runs from the start of the frame now incomplete: restamp whenever a
-                    // frame completed before it.
-                    conn.touch();
-                    let since = conn.partial_since.load(Ordering::Relaxed);
-                    if !stream.has_partial_frame() {
-                        if since != 0 {
-                            conn.partial_since.store(0, Ordering::Relaxed);
-                        }
-                    } else if since == 0 || !self.frames.is_empty() {
-                        conn.partial_since.store(clock::now(), Ordering::Relaxed);
-                    }
-                    if draining {
-                        // Shutting down: new frames are not delivered, but input is still read
-                        // (and dropped) so that closing does not find unread bytes, which
-                        // would make the kernel reset the connection and lose queued output.
-                        self.frames.clear();
-                    }
-                }
-            }
-
-            // Deliver, with no lock held.
-            if !self.frames.is_empty() {
-                let _running = RunningGuard::enter(conn.id);
-                for frame in &self.frames {
-                    if conn.closing_requested() {
-                        break; // closed from a callback or another thread: stop delivering
-                    }
-                    core.handler.on_frame(&socket, frame);
-                }
-            }
-            self.frames.reset(FRAMES_KEEP);
-
-            // Write what the callbacks queued, and decide what comes next.
+            let status = if read {
+                self.read(conn)
+            } else {
+                Ok(RecvStatus::Drained)
+            };
+            self.deliver(conn, &socket);
             let mut state = conn.state.lock();
-            let mut more = false;
-            match status {
-                Ok(RecvStatus::Drained) => {}
-                Ok(RecvStatus::MoreAvailable) => more = true,
-                Ok(RecvStatus::Eof) => state.read_closed = true,
-                Err(err) => conn.set_closing(&mut state, CloseReason::from_io(err)),
-            }
-            let State {
-                stream,
-                closing,
-                read_closed,
-                draining,
-                ..
-            } = &mut *state;
-            let stream = stream.as_mut().expect("only the owner closes a connection");
-            if stream.has_pending_output() {
-                match stream.flush() {
-                    Ok(()) => conn.touch(),
-                    Err(err) => {
-                        closing.get_or_insert(CloseReason::from_io(err));
-                    }
+            let more = self.write(conn, &mut state, status);
+            let pending = has_pending_output(&state);
+            match state.finish_round(
+                pending,
+                self.core.lifecycle().draining(),
+                more,
+                round < MAX_ROUNDS,
+            ) {
+                Next::Again => read = true,
+                Next::Release => {
+                    drop(state);
+                    self.relieve();
+                    return;
+                }
+                Next::Requeue => {
+                    drop(state);
+                    conn.requeue();
+                    self.relieve();
+                    return;
+                }
+                Next::Close(reason) => {
+                    self.finalize(conn, state, &socket, reason);
+                    return;
                 }
             }
-            if closing.is_none() && !stream.has_pending_output() {
-                if *draining {
-                    *closing = Some(CloseReason::Shutdown { flushed: true });
-                } else if *read_closed {
-                    *closing = Some(CloseReason::PeerClosed);
+        }
+    }
+
+    /// A round's read, into the worker's frame batch, with the lock held only for the
+    /// stream call: as far as the stream's read budget goes, or nothing if the connection is
+    /// closing, closed for reading or paused for memory.
+    fn read(&mut self, conn: &Conn<S>) -> io::Result<RecvStatus> {
+        let mut state = conn.state.lock();
+        // After a hang-up or urgent data, a short read does not mean drained.
+        let read_on = state.hangup || state.urgent;
+        self.check_memory(conn, &mut state);
+        // A paused connection is read again once the peer hangs up: what is left in the
+        // socket is bounded, and reading it lets the close free the memory.
+        if state.closing.is_some() || state.read_closed || (state.read_paused && !state.hangup) {
+            return Ok(RecvStatus::Drained);
+        }
+        let Some(stream) = state.stream.as_mut() else {
+            return Ok(RecvStatus::Drained);
+        };
+        let mut status = stream.recv(&mut self.frames);
+        // A stream may stop at a short read: more data would raise a new edge. But after a
+        // hang-up none comes, so read on until the end shows; and a read stops short at an
+        // urgent mark with data behind it, so read on past it (bounded: each extra read
+        // returns data, the end, WouldBlock or an error).
+        let mut extra = 0;
+        while read_on && extra < EXTRA_READS && matches!(status, Ok(RecvStatus::Drained)) {
+            status = stream.recv(&mut self.frames);
+            extra += 1;
+        }
+        // Timeout bookkeeping: relaxed stores, no clock read. The frame timeout runs from the
+        // start of the frame now incomplete: restamp whenever a frame completed before it.
+        conn.touch();
+        let since = conn.partial_since.load(Ordering::Relaxed);
+        if !stream.has_partial_frame() {
+            if since != 0 {
+                conn.partial_since.store(0, Ordering::Relaxed);
+            }
+        } else if since == 0 || !self.frames.is_empty() {
+            conn.partial_since.store(clock::now(), Ordering::Relaxed);
+        }
+        if self.core.lifecycle().draining() {
+            // Shutting down: new frames are not delivered, but input is still read (and
+            // dropped) so that closing does not find unread bytes, which would make the
+            // kernel reset the connection and lose queued output.
+            self.frames.clear();
+        }
+        status
+    }
+
+    /// Hands the round's frames to the handler, with no lock held, until the connection is
+    /// closed (from a callback or another thread).
+    fn deliver(&mut self, conn: &Conn<S>, socket: &Socket) {
+        if !self.frames.is_empty() {
+            let _running = RunningGuard::enter(conn.id);
+            for frame in &self.frames {
+                if conn.closing_requested() {
+                    break;
+                }
+                self.core.handler.on_frame(socket, frame);
+            }
+        }
+        self.frames.reset(FRAMES_KEEP);
+    }
+
+    /// Records how the round's read ended and writes what the callbacks queued, as far as
+    /// the socket takes it. Returns whether input is left (the read stopped at its budget).
+    fn write(&self, conn: &Conn<S>, state: &mut State<S>, status: io::Result<RecvStatus>) -> bool {
+        let mut more = false;
+        match status {
+            Ok(RecvStatus::Drained) => {}
+            Ok(RecvStatus::MoreAvailable) => more = true,
+            Ok(RecvStatus::Eof) => state.read_closed = true,
+            Err(err) => conn.set_closing(state, CloseReason::from_io(err)),
+        }
+        let stream = state
+            .stream
+            .as_mut()
+            .expect("only the owner closes a connection");
+        if stream.has_pending_output() {
+            match stream.flush() {
+                Ok(()) => conn.touch(),
+                Err(err) => {
+                    state.closing.get_or_insert(CloseReason::from_io(err));
                 }
             }
-            if let Some(reason) = closing.take() {
-                self.finalize(conn, state, &socket, reason);
-                return;
-            }
-            conn.account(&mut state);
-            if !state.read_paused && core.buffers.over() && state.held >= self.share() {
-                self.pause(conn, &mut state);
-            }
-            if state.read_paused && !state.hangup {
-                more = false; // read again when resumed, which schedules a turn
-            }
-            if state.claim == Claim::RunningAgain && round < MAX_ROUNDS && !more {
-                state.claim = Claim::Running;
-                read = true;
-                continue;
-            }
-            // Stopped early with input left, or still wanted after MAX_ROUNDS: go to the back
-            // of the queue so other connections get their turn first.
-            let requeue = more || state.claim == Claim::RunningAgain;
-            state.claim = if requeue { Claim::Queued } else { Claim::Idle };
-            drop(state);
-            if requeue {
-                core.queue.push(Task::Conn {
-                    slot: conn.slot,
-                    id: conn.id,
-                });
-            }
-            self.relieve();
-            return;
+        }
+        if state.closing.is_none() {
+            conn.account(state);
+            self.check_memory(conn, state);
+        }
+        more
+    }
+
+    /// Pauses reading a connection that holds its share or more while the server is over
+    /// `max_buffered`.
+    fn check_memory(&self, conn: &Conn<S>, state: &mut State<S>) {
+        if !state.read_paused && self.core.buffers.over() && state.held >= self.share() {
+            self.pause(conn, state);
         }
     }
 
@@ -542,16 +414,10 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
             let Some(conn) = core.table.get(slot, table::tag(id)) else {
                 continue;
             };
-            let mut state = conn.state.lock();
-            if conn.id != id || state.stream.is_none() || !state.read_paused {
+            if conn.id != id {
                 continue;
             }
-            state.read_paused = false;
-            let schedule = state.nudge();
-            drop(state);
-            if schedule {
-                conn.schedule();
-            }
+            conn.request(|_, state| std::mem::take(&mut state.read_paused));
         }
     }
 
@@ -575,7 +441,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
             if excess == 0 {
                 break;
             }
-            let mut state = conn.state.lock();
+            let state = conn.state.lock();
             if state.stream.is_none() {
                 continue;
             }
@@ -590,11 +456,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
                 total = core.buffers.total(),
                 "far past max_buffered: closing one of the biggest holders"
             );
-            let schedule = conn.close_with(&mut state, CloseReason::MaxBuffered);
-            drop(state);
-            if schedule {
-                conn.schedule();
-            }
+            conn.close_locked(state, CloseReason::MaxBuffered);
         }
     }
 
@@ -608,7 +470,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
     ) {
         let core = self.core;
         let mut stream = state.stream.take().expect("finalized twice");
-        state.claim = Claim::Idle;
+        state.claim = crate::conn::Claim::Idle;
         if matches!(reason, CloseReason::Local | CloseReason::Shutdown { .. }) {
             discard_input(&mut stream);
         }
@@ -626,7 +488,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
         guarded(conn.id, "on_connection_removed", || {
             core.handler.on_connection_removed(socket, &reason)
         });
-        if core.draining.load(Ordering::Acquire) {
+        if core.lifecycle().draining() {
             self.check_drained();
         }
         self.relieve();
@@ -639,15 +501,16 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
     /// nothing spins, and the next housekeeping tick (at most 100 ms later) tries again.
     pub(crate) fn accept(&mut self) {
         let core = self.core;
-        if core.draining.load(Ordering::Acquire) {
+        if core.lifecycle().draining() {
             return;
         }
         for _ in 0..ACCEPT_BUDGET {
             match core.listener.accept() {
                 Ok((tcp, peer)) => {
-                    if core.open.load(Ordering::Acquire) >= core.max_connections {
+                    let limit = core.settings.max_connections;
+                    if core.open.load(Ordering::Acquire) >= limit {
                         core.stats.refused.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(%peer, limit = core.max_connections, "connection refused: at max_connections");
+                        tracing::debug!(%peer, limit, "connection refused: at max_connections");
                         drop(tcp);
                         continue;
                     }
@@ -702,7 +565,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
         };
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let queue = Arc::downgrade(&core.queue);
-        let limits = core.limits;
+        let limits = core.settings.limits;
         let buffers = core.buffers.clone();
         let Some(conn) = core.table.insert(id, |slot| {
             Conn::new(id, slot, peer, stream, queue, limits, buffers)
@@ -713,7 +576,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
         core.open.fetch_add(1, Ordering::AcqRel);
         core.stats.accepted.fetch_add(1, Ordering::Relaxed);
         let now = clock::now();
-        if let Some(due) = core.timeouts.next_check(now, now, 0) {
+        if let Some(due) = core.settings.timeouts.next_check(now, now, 0) {
             core.deadlines.arm(due, id, conn.slot);
         }
         let registered = {
@@ -732,10 +595,6 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
             core.table.remove(conn.slot, id);
             core.open.fetch_sub(1, Ordering::AcqRel);
             return;
-        }
-        if core.draining.load(Ordering::Acquire) {
-            // Accepted just as the drain began, after it marked the others.
-            conn.state.lock().draining = true;
         }
         tracing::debug!(conn = id, %peer, fd = conn.fd, "connection opened");
         let opened = panic::catch_unwind(AssertUnwindSafe(|| {
@@ -779,6 +638,14 @@ impl<S: Stream, H: Handler<S>> Core<S, H> {
             });
         }
     }
+}
+
+/// Whether a connection's stream holds output not yet written.
+fn has_pending_output<S: Stream>(state: &State<S>) -> bool {
+    state
+        .stream
+        .as_ref()
+        .is_some_and(|stream| stream.has_pending_output())
 }
 
 /// Reads and drops what the peer sent and nobody will handle, before a graceful close: a socket

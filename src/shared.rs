@@ -1,0 +1,201 @@
+//! What the workers of one server share: [`Settings`] fixed from the [`Config`] at start, and
+//! [`Core`], the runtime state every worker reads and changes.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::buffers::Buffers;
+use crate::clock;
+use crate::conn::{Conn, Limits};
+use crate::handler::CloseReason;
+use crate::lifecycle::Lifecycle;
+use crate::monitor::Monitor;
+use crate::queue::Queue;
+use crate::sys::epoll::Poller;
+use crate::sys::timer::Ticker;
+use crate::table::Table;
+use crate::timeouts;
+use crate::{Config, RunSummary};
+
+/// Queued tasks the workers run in a row before one looks at epoll again (without waiting),
+/// so turns that requeue themselves (connections that keep sending) cannot keep new events,
+/// accepts, ticks and the shutdown notice waiting: tokio's `event_interval`, and its value.
+pub(crate) const EVENT_INTERVAL: u64 = 61;
+/// The same bound in time, for queued turns that are expensive: a poll is due once this long
+/// has passed since the last. Chosen by measurement (BENCHMARKS.md, "Stalls"): with four
+/// connections uploading 64 KiB frames on two workers, a ping-pong probe's p99 was 13 ms with
+/// the count alone, under 1 ms with this, for a zero-timeout `epoll_wait` (about a
+/// microsecond) at most every 200 µs.
+pub(crate) const POLL_GAP_NANOS: u64 = 200_000;
+
+/// What the runtime takes from the [`Config`], fixed for the server's life.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    /// Worker threads (`Config::max_threads`).
+    pub threads: usize,
+    /// The outbound budget and what to do past it, copied into every connection.
+    pub limits: Limits,
+    pub max_connections: usize,
+    /// The housekeeping period the timeouts need, if any are set.
+    pub tick: Option<Duration>,
+    pub timeouts: timeouts::Limits,
+    pub drain_timeout: Duration,
+}
+
+impl Settings {
+    pub fn new(config: &Config) -> Settings {
+        let millis = |d: Duration| clock::millis(d).max(1);
+        Settings {
+            threads: config.max_threads,
+            limits: Limits {
+                max_outbound: config.max_outbound,
+                policy: config.outbound_policy,
+            },
+            max_connections: config.max_connections,
+            tick: config.tick(),
+            timeouts: timeouts::Limits {
+                idle: config.idle_timeout.map(millis),
+                frame: config.frame_timeout.map(millis),
+            },
+            drain_timeout: config.drain_timeout,
+        }
+    }
+}
+
+/// Everything the workers of one server share.
+pub(crate) struct Core<S, H> {
+    pub settings: Settings,
+    pub handler: H,
+    pub table: Table<Conn<S>>,
+    pub poller: Poller,
+    pub listener: TcpListener,
+    /// The work queue; it also holds the server's [`Lifecycle`].
+    pub queue: Arc<Queue>,
+    pub ticker: Ticker,
+    /// When each connection must next be checked against the timeouts.
+    pub deadlines: timeouts::Deadlines,
+    /// Connections in the table (opened, not yet finalized).
+    pub open: AtomicUsize,
+    pub stats: Stats,
+    /// Accepting stopped on a resource error; the next tick retries.
+    pub accept_paused: AtomicBool,
+    /// Coarse time ([`clock`]) the drain gives up at.
+    pub drain_deadline: AtomicU64,
+    /// Serialises changes of the ticker's period.
+    pub retiming: Mutex<()>,
+    /// Held by the one worker waiting in `epoll_wait` (the leader).
+    pub poll_lock: Mutex<()>,
+    /// Workers asleep on the queue, waiting for work.
+    pub idle_workers: AtomicUsize,
+    /// Watches that some worker polls while the leader is busy.
+    pub monitor: Monitor,
+    /// The bytes held across all connections, against `max_buffered`.
+    pub buffers: Arc<Buffers>,
+}
+
+impl<S, H> Core<S, H> {
+    /// The runtime state for a server about to run: empty table, no connection open.
+    pub fn new(
+        config: &Config,
+        handler: H,
+        table: Table<Conn<S>>,
+        poller: Poller,
+        listener: TcpListener,
+        queue: Arc<Queue>,
+        ticker: Ticker,
+    ) -> Core<S, H> {
+        let settings = Settings::new(config);
+        queue.set_workers(settings.threads);
+        Core {
+            settings,
+            handler,
+            table,
+            poller,
+            listener,
+            queue,
+            ticker,
+            deadlines: Default::default(),
+            open: AtomicUsize::new(0),
+            stats: Stats::default(),
+            accept_paused: AtomicBool::new(false),
+            drain_deadline: AtomicU64::new(u64::MAX),
+            retiming: Mutex::new(()),
+            poll_lock: Mutex::new(()),
+            idle_workers: AtomicUsize::new(0),
+            monitor: Monitor::default(),
+            buffers: Arc::new(Buffers::new(config.max_buffered)),
+        }
+    }
+
+    /// The server's lifecycle (see [`Lifecycle`]).
+    #[inline]
+    pub fn lifecycle(&self) -> &Lifecycle {
+        self.queue.lifecycle()
+    }
+}
+
+/// Counters behind [`RunSummary`].
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub accepted: AtomicU64,
+    pub refused: AtomicU64,
+    pub drained: AtomicU64,
+    pub abandoned: AtomicU64,
+    /// Queued tasks run since a worker last looked at epoll (reset by every poll).
+    pub since_poll: AtomicU64,
+    /// The most `since_poll` reached.
+    pub longest_poll_gap: AtomicU64,
+    /// When a worker last looked at epoll ([`clock::nanos`]).
+    pub last_poll: AtomicU64,
+}
+
+impl Stats {
+    pub fn summary(&self) -> RunSummary {
+        RunSummary {
+            accepted: self.accepted.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            drained: self.drained.load(Ordering::Relaxed),
+            abandoned: self.abandoned.load(Ordering::Relaxed),
+            longest_poll_gap: self.longest_poll_gap.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counts one queued task run; returns how many ran since the last poll.
+    #[inline]
+    pub fn task_run(&self) -> u64 {
+        self.since_poll.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Counts a queued task and tells whether a worker should look at epoll before running
+    /// it: after [`EVENT_INTERVAL`] tasks in a row, or [`POLL_GAP_NANOS`] since the last poll.
+    #[inline]
+    pub fn poll_due(&self) -> bool {
+        self.task_run() >= EVENT_INTERVAL
+            || clock::nanos().saturating_sub(self.last_poll.load(Ordering::Relaxed))
+                >= POLL_GAP_NANOS
+    }
+
+    /// Records a poll: the run of queued tasks before it ends.
+    #[inline]
+    pub fn polled(&self) {
+        self.last_poll.store(clock::nanos(), Ordering::Relaxed);
+        let gap = self.since_poll.swap(0, Ordering::Relaxed);
+        if gap > self.longest_poll_gap.load(Ordering::Relaxed) {
+            self.longest_poll_gap.fetch_max(gap, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a connection closed by the shutdown.
+    pub fn count_shutdown(&self, reason: &CloseReason) {
+        match reason {
+            CloseReason::Shutdown { flushed: true } => &self.drained,
+            CloseReason::Shutdown { flushed: false } => &self.abandoned,
+            _ => return,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+}
