@@ -99,6 +99,13 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
                     // Enough queued work in a row: look at epoll first, without waiting. If
                     // the lock is taken, another worker is at epoll: nothing starves.
                     if let Some(lead) = core.poll_lock.try_lock() {
+                        if core.settings.threads > 1 {
+                            // The task goes back to the queue for whoever is free: the
+                            // poll's first event runs here next, and may block.
+                            core.queue.push_local(task);
+                            self.lead(lead, &mut events, false)?;
+                            continue;
+                        }
                         self.lead(lead, &mut events, false)?;
                     } else {
                         core.stats.polled();
@@ -121,12 +128,10 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
     /// Polls as the leader (waiting for events if `block`), lets go of the poll lock as soon
     /// as the wait returns, and handles the batch.
     ///
-    /// With other workers, whatever of the batch the leader does not run first goes to the
-    /// queue before it runs anything: whoever is free takes it, the leader included once it
-    /// is done. Kept back, it would wait behind a callback that blocks (the monitor can hand
-    /// the polling to an idle worker, not these events). A poll that was only due, not
-    /// waited for (`!block`), is made with a queued task in hand that runs next, so the whole
-    /// batch goes to the queue.
+    /// With other workers, the rest of the batch goes to the queue before the first event
+    /// runs: whoever is free takes it, the leader included once it is done. Kept back, it
+    /// would wait behind a callback that blocks (the monitor can hand the polling to an idle
+    /// worker, not these events).
     fn lead(
         &mut self,
         lead: parking_lot::MutexGuard<'_, ()>,
@@ -139,16 +144,15 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
         core.stats.polled();
         core.monitor.polled();
         let mut batch = waited?;
+        let Some(first) = batch.next() else {
+            return Ok(());
+        };
         if core.settings.threads > 1 {
-            let first = if block { batch.next() } else { None };
             for event in batch.by_ref() {
                 core.queue.push_local(Task::Event(event));
             }
-            if let Some(first) = first {
-                self.on_any_event(first);
-            }
-            return Ok(());
         }
+        self.on_any_event(first);
         for event in batch {
             self.on_any_event(event);
         }
