@@ -111,7 +111,7 @@ impl Default for Config {
             idle_timeout: None,
             frame_timeout: Some(Duration::from_secs(30)),
             drain_timeout: Duration::from_secs(5),
-            max_buffered: Some(crate::buffers::default_max_buffered()),
+            max_buffered: Some(crate::runtime::buffers::default_max_buffered()),
         }
     }
 }

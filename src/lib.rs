@@ -68,27 +68,17 @@
 #![deny(missing_docs, missing_debug_implementations)]
 #![forbid(unsafe_code)]
 
-mod buffers;
 pub mod client;
-mod clock;
 pub mod codec;
 mod config;
-mod conn;
 mod framed;
 mod frames;
 mod handler;
-mod housekeeping;
-mod lifecycle;
-mod monitor;
-mod queue;
+mod runtime;
 mod server;
-mod shared;
 mod socket;
 mod stream;
 mod sys;
-mod table;
-mod timeouts;
-mod worker;
 
 pub use codec::{Codec, Decoded, FrameError, LengthPrefixed, SimpleFrame};
 pub use config::{Config, OutboundPolicy};

@@ -10,13 +10,13 @@ use std::thread;
 
 use socket2::{Domain, Protocol, Type};
 
-use crate::queue::Queue;
-use crate::shared::Core;
+use crate::runtime::queue::Queue;
+use crate::runtime::shared::Core;
+use crate::runtime::table::{self, Table};
+use crate::runtime::worker::Worker;
 use crate::sys::epoll::Poller;
 use crate::sys::signal::Termination;
 use crate::sys::timer::Ticker;
-use crate::table::{self, Table};
-use crate::worker::Worker;
 use crate::{Config, Handler, Stream};
 
 /// Upper bound on the connection table's shards; beyond it, more shards buy nothing with the
@@ -142,7 +142,7 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
             self.queue,
             self.ticker,
         );
-        crate::clock::advance();
+        crate::runtime::clock::advance();
         Worker::new(&core).retime();
         core.handler.on_server_created(&core.listener);
 
@@ -174,7 +174,7 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
                 let core = &core;
                 let monitor = thread::Builder::new()
                     .name("hydrogen-watch".into())
-                    .spawn_scoped(scope, move || crate::monitor::watch(core));
+                    .spawn_scoped(scope, move || crate::runtime::monitor::watch(core));
                 if let Err(err) = monitor {
                     result = Err(err);
                     core.queue.stop();

@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 
 use crate::handler::CloseReason;
 
-/// The timeouts in force, in [`clock`](crate::clock) milliseconds.
+/// The timeouts in force, in [`clock`](crate::runtime::clock) milliseconds.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     pub idle: Option<u64>,

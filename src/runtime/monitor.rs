@@ -1,7 +1,7 @@
 //! The poll monitor: makes sure some worker polls while any worker is free, so that one callback
 //! that blocks (or one long batch) delays only its own connection.
 //!
-//! The workers take turns at `epoll_wait` (see [`Worker::run`](crate::worker::Worker::run)):
+//! The workers take turns at `epoll_wait` (see [`Worker::run`](crate::runtime::worker::Worker::run)):
 //! the leader returns from it, runs the first event itself, and nobody polls until some worker
 //! is free to. Idle workers sleep on the queue, not on epoll, since handing each event to a
 //! sleeping thread costs a wake-up and a cache miss per request. So a leader stuck in user code
@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::queue::Task;
-use crate::shared::Core;
+use crate::runtime::queue::Task;
+use crate::runtime::shared::Core;
 
 /// How often the monitor looks while the server is busy: the longest a blocked leader delays
 /// the other connections while a worker is idle (between one and two ticks).

@@ -9,35 +9,23 @@
 
 use std::any::Any;
 use std::io;
-use std::net::{SocketAddr, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
-use crate::clock;
-use crate::conn::{Conn, Next, RunningGuard, State};
 use crate::handler::CloseReason;
-use crate::queue::Task;
-use crate::shared::Core;
+use crate::runtime::clock;
+use crate::runtime::conn::{Conn, Next, RunningGuard, State};
+use crate::runtime::queue::Task;
+use crate::runtime::shared::Core;
 #[cfg(doc)]
-use crate::shared::{EVENT_INTERVAL, POLL_GAP_NANOS};
+use crate::runtime::shared::{EVENT_INTERVAL, POLL_GAP_NANOS};
+use crate::runtime::table;
 use crate::sys::epoll::{Event, Events};
-use crate::table;
 use crate::{Frames, Handler, RecvStatus, Socket, Stream};
-
-/// The `errno` values accept pauses on.
-mod libc_errno {
-    use nix::errno::Errno;
-    pub const EMFILE: i32 = Errno::EMFILE as i32;
-    pub const ENFILE: i32 = Errno::ENFILE as i32;
-    pub const ENOBUFS: i32 = Errno::ENOBUFS as i32;
-    pub const ENOMEM: i32 = Errno::ENOMEM as i32;
-}
 
 /// Events taken from epoll per wait; all but the first go to the queue for the other workers.
 const EVENT_BATCH: usize = 32;
-/// Connections accepted per listener wake-up before other work gets a turn.
-const ACCEPT_BUDGET: usize = 64;
 /// Rounds one turn may take (each round reads until drained) before the connection is sent to
 /// the back of the queue.
 const MAX_ROUNDS: usize = 8;
@@ -46,10 +34,6 @@ const FRAMES_KEEP: usize = 256 * 1024;
 /// Extra reads a round may make after a short one, when a short read does not mean drained
 /// (after a hang-up or urgent data).
 const EXTRA_READS: usize = 4;
-
-/// Connection ids come from one process-wide counter, so an id names one connection of one
-/// server for the life of the process.
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// One worker thread's loop and its reusable buffers.
 pub(crate) struct Worker<'a, S, H> {
@@ -80,7 +64,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
     ///   since the last poll, the next worker to take one looks at epoll first (without
     ///   waiting), unless another worker is waiting there already, so queued work cannot
     ///   starve new events;
-    /// - while the leader runs callbacks, the [monitor](crate::monitor) wakes an idle worker
+    /// - while the leader runs callbacks, the [monitor](crate::runtime::monitor) wakes an idle worker
     ///   to poll in its place if no poll has returned for a millisecond or so, so a callback
     ///   that blocks delays only its own connection while any worker is free.
     ///
@@ -200,7 +184,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
         }
     }
 
-    /// A turn queued for the connection in `slot` (see [`Claim`](crate::conn::Claim)): take
+    /// A turn queued for the connection in `slot` (see [`Claim`](crate::runtime::conn::Claim)): take
     /// it and drive it.
     fn on_turn(&mut self, slot: usize, tag: u64) {
         let Some(conn) = self.core.table.get(slot, tag) else {
@@ -215,7 +199,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
     /// caught: the connection is closed with [`CloseReason::Panicked`] and the worker goes on.
     /// No lock is held across user code except the connection's own, which unwinding releases
     /// (`parking_lot` locks are not poisoned).
-    fn drive_guarded(&mut self, conn: &Arc<Conn<S>>, read: bool) {
+    pub(super) fn drive_guarded(&mut self, conn: &Arc<Conn<S>>, read: bool) {
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| self.drive(conn, read)));
         if let Err(payload) = outcome {
             self.frames.reset(FRAMES_KEEP);
@@ -224,7 +208,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
     }
 
     /// Closes a connection whose owner's turn was cut short by a panic.
-    fn recover(&self, conn: &Arc<Conn<S>>, payload: Box<dyn Any + Send>) {
+    pub(super) fn recover(&self, conn: &Arc<Conn<S>>, payload: Box<dyn Any + Send>) {
         let message = panic_message(payload.as_ref());
         tracing::error!(conn = conn.id, %message, "panic while serving a connection; closing it");
         let state = conn.state.lock();
@@ -478,7 +462,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
     ) {
         let core = self.core;
         let mut stream = state.stream.take().expect("finalized twice");
-        state.claim = crate::conn::Claim::Idle;
+        state.claim = crate::runtime::conn::Claim::Idle;
         if matches!(reason, CloseReason::Local | CloseReason::Shutdown { .. }) {
             discard_input(&mut stream);
         }
@@ -500,122 +484,6 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
             self.check_drained();
         }
         self.relieve();
-    }
-
-    /// Accepts pending connections, up to a budget.
-    ///
-    /// Past `max_connections`, an accepted connection is closed at once. On a resource error
-    /// (out of descriptors or memory) accepting pauses: the connection waits in the backlog,
-    /// nothing spins, and the next housekeeping tick (at most 100 ms later) tries again.
-    pub(crate) fn accept(&mut self) {
-        let core = self.core;
-        if core.lifecycle().draining() {
-            return;
-        }
-        for _ in 0..ACCEPT_BUDGET {
-            match core.listener.accept() {
-                Ok((tcp, peer)) => {
-                    let limit = core.settings.max_connections;
-                    if core.open.load(Ordering::Acquire) >= limit {
-                        core.stats.refused.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(%peer, limit, "connection refused: at max_connections");
-                        drop(tcp);
-                        continue;
-                    }
-                    self.open(tcp, peer);
-                }
-                Err(err) => match err.raw_os_error() {
-                    _ if err.kind() == io::ErrorKind::WouldBlock => return,
-                    Some(
-                        libc_errno::EMFILE
-                        | libc_errno::ENFILE
-                        | libc_errno::ENOBUFS
-                        | libc_errno::ENOMEM,
-                    ) => {
-                        if !core.accept_paused.swap(true, Ordering::AcqRel) {
-                            tracing::warn!(error = %err, "accept failed; pausing accept until descriptors free up");
-                            self.retime();
-                        }
-                        return;
-                    }
-                    // The peer gave up already, or a transient network error: next one.
-                    _ => {
-                        tracing::debug!(error = %err, "accept failed");
-                        continue;
-                    }
-                },
-            }
-        }
-        core.queue.push(Task::Accept);
-    }
-
-    /// Sets up one accepted connection and gives it its first turn.
-    fn open(&mut self, tcp: TcpStream, peer: SocketAddr) {
-        let core = self.core;
-        if let Err(err) = tcp.set_nonblocking(true) {
-            tracing::warn!(%peer, error = %err, "cannot make the socket non-blocking");
-            return;
-        }
-        let built = panic::catch_unwind(AssertUnwindSafe(|| {
-            core.handler.on_new_connection(tcp, peer)
-        }));
-        let stream = match built {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(err)) => {
-                tracing::debug!(%peer, error = %err, "connection refused by the handler");
-                return;
-            }
-            Err(payload) => {
-                let message = panic_message(payload.as_ref());
-                tracing::error!(%peer, %message, "on_new_connection panicked; connection refused");
-                return;
-            }
-        };
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let queue = Arc::downgrade(&core.queue);
-        let limits = core.settings.limits;
-        let buffers = core.buffers.clone();
-        let Some(conn) = core.table.insert(id, |slot| {
-            Conn::new(id, slot, peer, stream, queue, limits, buffers)
-        }) else {
-            tracing::warn!(%peer, "connection table full");
-            return;
-        };
-        core.open.fetch_add(1, Ordering::AcqRel);
-        core.stats.accepted.fetch_add(1, Ordering::Relaxed);
-        let now = clock::now();
-        if let Some(due) = core.settings.timeouts.next_check(now, now, 0) {
-            core.deadlines.arm(due, id, conn.slot);
-        }
-        let registered = {
-            let state = conn.state.lock();
-            let stream = state
-                .stream
-                .as_ref()
-                .expect("new connection has its stream");
-            core.poller
-                .add_socket(stream.as_fd(), table::token(conn.slot, id))
-        };
-        if let Err(err) = registered {
-            tracing::warn!(%peer, error = %err, "cannot register the connection with epoll");
-            let stream = conn.state.lock().stream.take();
-            drop(stream);
-            core.table.remove(conn.slot, id);
-            core.open.fetch_sub(1, Ordering::AcqRel);
-            return;
-        }
-        tracing::debug!(conn = id, %peer, fd = conn.fd, "connection opened");
-        let opened = panic::catch_unwind(AssertUnwindSafe(|| {
-            let socket = Socket::new(conn.clone());
-            let _running = RunningGuard::enter(id);
-            core.handler.on_connection_opened(&socket);
-        }));
-        if let Err(payload) = opened {
-            self.recover(&conn, payload);
-            return;
-        }
-        // Its registration reports the socket at once, so the first read follows at once too.
-        self.drive_guarded(&conn, false);
     }
 }
 
@@ -698,7 +566,7 @@ fn guarded(conn: u64, what: &str, f: impl FnOnce()) {
 }
 
 /// The message of a panic payload, for the log and [`CloseReason::Panicked`].
-fn panic_message(payload: &(dyn Any + Send)) -> String {
+pub(super) fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {

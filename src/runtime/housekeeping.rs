@@ -8,10 +8,10 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::clock;
-use crate::lifecycle::Phase;
-use crate::table;
-use crate::worker::Worker;
+use crate::runtime::clock;
+use crate::runtime::lifecycle::Phase;
+use crate::runtime::table;
+use crate::runtime::worker::Worker;
 use crate::{Handler, Stream};
 
 /// The tick while accept is paused or a drain runs: the bound on how late either notices
@@ -45,7 +45,7 @@ impl<S: Stream, H: Handler<S>> Worker<'_, S, H> {
     }
 
     /// Closes the connections past a timeout, looking only at those due (see
-    /// [`timeouts`](crate::timeouts)).
+    /// [`timeouts`](crate::runtime::timeouts)).
     fn sweep(&self, now: u64) {
         let core = self.core;
         let due = core.deadlines.take_due(now);

@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::lifecycle::{Lifecycle, Phase};
-use crate::sys::epoll::{Event, Notifier};
+use crate::runtime::lifecycle::{Lifecycle, Phase};
+use crate::sys::epoll::Event;
+use crate::sys::eventfd::Notifier;
 
 /// Work for a worker.
 #[derive(Debug, Clone, Copy)]
@@ -20,7 +21,7 @@ pub(crate) enum Task {
     /// Keep accepting: the last accept loop stopped at its budget.
     Accept,
     /// Take over the polling: nobody is waiting in `epoll_wait` and the leader is busy
-    /// (sent by the [monitor](crate::monitor)).
+    /// (sent by the [monitor](crate::runtime::monitor)).
     Poll,
     /// Return: the server is stopping.
     Stop,

@@ -1,4 +1,4 @@
-//! One connection: its stream, its claim state, and the [`Link`] behind its [`Socket`]s.
+//! One connection: its stream, its claim state, and the [`Link`] behind its [`Socket`](crate::Socket)s.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -9,13 +9,13 @@ use std::sync::{Arc, Weak};
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::Stream;
-use crate::buffers::{Buffers, PAUSE_FLOOR};
-use crate::clock;
 use crate::config::OutboundPolicy;
 use crate::handler::CloseReason;
-use crate::queue::{Queue, Task};
+use crate::runtime::buffers::{Buffers, PAUSE_FLOOR};
+use crate::runtime::clock;
+use crate::runtime::queue::{Queue, Task};
+use crate::runtime::table::Keyed;
 use crate::socket::{Link, SendError};
-use crate::table::Keyed;
 
 thread_local! {
     /// Id of the connection whose callbacks this thread is running (0: none). A send to that

@@ -8,17 +8,17 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::buffers::Buffers;
-use crate::clock;
-use crate::conn::{Conn, Limits};
 use crate::handler::CloseReason;
-use crate::lifecycle::Lifecycle;
-use crate::monitor::Monitor;
-use crate::queue::Queue;
+use crate::runtime::buffers::Buffers;
+use crate::runtime::clock;
+use crate::runtime::conn::{Conn, Limits};
+use crate::runtime::lifecycle::Lifecycle;
+use crate::runtime::monitor::Monitor;
+use crate::runtime::queue::Queue;
+use crate::runtime::table::Table;
+use crate::runtime::timeouts;
 use crate::sys::epoll::Poller;
 use crate::sys::timer::Ticker;
-use crate::table::Table;
-use crate::timeouts;
 use crate::{Config, RunSummary};
 
 /// Queued tasks the workers run in a row before one looks at epoll again (without waiting),

@@ -1,0 +1,150 @@
+//! Accepting: taking connections off the listener, refusing past `max_connections`, pausing
+//! on resource errors, and opening each one (the handler's stream, the table, epoll, the first
+//! turn).
+
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::runtime::clock;
+use crate::runtime::conn::{Conn, RunningGuard};
+use crate::runtime::queue::Task;
+use crate::runtime::table;
+use crate::runtime::worker::{Worker, panic_message};
+use crate::{Handler, Socket, Stream};
+
+/// The `errno` values accept pauses on.
+mod libc_errno {
+    use nix::errno::Errno;
+    pub const EMFILE: i32 = Errno::EMFILE as i32;
+    pub const ENFILE: i32 = Errno::ENFILE as i32;
+    pub const ENOBUFS: i32 = Errno::ENOBUFS as i32;
+    pub const ENOMEM: i32 = Errno::ENOMEM as i32;
+}
+
+/// Connections accepted per listener wake-up before other work gets a turn.
+const ACCEPT_BUDGET: usize = 64;
+
+/// Connection ids come from one process-wide counter, so an id names one connection of one
+/// server for the life of the process.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl<S: Stream, H: Handler<S>> Worker<'_, S, H> {
+    /// Accepts pending connections, up to a budget.
+    ///
+    /// Past `max_connections`, an accepted connection is closed at once. On a resource error
+    /// (out of descriptors or memory) accepting pauses: the connection waits in the backlog,
+    /// nothing spins, and the next housekeeping tick (at most 100 ms later) tries again.
+    pub(crate) fn accept(&mut self) {
+        let core = self.core;
+        if core.lifecycle().draining() {
+            return;
+        }
+        for _ in 0..ACCEPT_BUDGET {
+            match core.listener.accept() {
+                Ok((tcp, peer)) => {
+                    let limit = core.settings.max_connections;
+                    if core.open.load(Ordering::Acquire) >= limit {
+                        core.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%peer, limit, "connection refused: at max_connections");
+                        drop(tcp);
+                        continue;
+                    }
+                    self.open(tcp, peer);
+                }
+                Err(err) => match err.raw_os_error() {
+                    _ if err.kind() == io::ErrorKind::WouldBlock => return,
+                    Some(
+                        libc_errno::EMFILE
+                        | libc_errno::ENFILE
+                        | libc_errno::ENOBUFS
+                        | libc_errno::ENOMEM,
+                    ) => {
+                        if !core.accept_paused.swap(true, Ordering::AcqRel) {
+                            tracing::warn!(error = %err, "accept failed; pausing accept until descriptors free up");
+                            self.retime();
+                        }
+                        return;
+                    }
+                    // The peer gave up already, or a transient network error: next one.
+                    _ => {
+                        tracing::debug!(error = %err, "accept failed");
+                        continue;
+                    }
+                },
+            }
+        }
+        core.queue.push(Task::Accept);
+    }
+
+    /// Sets up one accepted connection and gives it its first turn.
+    fn open(&mut self, tcp: TcpStream, peer: SocketAddr) {
+        let core = self.core;
+        if let Err(err) = tcp.set_nonblocking(true) {
+            tracing::warn!(%peer, error = %err, "cannot make the socket non-blocking");
+            return;
+        }
+        let built = panic::catch_unwind(AssertUnwindSafe(|| {
+            core.handler.on_new_connection(tcp, peer)
+        }));
+        let stream = match built {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                tracing::debug!(%peer, error = %err, "connection refused by the handler");
+                return;
+            }
+            Err(payload) => {
+                let message = panic_message(payload.as_ref());
+                tracing::error!(%peer, %message, "on_new_connection panicked; connection refused");
+                return;
+            }
+        };
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let queue = Arc::downgrade(&core.queue);
+        let limits = core.settings.limits;
+        let buffers = core.buffers.clone();
+        let Some(conn) = core.table.insert(id, |slot| {
+            Conn::new(id, slot, peer, stream, queue, limits, buffers)
+        }) else {
+            tracing::warn!(%peer, "connection table full");
+            return;
+        };
+        core.open.fetch_add(1, Ordering::AcqRel);
+        core.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let now = clock::now();
+        if let Some(due) = core.settings.timeouts.next_check(now, now, 0) {
+            core.deadlines.arm(due, id, conn.slot);
+        }
+        let registered = {
+            let state = conn.state.lock();
+            let stream = state
+                .stream
+                .as_ref()
+                .expect("new connection has its stream");
+            core.poller
+                .add_socket(stream.as_fd(), table::token(conn.slot, id))
+        };
+        if let Err(err) = registered {
+            tracing::warn!(%peer, error = %err, "cannot register the connection with epoll");
+            let stream = conn.state.lock().stream.take();
+            drop(stream);
+            core.table.remove(conn.slot, id);
+            core.open.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        tracing::debug!(conn = id, %peer, fd = conn.fd, "connection opened");
+        let opened = panic::catch_unwind(AssertUnwindSafe(|| {
+            let socket = Socket::new(conn.clone());
+            let _running = RunningGuard::enter(id);
+            core.handler.on_connection_opened(&socket);
+        }));
+        if let Err(payload) = opened {
+            self.recover(&conn, payload);
+            return;
+        }
+        // Its registration reports the socket at once, so the first read follows at once too.
+        self.drive_guarded(&conn, false);
+    }
+}
