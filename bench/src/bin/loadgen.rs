@@ -1,4 +1,5 @@
 //! `loadgen`: drives an echo server and verifies every reply. See `hydrogen_bench::load`.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 

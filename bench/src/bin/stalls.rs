@@ -14,6 +14,7 @@
 //! - `memory` (`--threads 2 --max-frame 16777216`): attackers announce 8,000,000-byte frames,
 //!   send 3 MiB of them and hold the connection; the server's RSS afterwards, and one
 //!   well-behaved ping-pong connection during the attack.
+#![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hydrogen_bench::child::{
-    Guard, describe, install_signal_handlers, rss_kib, sibling_binaries, start_server,
+    Guard, describe, kill_children_on_signals, rss_kib, sibling_binaries, start_server,
 };
 use hydrogen_bench::cli::{self, List};
 use hydrogen_bench::report;
@@ -1019,7 +1020,7 @@ fn run(args: &Args) -> Result<bool, String> {
     let names: Vec<String> = SERVERS.iter().map(|s| format!("{s}_echo")).collect();
     let bin_dir = sibling_binaries(&names)?;
     server_cli::raise_nofile_limit();
-    install_signal_handlers("stalls");
+    kill_children_on_signals("stalls");
     let logs = args.out.join("logs");
     fs::create_dir_all(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
     let mut log_files = Vec::new();

@@ -1,6 +1,7 @@
 //! `suite`: runs loadgen against the hydrogen, tokio and mio echo servers, scenario by scenario,
 //! round by round, each run on a fresh server process, and writes a Markdown report, a CSV file
 //! and an SVG chart. See `bench/README.md`.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hydrogen_bench::child::{
-    Guard, cpu_ticks, describe, install_signal_handlers, line_reader, rss_kib, sibling_binaries,
+    Guard, cpu_ticks, describe, kill_children_on_signals, line_reader, rss_kib, sibling_binaries,
     start_server,
 };
 use hydrogen_bench::cli::{self, List};
@@ -328,7 +329,7 @@ fn main() -> ExitCode {
 fn run_suite(args: &Args) -> Result<bool, String> {
     let (bin_dir, loadgen) = locate_binaries(&args.servers)?;
     raise_nofile_limit();
-    install_signal_handlers("suite");
+    kill_children_on_signals("suite");
     let logs = args.out.join("logs");
     fs::create_dir_all(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
     let ctx = Ctx {
