@@ -2,7 +2,7 @@
 //! `listening on ADDR` line, a guard that kills a child left running on any path, a signal
 //! thread that takes the children down with the driver, and what `/proc` says about a process.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use procfs::process::Process;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -149,34 +150,19 @@ pub fn line_reader(r: impl Read + Send + 'static) -> Receiver<String> {
 
 /// utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat).
 pub fn cpu_ticks(pid: Pid) -> Result<u64, String> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
-    // The command name (field 2) is in parentheses and may contain spaces.
-    let after = stat
-        .rfind(')')
-        .map(|i| &stat[i + 1..])
-        .ok_or(format!("{path}: unexpected format"))?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // `after` starts at field 3 (state): field N is at index N - 3.
-    let field = |n: usize| -> Result<u64, String> {
-        fields
-            .get(n - 3)
-            .and_then(|f| f.parse().ok())
-            .ok_or(format!("{path}: no field {n}"))
-    };
-    Ok(field(14)? + field(15)?)
+    let stat = Process::new(pid.as_raw())
+        .and_then(|p| p.stat())
+        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    Ok(stat.utime + stat.stime)
 }
 
-/// VmRSS of a process, KiB.
+/// VmRSS of a process, KiB (from /proc/PID/status).
 pub fn rss_kib(pid: Pid) -> Result<u64, String> {
-    let path = format!("/proc/{pid}/status");
-    let status = fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .ok_or(format!("{path}: no VmRSS"))
+    Process::new(pid.as_raw())
+        .and_then(|p| p.status())
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?
+        .vmrss
+        .ok_or(format!("/proc/{pid}/status: no VmRSS"))
 }
 
 /// Starts `bin_dir/SERVER_echo --addr 127.0.0.1:0 --framing u32` followed by `args`, its
@@ -260,6 +246,17 @@ pub fn sibling_binaries(names: &[String]) -> Result<PathBuf, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_readings() {
+        let me = Pid::this();
+        assert!(cpu_ticks(me).is_ok());
+        assert!(rss_kib(me).unwrap() > 0);
+        // Pids are at most 2^22 on Linux.
+        let none = Pid::from_raw(1 << 23);
+        assert!(cpu_ticks(none).is_err());
+        assert!(rss_kib(none).is_err());
+    }
 
     /// A child started once the signals are taken starts with none of them blocked, as it
     /// would without (a mask blocked here would be inherited through `exec`).

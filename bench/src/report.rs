@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
+use procfs::Current as _;
 
 use crate::load::Mode;
 
@@ -850,29 +850,14 @@ pub fn chart_svg(
 
 /// Current UTC time as `YYYY-MM-DD HH:MM UTC`.
 pub fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60
-    )
+    utc(jiff::Timestamp::now())
 }
 
-/// `uname -r`.
+fn utc(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+/// `uname -r`. (procfs's `KernelVersion` keeps only the numbers; the report shows it whole.)
 pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
@@ -881,14 +866,9 @@ pub fn kernel_release() -> String {
 
 /// The first `model name` of /proc/cpuinfo.
 pub fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
+    procfs::CpuInfo::current()
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
+        .and_then(|info| info.model_name(0).map(str::to_string))
         .unwrap_or_else(|| "unknown".to_string())
 }
 
@@ -1011,5 +991,9 @@ mod tests {
         let d = utc_now();
         assert!(d.starts_with("20"), "{d}");
         assert_eq!(d.len(), "2026-01-01 00:00 UTC".len());
+        let at = |s| utc(jiff::Timestamp::from_second(s).unwrap());
+        assert_eq!(at(0), "1970-01-01 00:00 UTC");
+        assert_eq!(at(951_868_799), "2000-02-29 23:59 UTC");
+        assert_eq!(at(1_795_000_000), "2026-11-18 11:06 UTC");
     }
 }

@@ -152,21 +152,6 @@ fn cases(args: &Args) -> Vec<Case> {
     out
 }
 
-/// Clock ticks per second, from `getconf CLK_TCK` (the `nix` crate's `sysconf` needs a feature
-/// this crate does not enable); 100, the Linux value, if that fails.
-fn clk_tck() -> u64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .stderr(Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(100)
-}
-
 /// Raises this process's soft RLIMIT_NOFILE to the hard limit; the servers and loadgen inherit
 /// it (loadgen raises its own too).
 fn raise_nofile_limit() {
@@ -337,7 +322,7 @@ fn run_suite(args: &Args) -> Result<bool, String> {
         loadgen,
         secs: args.secs,
         warmup: args.warmup,
-        clk_tck: clk_tck(),
+        clk_tck: procfs::ticks_per_second(),
         logs,
     };
     let mut log_files = BTreeMap::new();
