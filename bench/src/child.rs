@@ -1,58 +1,64 @@
 //! Child processes for the drivers (`suite`, `stalls`): starting an echo server and reading its
-//! `listening on ADDR` line, a guard that kills a child left running on any path, signal
-//! handlers that take the children down with the driver, and what `/proc` says about a process.
+//! `listening on ADDR` line, a guard that kills a child left running on any path, a signal
+//! thread that takes the children down with the driver, and what `/proc` says about a process.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::process::{self, Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nix::libc;
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, kill, sigaction};
+use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use procfs::process::Process;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
 /// How long a server may take to print its `listening on` line, and to accept a connection.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Pids of the running children (0: free slot), for the signal handler. At most two children
-/// run at once: a server and loadgen.
-static CHILDREN: [AtomicI32; 4] = [const { AtomicI32::new(0) }; 4];
+/// Pids of the running children, for the signal thread. At most two run at once: a server
+/// and loadgen.
+static CHILDREN: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 
-/// On SIGINT, SIGTERM or SIGHUP: SIGKILL the children, then exit. Uses only async-signal-safe
-/// calls (atomic loads, `kill`, `_exit`).
-extern "C" fn on_signal(_signal: libc::c_int) {
-    for slot in &CHILDREN {
-        let pid = slot.load(Ordering::SeqCst);
-        if pid > 0 {
-            // SAFETY: kill(2) is async-signal-safe and takes plain integers.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
-    }
-    // SAFETY: _exit(2) is async-signal-safe; nothing runs after it.
-    unsafe { libc::_exit(130) }
+fn children() -> MutexGuard<'static, Vec<i32>> {
+    CHILDREN.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Makes SIGINT, SIGTERM and SIGHUP take the children down with the calling program. The handler is reset
-/// to the default in the children by `exec`, and no signal is blocked, so the servers' own
-/// SIGTERM handling is untouched.
-pub fn install_signal_handlers(name: &str) {
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        // SAFETY: the handler only performs async-signal-safe operations.
-        if let Err(e) = unsafe { sigaction(signal, &action) } {
-            eprintln!("{name}: warning: cannot handle {signal}: {e}");
+/// Makes SIGINT, SIGTERM and SIGHUP take the children down with the calling program.
+///
+/// The signals go to `signal-hook`'s handler, which only wakes a thread of ours; that thread
+/// SIGKILLs every child still running and exits with status 130. No signal is blocked (a blocked
+/// mask would be inherited through `exec`, and tokio_echo, which takes SIGTERM with a handler,
+/// would then never see it), and `exec` resets the handlers to the default in the children, so
+/// the servers' own SIGTERM handling is untouched. A failure is reported on stderr; the program
+/// then runs without it.
+pub fn kill_children_on_signals(name: &'static str) {
+    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("{name}: warning: cannot handle SIGINT, SIGTERM and SIGHUP: {e}");
+            return;
         }
+    };
+    let spawned = thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                // Held until the exit, so that no child is registered behind our back.
+                let children = children();
+                for &pid in children.iter() {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                process::exit(130);
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("{name}: warning: cannot start the signal thread: {e}");
     }
 }
 
@@ -64,17 +70,9 @@ pub struct Guard {
 }
 
 impl Guard {
-    /// Takes `child` in charge (and registers it for [`install_signal_handlers`]).
+    /// Takes `child` in charge (and registers it for [`kill_children_on_signals`]).
     pub fn new(child: Child) -> Guard {
-        let pid = child.id() as i32;
-        for slot in &CHILDREN {
-            if slot
-                .compare_exchange(0, pid, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-            {
-                break;
-            }
-        }
+        children().push(child.id() as i32);
         Guard { child }
     }
 
@@ -123,9 +121,7 @@ impl Drop for Guard {
             let _ = self.child.wait();
         }
         let pid = self.child.id() as i32;
-        for slot in &CHILDREN {
-            let _ = slot.compare_exchange(pid, 0, Ordering::SeqCst, Ordering::SeqCst);
-        }
+        children().retain(|&p| p != pid);
     }
 }
 
@@ -154,34 +150,19 @@ pub fn line_reader(r: impl Read + Send + 'static) -> Receiver<String> {
 
 /// utime + stime of a process, in clock ticks (fields 14 and 15 of /proc/PID/stat).
 pub fn cpu_ticks(pid: Pid) -> Result<u64, String> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
-    // The command name (field 2) is in parentheses and may contain spaces.
-    let after = stat
-        .rfind(')')
-        .map(|i| &stat[i + 1..])
-        .ok_or(format!("{path}: unexpected format"))?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // `after` starts at field 3 (state): field N is at index N - 3.
-    let field = |n: usize| -> Result<u64, String> {
-        fields
-            .get(n - 3)
-            .and_then(|f| f.parse().ok())
-            .ok_or(format!("{path}: no field {n}"))
-    };
-    Ok(field(14)? + field(15)?)
+    let stat = Process::new(pid.as_raw())
+        .and_then(|p| p.stat())
+        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    Ok(stat.utime + stat.stime)
 }
 
-/// VmRSS of a process, KiB.
+/// VmRSS of a process, KiB (from /proc/PID/status).
 pub fn rss_kib(pid: Pid) -> Result<u64, String> {
-    let path = format!("/proc/{pid}/status");
-    let status = fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .ok_or(format!("{path}: no VmRSS"))
+    Process::new(pid.as_raw())
+        .and_then(|p| p.status())
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?
+        .vmrss
+        .ok_or(format!("/proc/{pid}/status: no VmRSS"))
 }
 
 /// Starts `bin_dir/SERVER_echo --addr 127.0.0.1:0 --framing u32` followed by `args`, its
@@ -260,4 +241,34 @@ pub fn sibling_binaries(names: &[String]) -> Result<PathBuf, String> {
         ));
     }
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_readings() {
+        let me = Pid::this();
+        assert!(cpu_ticks(me).is_ok());
+        assert!(rss_kib(me).unwrap() > 0);
+        // Pids are at most 2^22 on Linux.
+        let none = Pid::from_raw(1 << 23);
+        assert!(cpu_ticks(none).is_err());
+        assert!(rss_kib(none).is_err());
+    }
+
+    /// A child started once the signals are taken starts with none of them blocked, as it
+    /// would without (a mask blocked here would be inherited through `exec`).
+    #[test]
+    fn children_start_with_no_signal_blocked() {
+        kill_children_on_signals("test");
+        let out = Command::new("grep")
+            .args(["SigBlk", "/proc/self/status"])
+            .output()
+            .unwrap();
+        let line = String::from_utf8(out.stdout).unwrap();
+        let mask = line.trim().strip_prefix("SigBlk:").unwrap().trim();
+        assert!(mask.chars().all(|c| c == '0'), "{line}");
+    }
 }

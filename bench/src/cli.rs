@@ -1,30 +1,68 @@
-//! Command-line helpers shared by the drivers (`suite`, `stalls`).
+//! Value parsers shared by the drivers' clap command lines (`suite`, `stalls`).
 
-/// A comma-separated list of names from `allowed`, without repeats, in the order given.
-pub fn parse_list(name: &str, v: &str, allowed: &[&str]) -> Result<Vec<String>, String> {
-    let mut out: Vec<String> = Vec::new();
-    for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        if !allowed.contains(&item) {
-            return Err(format!(
-                "{name}: unknown {item:?}; expected some of {}",
-                allowed.join(",")
-            ));
-        }
-        if !out.iter().any(|s| s == item) {
-            out.push(item.to_string());
-        }
+/// A comma-separated list of names, taken as one option value (`--scenarios c100,idle`): the
+/// names in the order given, without repeats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct List(pub Vec<String>);
+
+impl List {
+    /// The list of `names` (for defaults).
+    pub fn of(names: &[&str]) -> List {
+        List(names.iter().map(|s| s.to_string()).collect())
     }
-    if out.is_empty() {
-        return Err(format!("{name}: empty list"));
+
+    fn parse(v: &str, allowed: impl Fn(&str) -> bool) -> Result<List, String> {
+        let mut out: Vec<String> = Vec::new();
+        for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if !allowed(item) {
+                return Err(format!("unknown {item:?}"));
+            }
+            if !out.iter().any(|s| s == item) {
+                out.push(item.to_string());
+            }
+        }
+        if out.is_empty() {
+            return Err("empty list".to_string());
+        }
+        Ok(List(out))
     }
-    Ok(out)
 }
 
-/// Seconds from `min` to 600.
-pub fn parse_secs(name: &str, v: &str, min: f64) -> Result<f64, String> {
-    match v.parse::<f64>() {
-        Ok(s) if s.is_finite() && s >= min && s <= 600.0 => Ok(s),
-        _ => Err(format!("{name} {v:?}: expected seconds from {min} to 600")),
+/// Comma-separated, as on the command line (clap shows defaults with it).
+impl std::fmt::Display for List {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
+/// A value parser for a [`List`] of names from `allowed`.
+pub fn list_of(
+    allowed: &'static [&'static str],
+) -> impl Fn(&str) -> Result<List, String> + Clone + Send + Sync + 'static {
+    move |v| {
+        List::parse(v, |item| allowed.contains(&item))
+            .map_err(|e| format!("{e}; expected some of {}", allowed.join(",")))
+    }
+}
+
+/// A value parser for a [`List`] of any plain names (ASCII letters, digits, `_` and `-`).
+pub fn list_of_names(v: &str) -> Result<List, String> {
+    for name in v.split(',').map(str::trim) {
+        let plain = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if name.is_empty() || !plain {
+            return Err(format!("bad name {name:?}"));
+        }
+    }
+    List::parse(v, |_| true)
+}
+
+/// A value parser for seconds from `min` to `max`, fractions allowed.
+pub fn secs(min: f64, max: f64) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync {
+    move |v| match v.parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= min && s <= max => Ok(s),
+        _ => Err(format!("expected seconds from {min} to {max}")),
     }
 }
 
@@ -34,13 +72,17 @@ mod tests {
 
     #[test]
     fn lists_and_seconds() {
-        let all = ["a", "b", "c"];
-        assert_eq!(parse_list("--x", "b, a,b", &all).unwrap(), ["b", "a"]);
-        assert!(parse_list("--x", "d", &all).is_err());
-        assert!(parse_list("--x", ",", &all).is_err());
-        assert_eq!(parse_secs("--s", "1.5", 0.1), Ok(1.5));
-        assert!(parse_secs("--s", "0.05", 0.1).is_err());
-        assert!(parse_secs("--s", "601", 0.1).is_err());
-        assert!(parse_secs("--s", "NaN", 0.1).is_err());
+        let list = list_of(&["a", "b", "c"]);
+        assert_eq!(list("b, a,b").unwrap().0, ["b", "a"]);
+        assert!(list("d").is_err());
+        assert!(list(",").is_err());
+        assert_eq!(list_of_names("x-1,y_2,x-1").unwrap().0, ["x-1", "y_2"]);
+        assert!(list_of_names("a,,b").is_err());
+        assert!(list_of_names("a/b").is_err());
+        let secs = secs(0.1, 600.0);
+        assert_eq!(secs("1.5"), Ok(1.5));
+        assert!(secs("0.05").is_err());
+        assert!(secs("601").is_err());
+        assert!(secs("NaN").is_err());
     }
 }

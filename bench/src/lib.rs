@@ -1,4 +1,5 @@
 //! Shared pieces of the benchmark suite.
+#![forbid(unsafe_code)]
 pub mod child;
 pub mod cli;
 pub mod load;

@@ -24,35 +24,15 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use clap::builder::RangedU64ValueParser;
+use clap::{CommandFactory, Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use hydrogen::codec::{Codec, Decoded, FrameError, LengthPrefixed, SimpleFrame};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use socket2::SockRef;
 
-/// Usage text of the `loadgen` binary.
-pub const USAGE: &str = "\
-Usage: loadgen --addr HOST:PORT [--framing simple|u32] [--mode echo|idle|churn]
-               [--conns N] [--depth K] [--size B] [--secs S] [--warmup W] [--threads T]
-
-Drives an echo server and verifies every reply. Prints MEASURE_START and MEASURE_END around
-the measured window, then one RESULT line.
-
-Options:
-  --addr HOST:PORT        server address (required)
-  --framing simple|u32    simple: 0x01, u16 BE length, payload, 0x17
-                          u32: u32 BE length, payload (default)
-  --mode echo|idle|churn  echo: closed loop, DEPTH frames in flight per connection (default)
-                          idle: open N connections, hold them without traffic for S seconds
-                          churn: N loops of connect, one echo, close
-  --conns N               connections, or concurrent loops for churn (default 1)
-  --depth K               frames in flight per connection in echo mode (default 1)
-  --size B                payload bytes per frame, at least 16 (default 64)
-  --secs S                measured window in seconds, fractions allowed (default 5)
-  --warmup W              seconds of load before the window opens (default 1)
-  --threads T             generator threads (default 2)
-  -h, --help              print this help
-";
+use crate::cli;
 
 const MAX_CONNS: usize = 100_000;
 const MAX_DEPTH: usize = 4096;
@@ -92,11 +72,11 @@ fn new_histogram() -> Histogram<u64> {
 }
 
 /// Wire format of the frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Framing {
-    /// 0x01, u16 BE length, payload, 0x17.
+    /// 0x01, u16 BE length, payload, 0x17
     Simple,
-    /// u32 BE length, payload.
+    /// u32 BE length, payload
     U32,
 }
 
@@ -118,13 +98,13 @@ impl Framing {
 }
 
 /// What the load generator does; see the module documentation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
-    /// Closed-loop echo traffic.
+    /// Closed loop, DEPTH frames in flight per connection
     Echo,
-    /// Connections held open without traffic.
+    /// Open N connections, hold them without traffic for S seconds
     Idle,
-    /// Connect, one echo, close, repeated.
+    /// N loops of connect, one echo, close
     Churn,
 }
 
@@ -162,102 +142,107 @@ pub struct Options {
     pub threads: usize,
 }
 
-fn parse_num<T>(name: &str, v: &str, min: T, max: T) -> Result<T, String>
-where
-    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
-{
-    match v.parse::<T>() {
-        Ok(n) if n >= min && n <= max => Ok(n),
-        _ => Err(format!(
-            "{name} {v:?}: expected a number from {min} to {max}"
-        )),
-    }
+/// The command line of `loadgen`; [`parse_args`] checks it and makes it [`Options`].
+#[derive(Debug, Clone, Parser)]
+#[command(
+    // A flag given twice: the last one counts, as with the hand-written parsers before.
+    args_override_self = true,
+    name = "loadgen",
+    about = "Drives an echo server and verifies every reply. Prints MEASURE_START and \
+             MEASURE_END around the measured window, then one RESULT line."
+)]
+pub struct LoadCli {
+    /// Server address
+    #[arg(long, value_name = "HOST:PORT", value_parser = resolve)]
+    addr: SocketAddr,
+    /// Wire format
+    #[arg(long, value_enum, default_value_t = Framing::U32)]
+    framing: Framing,
+    /// What to do
+    #[arg(long, value_enum, default_value_t = Mode::Echo)]
+    mode: Mode,
+    /// Connections, or concurrent loops for churn
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_CONNS as u64))]
+    conns: usize,
+    /// Frames in flight per connection in echo mode
+    #[arg(long, value_name = "K", default_value_t = 1,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_DEPTH as u64))]
+    depth: usize,
+    /// Payload bytes per frame, at least 16
+    #[arg(long, value_name = "B", default_value_t = 64,
+          value_parser = RangedU64ValueParser::<usize>::new().range(HEADER as u64..))]
+    size: usize,
+    /// Measured window in seconds, fractions allowed
+    #[arg(long, value_name = "S", default_value_t = 5.0, value_parser = cli::secs(0.001, MAX_SECS))]
+    secs: f64,
+    /// Seconds of load before the window opens
+    #[arg(long, value_name = "W", default_value_t = 1.0, value_parser = cli::secs(0.0, MAX_SECS))]
+    warmup: f64,
+    /// Generator threads
+    #[arg(long, value_name = "T", default_value_t = 2,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_THREADS as u64))]
+    threads: usize,
 }
 
-fn parse_secs(name: &str, v: &str, min: f64) -> Result<f64, String> {
-    match v.parse::<f64>() {
-        Ok(s) if s.is_finite() && s >= min && s <= MAX_SECS => Ok(s),
-        _ => Err(format!(
-            "{name} {v:?}: expected seconds from {min} to {MAX_SECS}"
-        )),
-    }
+/// `--addr`: the first address `HOST:PORT` resolves to.
+fn resolve(v: &str) -> Result<SocketAddr, String> {
+    v.to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or_else(|| "no address".to_string())
 }
 
-/// Parses the arguments (without the program name). `Ok(None)` means `--help`.
-pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Option<Options>, String> {
-    let mut addr = None;
-    let mut framing = Framing::U32;
-    let mut mode = Mode::Echo;
-    let mut conns = 1;
-    let mut depth = 1;
-    let mut size = 64;
-    let mut secs = 5.0;
-    let mut warmup = 1.0;
-    let mut threads = 2;
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
-        match arg.as_str() {
-            "-h" | "--help" => return Ok(None),
-            "--addr" => {
-                let v = value("--addr")?;
-                let resolved = v
-                    .to_socket_addrs()
-                    .map_err(|e| format!("--addr {v:?}: {e}"))?
-                    .next()
-                    .ok_or(format!("--addr {v:?}: no address"))?;
-                addr = Some(resolved);
-            }
-            "--framing" => {
-                framing = match value("--framing")?.as_str() {
-                    "simple" => Framing::Simple,
-                    "u32" => Framing::U32,
-                    other => return Err(format!("--framing {other:?}: expected simple or u32")),
-                }
-            }
-            "--mode" => {
-                mode = match value("--mode")?.as_str() {
-                    "echo" => Mode::Echo,
-                    "idle" => Mode::Idle,
-                    "churn" => Mode::Churn,
-                    other => {
-                        return Err(format!("--mode {other:?}: expected echo, idle or churn"));
-                    }
-                }
-            }
-            "--conns" => conns = parse_num("--conns", &value("--conns")?, 1, MAX_CONNS)?,
-            "--depth" => depth = parse_num("--depth", &value("--depth")?, 1, MAX_DEPTH)?,
-            "--size" => size = parse_num("--size", &value("--size")?, HEADER, usize::MAX)?,
-            "--secs" => secs = parse_secs("--secs", &value("--secs")?, 0.001)?,
-            "--warmup" => warmup = parse_secs("--warmup", &value("--warmup")?, 0.0)?,
-            "--threads" => threads = parse_num("--threads", &value("--threads")?, 1, MAX_THREADS)?,
-            other => return Err(format!("unknown argument {other:?}")),
+impl LoadCli {
+    /// The options, once the flags are checked against each other.
+    fn options(self) -> Result<Options, String> {
+        let LoadCli {
+            addr,
+            framing,
+            mode,
+            conns,
+            depth,
+            size,
+            secs,
+            warmup,
+            threads,
+        } = self;
+        if size > framing.max_payload() {
+            return Err(format!(
+                "--size {size}: the {} framing carries at most {} bytes",
+                framing.name(),
+                framing.max_payload()
+            ));
         }
+        if conns.saturating_mul(depth).saturating_mul(size) > MAX_BYTES_IN_FLIGHT {
+            return Err(format!(
+                "--conns x --depth x --size exceeds {MAX_BYTES_IN_FLIGHT} bytes in flight"
+            ));
+        }
+        Ok(Options {
+            addr,
+            framing,
+            mode,
+            conns,
+            depth,
+            size,
+            secs,
+            warmup,
+            threads,
+        })
     }
-    let addr = addr.ok_or("--addr HOST:PORT is required")?;
-    if size > framing.max_payload() {
-        return Err(format!(
-            "--size {size}: the {} framing carries at most {} bytes",
-            framing.name(),
-            framing.max_payload()
-        ));
-    }
-    if conns.saturating_mul(depth).saturating_mul(size) > MAX_BYTES_IN_FLIGHT {
-        return Err(format!(
-            "--conns x --depth x --size exceeds {MAX_BYTES_IN_FLIGHT} bytes in flight"
-        ));
-    }
-    Ok(Some(Options {
-        addr,
-        framing,
-        mode,
-        conns,
-        depth,
-        size,
-        secs,
-        warmup,
-        threads,
-    }))
+}
+
+/// Parses the command line, program name first. `--help` comes back as an error of kind
+/// [`DisplayHelp`](clap::error::ErrorKind::DisplayHelp): [`clap::Error::exit`] prints either.
+pub fn parse_args<I, T>(args: I) -> Result<Options, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    LoadCli::try_parse_from(args)?
+        .options()
+        .map_err(|e| LoadCli::command().error(clap::error::ErrorKind::ValueValidation, e))
 }
 
 /// Runs the load as the options say, printing the markers and the `RESULT` line on stdout.
@@ -1367,16 +1352,29 @@ mod tests {
 
     #[test]
     fn parses_options() {
-        let args = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
-        let o = parse_args(args("--addr 127.0.0.1:9 --mode churn --conns 8"))
-            .unwrap()
-            .unwrap();
+        LoadCli::command().debug_assert();
+        let args = |s: &str| parse_args(std::iter::once("loadgen").chain(s.split_whitespace()));
+        let o = args("--addr 127.0.0.1:9 --mode churn --conns 8").unwrap();
         assert_eq!(o.mode, Mode::Churn);
         assert_eq!(o.conns, 8);
         assert_eq!(o.framing, Framing::U32);
-        assert!(parse_args(args("--conns 8")).is_err());
-        assert!(parse_args(args("--addr 127.0.0.1:9 --size 15")).is_err());
-        assert!(parse_args(args("--addr 127.0.0.1:9 --framing simple --size 70000")).is_err());
-        assert!(parse_args(args("--help")).unwrap().is_none());
+        assert_eq!((o.depth, o.size, o.threads), (1, 64, 2));
+        assert_eq!((o.secs, o.warmup), (5.0, 1.0));
+        let o = args("--addr 127.0.0.1:9 --framing simple --mode idle --depth 4 --size 16 --secs 0.5 --warmup 0 --threads 3").unwrap();
+        assert_eq!((o.framing, o.mode), (Framing::Simple, Mode::Idle));
+        assert_eq!((o.depth, o.size, o.threads), (4, 16, 3));
+        assert_eq!((o.secs, o.warmup), (0.5, 0.0));
+        let o = args("--addr 127.0.0.1:9 --conns 8 --conns 9").unwrap();
+        assert_eq!(o.conns, 9);
+        assert!(args("--conns 8").is_err());
+        assert!(args("--addr 127.0.0.1:9 --size 15").is_err());
+        assert!(args("--addr 127.0.0.1:9 --framing simple --size 70000").is_err());
+        assert!(args("--addr 127.0.0.1:9 --conns 100001").is_err());
+        assert!(args("--addr 127.0.0.1:9 --depth 0").is_err());
+        assert!(args("--addr 127.0.0.1:9 --threads 65").is_err());
+        assert!(args("--addr 127.0.0.1:9 --secs 0").is_err());
+        assert!(args("--addr 127.0.0.1:9 --conns 100000 --depth 4096 --size 64").is_err());
+        let help = args("--help").unwrap_err();
+        assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
     }
 }

@@ -3,7 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::{SystemTime, UNIX_EPOCH};
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use procfs::Current as _;
 
 use crate::load::Mode;
 
@@ -539,20 +543,17 @@ pub fn csv(runs: &[Run]) -> String {
 }
 
 /// Colour of a server's line in the chart.
-fn colour(server: &str, i: usize) -> &'static str {
+fn colour(server: &str, i: usize) -> RGBColor {
     match server {
-        "hydrogen" => "#e8590c",
-        "tokio" => "#1c7ed6",
-        "mio" => "#2f9e44",
-        _ => ["#7048e8", "#c2255c", "#495057"][i % 3],
+        "hydrogen" => RGBColor(0xe8, 0x59, 0x0c),
+        "tokio" => RGBColor(0x1c, 0x7e, 0xd6),
+        "mio" => RGBColor(0x2f, 0x9e, 0x44),
+        _ => [
+            RGBColor(0x70, 0x48, 0xe8),
+            RGBColor(0xc2, 0x25, 0x5c),
+            RGBColor(0x49, 0x50, 0x57),
+        ][i % 3],
     }
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// A point of a series: x, and the median, min and max of y.
@@ -563,7 +564,7 @@ struct Point {
 
 struct Series {
     name: String,
-    colour: &'static str,
+    colour: RGBColor,
     points: Vec<Point>,
 }
 
@@ -592,68 +593,33 @@ fn time_label(us: f64) -> String {
     }
 }
 
-/// A nice step for about `n` ticks from 0 to `max`.
-fn nice_step(max: f64, n: f64) -> f64 {
-    let raw = (max / n).max(f64::MIN_POSITIVE);
-    let mag = 10f64.powf(raw.log10().floor());
-    [1.0, 2.0, 2.5, 5.0, 10.0]
-        .iter()
-        .map(|m| m * mag)
-        .find(|s| *s >= raw)
-        .unwrap_or(10.0 * mag)
-}
-
-/// One axis mapping: linear or log10.
-#[derive(Clone, Copy)]
-struct Scale {
-    lo: f64,
-    hi: f64,
-    log: bool,
-    /// Pixel range.
-    p0: f64,
-    p1: f64,
-}
-
-impl Scale {
-    fn map(&self, v: f64) -> f64 {
-        let t = if self.log {
-            (v.max(1e-12).log10() - self.lo.log10()) / (self.hi.log10() - self.lo.log10())
-        } else {
-            (v - self.lo) / (self.hi - self.lo)
-        };
-        self.p0 + t * (self.p1 - self.p0)
+/// Decade bounds around `min..=max`.
+fn decades(min: f64, max: f64) -> (f64, f64) {
+    let lo = 10f64.powf(min.max(1e-9).log10().floor());
+    let mut hi = 10f64.powf(max.max(1e-9).log10().ceil());
+    if hi <= lo {
+        hi = lo * 10.0;
     }
-
-    /// Decade bounds around `min..=max`.
-    fn decades(min: f64, max: f64) -> (f64, f64) {
-        let lo = 10f64.powf(min.max(1e-9).log10().floor());
-        let mut hi = 10f64.powf(max.max(1e-9).log10().ceil());
-        if hi <= lo {
-            hi = lo * 10.0;
-        }
-        (lo, hi)
-    }
+    (lo, hi)
 }
 
-/// Space between a panel's frame and the ends of its axes' ranges, pixels.
-const PAD: f64 = 10.0;
+const FONT: &str = "sans-serif";
+const TEXT: RGBColor = RGBColor(0x21, 0x25, 0x29);
+const GREY: RGBColor = RGBColor(0x49, 0x50, 0x57);
 
-/// Draws one panel: frame, grid, ticks, labels, series with min–max bars.
-#[allow(clippy::too_many_arguments)]
+type DrawResult = Result<(), Box<dyn std::error::Error>>;
+
+/// One panel: axes, grid, and per series its min–max bars, its line of medians and markers.
+/// The x axis (connections) is logarithmic; the y axis is when `y_log`.
 fn panel(
-    svg: &mut String,
-    x0: f64,
-    y0: f64,
-    w: f64,
-    h: f64,
+    area: &DrawingArea<SVGBackend, Shift>,
     title: &str,
     y_label: &str,
     series: &[Series],
-    x_scale: (f64, f64),
+    x_range: (f64, f64),
     y_log: bool,
     y_fmt: fn(f64) -> String,
-    tooltip: &dyn Fn(&str, f64, f64) -> String,
-) {
+) -> DrawResult {
     let ymin = series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.y.min))
@@ -662,168 +628,167 @@ fn panel(
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.y.max))
         .fold(0.0, f64::max);
-    let xs = Scale {
-        lo: x_scale.0,
-        hi: x_scale.1,
-        log: true,
-        p0: x0 + PAD,
-        p1: x0 + w - PAD,
-    };
-    let (ylo, yhi, yticks): (f64, f64, Vec<f64>) = if y_log {
-        let (lo, hi) = Scale::decades(ymin, ymax);
-        let mut t = Vec::new();
-        let mut v = lo;
-        while v <= hi * 1.0001 {
-            t.push(v);
-            v *= 10.0;
-        }
-        (lo, hi, t)
-    } else {
-        let step = nice_step(ymax.max(1.0), 5.0);
-        let hi = (ymax.max(1.0) / step).ceil() * step;
-        let n = (hi / step).round() as usize;
-        (0.0, hi, (0..=n).map(|i| i as f64 * step).collect())
-    };
-    let ys = Scale {
-        lo: ylo,
-        hi: yhi,
-        log: y_log,
-        p0: y0 + h - PAD,
-        p1: y0 + PAD,
-    };
-
-    let _ = writeln!(
-        svg,
-        r#"<g class="panel"><text x="{:.1}" y="{:.1}" class="ptitle">{}</text>"#,
-        x0,
-        y0 - 12.0,
-        esc(title)
-    );
-    let _ = writeln!(
-        svg,
-        r##"<rect x="{x0:.1}" y="{y0:.1}" width="{w:.1}" height="{h:.1}" fill="#fcfcfd" stroke="none"/>"##
-    );
-    // Horizontal grid and y labels.
-    for (i, &v) in yticks.iter().enumerate() {
-        let y = ys.map(v);
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#e9ecef" stroke-width="1"/><line x1="{:.1}" y1="{y:.1}" x2="{x0:.1}" y2="{y:.1}" stroke="#868e96" stroke-width="1"/>"##,
-            x0,
-            x0 + w,
-            x0 - 5.0
-        );
-        let _ = writeln!(
-            svg,
-            r#"<text x="{:.1}" y="{:.1}" class="ytick">{}</text>"#,
-            x0 - 8.0,
-            y + 4.0,
-            esc(&y_fmt(v))
-        );
-        if y_log && i + 1 < yticks.len() {
-            for m in 2..10 {
-                let ym = ys.map(v * m as f64);
-                let _ = writeln!(
-                    svg,
-                    r##"<line x1="{x0:.1}" y1="{ym:.1}" x2="{:.1}" y2="{ym:.1}" stroke="#f4f5f7" stroke-width="1"/>"##,
-                    x0 + w
-                );
-            }
-        }
-    }
-    // Vertical grid, minor ticks and x labels.
-    let mut v = xs.lo;
-    while v <= xs.hi * 1.0001 {
-        let x = xs.map(v);
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{x:.1}" y1="{y0:.1}" x2="{x:.1}" y2="{:.1}" stroke="#e9ecef" stroke-width="1"/><line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="#868e96" stroke-width="1"/>"##,
-            y0 + h,
-            y0 + h,
-            y0 + h + 6.0
-        );
-        let _ = writeln!(
-            svg,
-            r#"<text x="{x:.1}" y="{:.1}" class="xtick">{}</text>"#,
-            y0 + h + 18.0,
-            short(v)
-        );
-        if v * 1.0001 < xs.hi {
-            for m in 2..10 {
-                let xm = xs.map(v * m as f64);
-                let _ = writeln!(
-                    svg,
-                    r##"<line x1="{xm:.1}" y1="{:.1}" x2="{xm:.1}" y2="{:.1}" stroke="#868e96" stroke-width="1"/>"##,
-                    y0 + h,
-                    y0 + h + 4.0
-                );
-            }
-        }
-        v *= 10.0;
-    }
-    let _ = writeln!(
-        svg,
-        r#"<text x="{:.1}" y="{:.1}" class="xlabel">connections (log scale)</text>"#,
-        x0 + w / 2.0,
-        y0 + h + 40.0
-    );
-    let _ = writeln!(
-        svg,
-        r#"<text transform="translate({:.1},{:.1}) rotate(-90)" class="ylabel">{}</text>"#,
-        x0 - 62.0,
-        y0 + h / 2.0,
-        esc(y_label)
-    );
-    // Series: min–max bars, then the line, then the markers on top. Each server is nudged
-    // sideways a little so that the bars do not hide each other.
+    // A little room left and right of the first and last decade for the markers.
+    let x_range = (x_range.0 / 1.25)..(x_range.1 * 1.25);
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(
+            title,
+            (FONT, 15).into_font().style(FontStyle::Bold).color(&TEXT),
+        )
+        .margin_top(8)
+        .margin_right(24)
+        .x_label_area_size(40)
+        .y_label_area_size(64);
     let n = series.len() as f64;
-    for (i, s) in series.iter().enumerate() {
-        let dx = (i as f64 - (n - 1.0) / 2.0) * 4.0;
-        let pts: Vec<(f64, f64, &Point)> = s
-            .points
-            .iter()
-            .map(|p| (xs.map(p.x) + dx, ys.map(p.y.median), p))
-            .collect();
-        for (x, _, p) in &pts {
-            if p.y.max > p.y.min {
-                let (ya, yb) = (ys.map(p.y.min), ys.map(p.y.max));
-                let _ = writeln!(
-                    svg,
-                    r#"<path d="M{x:.1},{ya:.1}V{yb:.1}M{:.1},{ya:.1}h6M{:.1},{yb:.1}h6" stroke="{}" stroke-width="1.2" opacity="0.6" fill="none"/>"#,
-                    x - 3.0,
-                    x - 3.0,
-                    s.colour
-                );
+    // Each server is nudged sideways a little so that the bars do not hide each other.
+    let nudge = |i: usize, x: f64| x * 10f64.powf((i as f64 - (n - 1.0) / 2.0) * 0.012);
+    let x_fmt = |v: &f64| short(*v);
+    let y_fmt = |v: &f64| y_fmt(*v);
+
+    macro_rules! draw {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart
+                .configure_mesh()
+                .x_labels(6)
+                .y_labels(6)
+                .max_light_lines(4)
+                .x_label_formatter(&x_fmt)
+                .y_label_formatter(&y_fmt)
+                .x_desc("connections (log scale)")
+                .y_desc(y_label)
+                .label_style((FONT, 12).into_font().color(&GREY))
+                .axis_desc_style((FONT, 13).into_font().color(&TEXT))
+                .bold_line_style(RGBColor(0xe9, 0xec, 0xef))
+                .light_line_style(RGBColor(0xf4, 0xf5, 0xf7))
+                .axis_style(RGBColor(0x86, 0x8e, 0x96))
+                .draw()?;
+            for (i, s) in series.iter().enumerate() {
+                let c = s.colour;
+                chart.draw_series(s.points.iter().filter(|p| p.y.max > p.y.min).map(|p| {
+                    ErrorBar::new_vertical(
+                        nudge(i, p.x),
+                        p.y.min,
+                        p.y.median,
+                        p.y.max,
+                        c.mix(0.6).stroke_width(1),
+                        6,
+                    )
+                }))?;
+                chart.draw_series(LineSeries::new(
+                    s.points.iter().map(|p| (nudge(i, p.x), p.y.median)),
+                    c.stroke_width(2),
+                ))?;
+                chart.draw_series(
+                    s.points
+                        .iter()
+                        .map(|p| Circle::new((nudge(i, p.x), p.y.median), 4, c.filled())),
+                )?;
             }
-        }
-        let line: Vec<String> = pts
-            .iter()
-            .map(|(x, y, _)| format!("{x:.1},{y:.1}"))
-            .collect();
-        let _ = writeln!(
-            svg,
-            r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2.2" stroke-linejoin="round"/>"#,
-            line.join(" "),
-            s.colour
-        );
-        for (x, y, p) in &pts {
-            let _ = writeln!(
-                svg,
-                r##"<circle cx="{x:.1}" cy="{y:.1}" r="4" fill="{}" stroke="#ffffff" stroke-width="1.5"><title>{}</title></circle>"##,
-                s.colour,
-                esc(&tooltip(&s.name, p.x, p.y.median))
-            );
-        }
+        }};
     }
-    let _ = writeln!(
-        svg,
-        r##"<rect x="{x0:.1}" y="{y0:.1}" width="{w:.1}" height="{h:.1}" fill="none" stroke="#ced4da"/></g>"##
-    );
+    if y_log {
+        let (lo, hi) = decades(ymin, ymax);
+        draw!(builder.build_cartesian_2d(x_range.log_scale(), (lo..hi).log_scale())?);
+    } else {
+        let hi = ymax.max(1.0) * 1.1;
+        draw!(builder.build_cartesian_2d(x_range.log_scale(), 0.0..hi)?);
+    }
+    Ok(())
+}
+
+/// Title, subtitle, legend and the two panels.
+fn draw_chart(
+    root: DrawingArea<SVGBackend, Shift>,
+    settings: &Settings,
+    fps: &[Series],
+    p99: &[Series],
+    x_range: (f64, f64),
+) -> DrawResult {
+    let (width, _) = root.dim_in_pixel();
+    let centre = width as i32 / 2;
+    root.fill(&WHITE)?;
+    let centred = Pos::new(HPos::Center, VPos::Top);
+    root.draw(&Text::new(
+        "Echo server: throughput and p99 latency against connections",
+        (centre, 14),
+        (FONT, 20)
+            .into_font()
+            .style(FontStyle::Bold)
+            .color(&TEXT)
+            .pos(centred),
+    ))?;
+    let rounds = if settings.rounds == 1 {
+        "one round".to_string()
+    } else {
+        format!("median of {} rounds, bars: min–max", settings.rounds)
+    };
+    root.draw(&Text::new(
+        format!(
+            "1 frame in flight per connection, 64 B payloads, u32 framing, {} s windows, server \
+             and load generator on 2 threads each; {rounds}",
+            settings.secs
+        ),
+        (centre, 40),
+        (FONT, 13).into_font().color(&GREY).pos(centred),
+    ))?;
+    // Legend, centred: a line with a marker, then the name; items 28 px apart.
+    let font = (FONT, 14).into_font().color(&TEXT);
+    let widths: Vec<i32> = fps
+        .iter()
+        .map(|s| {
+            let (w, _) = root.estimate_text_size(&s.name, &font).unwrap_or((60, 14));
+            35 + w as i32
+        })
+        .collect();
+    let total = widths.iter().sum::<i32>() + 28 * (widths.len() as i32 - 1);
+    let mut x = centre - total / 2;
+    for (s, w) in fps.iter().zip(&widths) {
+        let c = s.colour;
+        root.draw(&PathElement::new(
+            vec![(x, 72), (x + 28, 72)],
+            c.stroke_width(2),
+        ))?;
+        root.draw(&Circle::new((x + 14, 72), 4, c.filled()))?;
+        root.draw(&Text::new(
+            s.name.clone(),
+            (x + 35, 72),
+            font.pos(Pos::new(HPos::Left, VPos::Center)),
+        ))?;
+        x += w + 28;
+    }
+    let body = root.split_vertically(90).1;
+    let (left, right) = body.split_horizontally(width / 2);
+    panel(
+        &left.margin(0, 0, 10, 20),
+        "Throughput",
+        "frames per second",
+        fps,
+        x_range,
+        false,
+        short,
+    )?;
+    panel(
+        &right.margin(0, 0, 10, 20),
+        "p99 round-trip latency",
+        "p99 latency (log scale)",
+        p99,
+        x_range,
+        true,
+        time_label,
+    )?;
+    root.present()?;
+    Ok(())
 }
 
 /// `chart.svg`: throughput and p99 latency against connections for the sweep (depth 1, 64 B),
-/// one line per server. `None` if there are no sweep results.
-pub fn chart_svg(cases: &[Case], runs: &[Run], settings: &Settings) -> Option<String> {
+/// one line per server. `Ok(None)` if there are no sweep results.
+pub fn chart_svg(
+    cases: &[Case],
+    runs: &[Run],
+    settings: &Settings,
+) -> Result<Option<String>, String> {
     // The sweep's points, by connection count; the `latency` case has the same flags as a
     // one-connection sweep point and stands in for it.
     let mut points: Vec<(usize, &str)> = cases
@@ -832,7 +797,7 @@ pub fn chart_svg(cases: &[Case], runs: &[Run], settings: &Settings) -> Option<St
         .map(|c| (c.conns, c.name.as_str()))
         .collect();
     if points.is_empty() {
-        return None;
+        return Ok(None);
     }
     if !points.iter().any(|(n, _)| *n == 1)
         && let Some(l) = cases.iter().find(|c| c.name == "latency")
@@ -873,125 +838,26 @@ pub fn chart_svg(cases: &[Case], runs: &[Run], settings: &Settings) -> Option<St
         });
     }
     if fps_series.iter().all(|s| s.points.is_empty()) {
-        return None;
+        return Ok(None);
     }
-    let x_range = Scale::decades(points[0].0 as f64, points[points.len() - 1].0 as f64);
-
-    let (width, height) = (1000.0, 470.0);
+    let x_range = decades(points[0].0 as f64, points[points.len() - 1].0 as f64);
     let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r##"<?xml version="1.0" encoding="UTF-8"?>
-<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="system-ui, -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif">
-<style>
-text {{ fill: #212529; }}
-.title {{ font-size: 19px; font-weight: 600; text-anchor: middle; }}
-.subtitle {{ font-size: 12.5px; fill: #495057; text-anchor: middle; }}
-.ptitle {{ font-size: 14px; font-weight: 600; }}
-.xtick {{ font-size: 11.5px; fill: #495057; text-anchor: middle; }}
-.ytick {{ font-size: 11.5px; fill: #495057; text-anchor: end; }}
-.xlabel, .ylabel {{ font-size: 12.5px; fill: #343a40; text-anchor: middle; }}
-.legend {{ font-size: 13px; }}
-</style>
-<rect width="100%" height="100%" fill="#ffffff"/>"##
-    );
-    let _ = writeln!(
-        svg,
-        r#"<text x="{:.1}" y="30" class="title">Echo server: throughput and p99 latency against connections</text>"#,
-        width / 2.0
-    );
-    let rounds = if settings.rounds == 1 {
-        "one round".to_string()
-    } else {
-        format!("median of {} rounds, bars: min–max", settings.rounds)
-    };
-    let _ = writeln!(
-        svg,
-        r#"<text x="{:.1}" y="50" class="subtitle">1 frame in flight per connection, 64 B payloads, u32 framing, {} s windows, server and load generator on 2 threads each; {}</text>"#,
-        width / 2.0,
-        settings.secs,
-        esc(&rounds)
-    );
-    // Legend, centred; each item as wide as its label needs (about 7.5 px a character).
-    let widths: Vec<f64> = fps_series
-        .iter()
-        .map(|s| 35.0 + 7.5 * s.name.chars().count() as f64 + 28.0)
-        .collect();
-    let mut x = width / 2.0 - (widths.iter().sum::<f64>() - 28.0) / 2.0;
-    for (s, w) in fps_series.iter().zip(&widths) {
-        let _ = writeln!(
-            svg,
-            r##"<g class="legend"><line x1="{x:.1}" y1="72" x2="{:.1}" y2="72" stroke="{c}" stroke-width="2.2"/><circle cx="{:.1}" cy="72" r="4" fill="{c}" stroke="#ffffff" stroke-width="1.5"/><text x="{:.1}" y="76.5">{}</text></g>"##,
-            x + 28.0,
-            x + 14.0,
-            x + 35.0,
-            esc(&s.name),
-            c = s.colour
-        );
-        x += w;
-    }
-    let fps_tip = |name: &str, x: f64, y: f64| {
-        format!("{name}, {} conns: {} frames/s", thousands(x), thousands(y))
-    };
-    let p99_tip =
-        |name: &str, x: f64, y: f64| format!("{name}, {} conns: p99 {} µs", thousands(x), sig3(y));
-    panel(
-        &mut svg,
-        95.0,
-        115.0,
-        370.0,
-        290.0,
-        "Throughput",
-        "frames per second",
-        &fps_series,
-        x_range,
-        false,
-        short,
-        &fps_tip,
-    );
-    panel(
-        &mut svg,
-        595.0,
-        115.0,
-        370.0,
-        290.0,
-        "p99 round-trip latency",
-        "p99 latency (log scale)",
-        &p99_series,
-        x_range,
-        true,
-        time_label,
-        &p99_tip,
-    );
-    svg.push_str("</svg>\n");
-    Some(svg)
+    let root = SVGBackend::with_string(&mut svg, (1000, 470)).into_drawing_area();
+    draw_chart(root, settings, &fps_series, &p99_series, x_range)
+        .map_err(|e| format!("drawing the chart: {e}"))?;
+    Ok(Some(svg))
 }
 
 /// Current UTC time as `YYYY-MM-DD HH:MM UTC`.
 pub fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60
-    )
+    utc(jiff::Timestamp::now())
 }
 
-/// `uname -r`.
+fn utc(t: jiff::Timestamp) -> String {
+    t.strftime("%Y-%m-%d %H:%M UTC").to_string()
+}
+
+/// `uname -r`. (procfs's `KernelVersion` keeps only the numbers; the report shows it whole.)
 pub fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
@@ -1000,14 +866,9 @@ pub fn kernel_release() -> String {
 
 /// The first `model name` of /proc/cpuinfo.
 pub fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
+    procfs::CpuInfo::current()
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
+        .and_then(|info| info.model_name(0).map(str::to_string))
         .unwrap_or_else(|| "unknown".to_string())
 }
 
@@ -1033,7 +894,8 @@ mod tests {
         assert_eq!(short(10_000.0), "10k");
         assert_eq!(short(1_500_000.0), "1.5M");
         assert_eq!(time_label(1000.0), "1 ms");
-        assert_eq!(nice_step(1_234_000.0, 5.0), 250_000.0);
+        assert_eq!(decades(1.0, 100.0), (1.0, 100.0));
+        assert_eq!(decades(3.0, 2000.0), (1.0, 10_000.0));
     }
 
     #[test]
@@ -1043,10 +905,95 @@ mod tests {
         assert!(parse_result("MEASURE_START").is_none());
     }
 
+    /// The sweep of BENCHMARKS.md's last full run, three rounds around each median.
+    fn sweep_runs() -> (Vec<Case>, Vec<Run>, Settings) {
+        let data = [
+            (
+                "hydrogen",
+                [16_820.0, 107_590.0, 138_867.0, 132_696.0, 93_590.0],
+                [98.5, 481.0, 4256.0, 13_435.0, 139_330.0],
+            ),
+            (
+                "tokio",
+                [15_747.0, 103_242.0, 147_681.0, 105_373.0, 90_285.0],
+                [106.0, 921.0, 4391.0, 32_981.0, 323_224.0],
+            ),
+            (
+                "mio",
+                [16_424.0, 115_753.0, 157_251.0, 124_187.0, 90_021.0],
+                [100.0, 1358.0, 7999.0, 14_402.0, 148_636.0],
+            ),
+        ];
+        let conns = [1, 10, 100, 1000, 10_000];
+        let cases: Vec<Case> = conns
+            .iter()
+            .map(|&n| Case {
+                scenario: "sweep",
+                name: format!("sweep-{n}"),
+                mode: Mode::Echo,
+                conns: n,
+                depth: 1,
+                size: 64,
+            })
+            .collect();
+        let mut runs = Vec::new();
+        for (server, rates, p99s) in data {
+            for (i, case) in cases.iter().enumerate() {
+                for (round, f) in [(1, 0.95), (2, 1.0), (3, 1.08)] {
+                    runs.push(Run {
+                        case: case.name.clone(),
+                        scenario: "sweep".into(),
+                        server: server.into(),
+                        round,
+                        rate: rates[i] * f,
+                        p99_us: p99s[i] * f,
+                        ..Run::default()
+                    });
+                }
+            }
+        }
+        let settings = Settings {
+            rounds: 3,
+            secs: 5.0,
+            warmup: 1.0,
+            servers: vec!["hydrogen".into(), "tokio".into(), "mio".into()],
+            clk_tck: 100,
+            smoke: false,
+        };
+        (cases, runs, settings)
+    }
+
+    #[test]
+    fn chart_of_the_sweep() {
+        let (cases, runs, settings) = sweep_runs();
+        let svg = chart_svg(&cases, &runs, &settings).unwrap().unwrap();
+        assert!(svg.starts_with("<svg"), "{}", &svg[..100]);
+        assert!(svg.trim_end().ends_with("</svg>"));
+        for text in [
+            "Throughput",
+            "p99 round-trip latency",
+            "hydrogen",
+            "tokio",
+            "mio",
+            "10k",
+        ] {
+            assert!(svg.contains(text), "{text}");
+        }
+        if let Some(path) = std::env::var_os("CHART_OUT") {
+            std::fs::write(path, &svg).unwrap();
+        }
+        // Without sweep results there is no chart.
+        assert_eq!(chart_svg(&cases[..0], &runs, &settings), Ok(None));
+    }
+
     #[test]
     fn civil_date_is_sane() {
         let d = utc_now();
         assert!(d.starts_with("20"), "{d}");
         assert_eq!(d.len(), "2026-01-01 00:00 UTC".len());
+        let at = |s| utc(jiff::Timestamp::from_second(s).unwrap());
+        assert_eq!(at(0), "1970-01-01 00:00 UTC");
+        assert_eq!(at(951_868_799), "2000-02-29 23:59 UTC");
+        assert_eq!(at(1_795_000_000), "2026-11-18 11:06 UTC");
     }
 }

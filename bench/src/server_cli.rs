@@ -9,7 +9,7 @@
 //!   `--block-ms N` (default 0: a frame whose payload starts with [`BLOCK_PREFIX`] makes the
 //!   frame handling sleep N ms, blocking its thread, before the echo), and `--max-buffered BYTES`
 //!   (hydrogen only: `Config::max_buffered`; the other servers refuse it); anything else prints
-//!   the usage on stderr and exits with status 2.
+//!   the usage on stderr and exits with status 2. [`ServerCli`] is the clap definition.
 //! - Once bound, exactly one line `listening on ADDR` goes to stdout, and nothing else.
 //! - Every frame is echoed on its connection, in order, in the same framing.
 //! - SIGINT and SIGTERM end the process with status 0.
@@ -20,6 +20,9 @@ use std::ops::Range;
 use std::process;
 use std::time::Duration;
 
+use clap::builder::RangedU64ValueParser;
+use clap::error::ErrorKind;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// The largest payload a `u32` frame may announce by default (`--max-frame`): 1 MiB. A larger
@@ -226,7 +229,57 @@ impl Framing {
     }
 }
 
-/// The parsed command line.
+/// The command line every server takes (see the module documentation).
+#[derive(Debug, Clone, Parser)]
+#[command(
+    // A flag given twice: the last one counts, as with the hand-written parsers before.
+    args_override_self = true,
+    about = "An echo server for the benchmark suite: every frame comes back on its connection.",
+    after_help = "Prints `listening on ADDR` once bound; exits with status 0 on SIGINT or SIGTERM."
+)]
+pub struct ServerCli {
+    /// Address to listen on (port 0: any free port)
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:0", value_parser = resolve)]
+    pub addr: SocketAddr,
+    /// Wire format
+    #[arg(long, value_enum, default_value_t = FramingName::U32)]
+    pub framing: FramingName,
+    /// Worker threads
+    #[arg(long, value_name = "N", default_value_t = 2,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub threads: usize,
+    /// Largest u32 payload accepted (1048576: 1 MiB)
+    #[arg(long, value_name = "BYTES", default_value_t = U32_MAX_FRAME as u32)]
+    pub max_frame: u32,
+    /// A frame whose payload starts with `BLOCK` sleeps N ms (blocking its thread) before its
+    /// echo
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = RangedU64ValueParser::<u64>::new().range(..=3_600_000))]
+    pub block_ms: u64,
+    /// hydrogen_echo only: Config::max_buffered (default none); the other servers refuse it
+    #[arg(long, value_name = "BYTES",
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_buffered: Option<usize>,
+}
+
+/// The names of the framings on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FramingName {
+    /// 0x01, u16 BE length, payload, 0x17
+    Simple,
+    /// u32 BE length, payload
+    U32,
+}
+
+/// `--addr`: the first address `HOST:PORT` resolves to.
+fn resolve(v: &str) -> Result<SocketAddr, String> {
+    v.to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or_else(|| "resolves to nothing".to_string())
+}
+
+/// The parsed command line, as the servers use it.
 #[derive(Debug, Clone)]
 pub struct ServerArgs {
     /// Where to listen (port 0: any free port).
@@ -245,131 +298,47 @@ pub struct ServerArgs {
     pub max_buffered: Option<usize>,
 }
 
-fn usage(name: &str) -> String {
-    format!(
-        "Usage: {name} [--addr HOST:PORT] [--framing simple|u32] [--threads N]\n\
-         {pad}[--max-frame BYTES] [--block-ms N] [--max-buffered BYTES]\n\
-         \n\
-         An echo server for the benchmark suite: every frame comes back on its connection.\n\
-         \n\
-         Options:\n  \
-           --addr HOST:PORT       address to listen on (default 127.0.0.1:0, any free port)\n  \
-           --framing simple|u32   simple: 0x01, u16 BE length, payload, 0x17\n                         \
-                                  u32: u32 BE length, payload (default)\n  \
-           --threads N            worker threads (default 2)\n  \
-           --max-frame BYTES      largest u32 payload accepted (default 1048576, 1 MiB)\n  \
-           --block-ms N           a frame whose payload starts with `BLOCK` sleeps N ms\n                         \
-                                  (blocking its thread) before its echo (default 0)\n  \
-           --max-buffered BYTES   hydrogen_echo only: Config::max_buffered (default none);\n                         \
-                                  the other servers refuse it\n  \
-           -h, --help             print this help\n\
-         \n\
-         Prints `listening on ADDR` once bound; exits with status 0 on SIGINT or SIGTERM.\n",
-        pad = " ".repeat("Usage:  ".len() + name.len())
-    )
-}
-
-fn parse(args: &[String]) -> Result<Option<ServerArgs>, String> {
-    let mut addr = "127.0.0.1:0".to_string();
-    let mut simple = false;
-    let mut threads = 2;
-    let mut max_frame = U32_MAX_FRAME;
-    let mut block_ms = 0u64;
-    let mut max_buffered = None;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
-        match arg.as_str() {
-            "-h" | "--help" => return Ok(None),
-            "--addr" => addr = value("--addr")?.clone(),
-            "--framing" => {
-                simple = match value("--framing")?.as_str() {
-                    "simple" => true,
-                    "u32" => false,
-                    other => return Err(format!("--framing {other:?}: expected simple or u32")),
-                }
-            }
-            "--threads" => {
-                let v = value("--threads")?;
-                threads = match v.parse() {
-                    Ok(n) if n >= 1 => n,
-                    _ => return Err(format!("--threads {v:?}: expected a number of at least 1")),
-                };
-            }
-            "--max-frame" => {
-                let v = value("--max-frame")?;
-                max_frame = match v.parse::<u32>() {
-                    Ok(n) => n as usize,
-                    _ => {
-                        return Err(format!(
-                            "--max-frame {v:?}: expected bytes, 0 to 4294967295"
-                        ));
-                    }
-                };
-            }
-            "--block-ms" => {
-                let v = value("--block-ms")?;
-                block_ms = match v.parse::<u64>() {
-                    Ok(n) if n <= 3_600_000 => n,
-                    _ => return Err(format!("--block-ms {v:?}: expected 0 to 3600000")),
-                };
-            }
-            "--max-buffered" => {
-                let v = value("--max-buffered")?;
-                max_buffered = match v.parse::<usize>() {
-                    Ok(n) if n >= 1 => Some(n),
-                    _ => return Err(format!("--max-buffered {v:?}: expected bytes, at least 1")),
-                };
-            }
-            other => return Err(format!("unknown argument {other:?}")),
+impl From<ServerCli> for ServerArgs {
+    fn from(cli: ServerCli) -> ServerArgs {
+        let max_frame = cli.max_frame as usize;
+        ServerArgs {
+            addr: cli.addr,
+            framing: match cli.framing {
+                FramingName::Simple => Framing::Simple,
+                FramingName::U32 => Framing::U32 { max: max_frame },
+            },
+            threads: cli.threads,
+            max_frame,
+            block: Duration::from_millis(cli.block_ms),
+            max_buffered: cli.max_buffered,
         }
     }
-    let framing = if simple {
-        Framing::Simple
-    } else {
-        Framing::U32 { max: max_frame }
-    };
-    let addr = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("--addr {addr:?}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("--addr {addr:?} resolves to nothing"))?;
-    Ok(Some(ServerArgs {
-        addr,
-        framing,
-        threads,
-        max_frame,
-        block: Duration::from_millis(block_ms),
-        max_buffered,
-    }))
 }
 
-/// Parses the command line. `--help` prints the usage on stderr and exits with status 0; an
-/// error prints it and exits with status 2.
-pub fn parse_args(name: &str) -> ServerArgs {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match parse(&args) {
-        Ok(Some(args)) => args,
-        Ok(None) => {
-            eprint!("{}", usage(name));
-            process::exit(0);
-        }
-        Err(err) => {
-            eprintln!("{name}: {err}\n\n{}", usage(name));
-            process::exit(2);
-        }
-    }
+/// The clap command of the server called `name`.
+fn command(name: &'static str) -> clap::Command {
+    ServerCli::command().name(name).bin_name(name)
+}
+
+/// Parses the command line. `--help` prints the usage and exits with status 0; an error
+/// prints it on stderr and exits with status 2.
+pub fn parse_args(name: &'static str) -> ServerArgs {
+    let matches = command(name).get_matches();
+    ServerCli::from_arg_matches(&matches)
+        .unwrap_or_else(|err| err.format(&mut command(name)).exit())
+        .into()
 }
 
 /// For the servers without `Config::max_buffered` (tokio, mio): `--max-buffered` prints an
 /// error and the usage on stderr and exits with status 2, rather than being silently ignored.
-pub fn refuse_max_buffered(name: &str, args: &ServerArgs) {
+pub fn refuse_max_buffered(name: &'static str, args: &ServerArgs) {
     if args.max_buffered.is_some() {
-        eprintln!(
-            "{name}: --max-buffered is only supported by hydrogen_echo\n\n{}",
-            usage(name)
-        );
-        process::exit(2);
+        command(name)
+            .error(
+                ErrorKind::ArgumentConflict,
+                "--max-buffered is only supported by hydrogen_echo",
+            )
+            .exit();
     }
 }
 
@@ -513,9 +482,22 @@ mod tests {
         assert_eq!((used, out), (wire.len(), wire.clone()));
     }
 
+    fn args(v: &[&str]) -> Result<Option<ServerArgs>, clap::Error> {
+        match ServerCli::try_parse_from(std::iter::once(&"hydrogen_echo").chain(v)) {
+            Ok(cli) => Ok(Some(cli.into())),
+            Err(e) if e.kind() == ErrorKind::DisplayHelp => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    #[test]
+    fn clap_definition() {
+        ServerCli::command().debug_assert();
+        command("mio_echo").debug_assert();
+    }
+
     #[test]
     fn arguments() {
-        let args = |v: &[&str]| parse(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         let a = args(&[]).unwrap().unwrap();
         assert_eq!(a.addr, "127.0.0.1:0".parse().unwrap());
         assert_eq!(a.framing, U32);
@@ -540,6 +522,11 @@ mod tests {
         assert!(args(&["--threads", "0"]).is_err());
         assert!(args(&["--threads"]).is_err());
         assert!(args(&["--help"]).unwrap().is_none());
+        assert!(args(&["-h"]).unwrap().is_none());
+        let a = args(&["--threads", "3", "--threads", "4"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.threads, 4);
 
         let a = args(&[
             "--max-frame",
@@ -568,6 +555,7 @@ mod tests {
             &["--block-ms", "3600001"],
             &["--max-buffered", "0"],
             &["--max-buffered", "lots"],
+            &["--framing", "json"],
         ] {
             assert!(args(bad).is_err(), "{bad:?}");
         }

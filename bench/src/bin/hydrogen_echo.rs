@@ -8,6 +8,7 @@
 //! server's `ShutdownHandle`; `run` then returns and the process exits with status 0.
 //!
 //! See `hydrogen_bench::server_cli` for the command line and the framings.
+#![forbid(unsafe_code)]
 
 use std::io;
 use std::net::{SocketAddr, TcpStream};

@@ -20,6 +20,7 @@
 //! `Config::max_buffered`) is refused with status 2.
 //!
 //! See `hydrogen_bench::server_cli` for the command line and the framings.
+#![forbid(unsafe_code)]
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;

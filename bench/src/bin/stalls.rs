@@ -14,6 +14,7 @@
 //! - `memory` (`--threads 2 --max-frame 16777216`): attackers announce 8,000,000-byte frames,
 //!   send 3 MiB of them and hold the connection; the server's RSS afterwards, and one
 //!   well-behaved ping-pong connection during the attack.
+#![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
@@ -25,42 +26,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use hydrogen_bench::child::{
-    Guard, describe, install_signal_handlers, rss_kib, sibling_binaries, start_server,
+    Guard, describe, kill_children_on_signals, rss_kib, sibling_binaries, start_server,
 };
-use hydrogen_bench::cli::{parse_list, parse_secs};
+use hydrogen_bench::cli::{self, List};
 use hydrogen_bench::report;
 use hydrogen_bench::server_cli;
 use nix::sys::signal::{Signal, kill};
-
-const USAGE: &str = "\
-Usage: stalls [--secs S] [--scenarios LIST] [--smoke] [--out DIR]
-
-Reproduces runtime stalls against hydrogen_echo and tokio_echo (fresh server per run, hydrogen
-then tokio) and writes OUT/stalls.md (printed to stdout too). Reports, does not judge.
-
-Scenarios:
-  uploaders   --threads 2: 0, 2 and 4 connections streaming 64 KiB frames, one probe
-              ping-ponging 16 B frames; then SIGTERM with the uploaders running (shutdown ms)
-  blocking    --threads 8 --block-ms 100: 20 ping-pong connections, one sending BLOCK frames
-  memory      --threads 2 --max-frame 16777216: 300 attackers each announce 8,000,000 bytes,
-              send 3 MiB and hold; server RSS, one ping-pong connection meanwhile; hydrogen
-              with and without --max-buffered 67108864, tokio once
-
-Options:
-  --secs S           measured window, seconds (default 5; --smoke: 1)
-  --scenarios LIST   comma-separated, from uploaders,blocking,memory (default all)
-  --smoke            a quick check: 1 s windows, uploaders only with 2, memory with 30
-                     attackers (well under a minute); explicit flags still win
-  --out DIR          output directory (default bench/results)
-  -h, --help         print this help
-
-Exits with status 1 if a run failed (server did not start, a connection broke, or the server
-took over 30 s to exit after SIGTERM: then it is killed and reported as hung). A connection
-without an echo for 10 s is a stall, reported as a lower bound (>=), not a failure.
-The server binaries must sit next to this executable:
-build with `cargo build --release -p hydrogen-bench`.
-";
 
 const ALL_SCENARIOS: [&str; 3] = ["uploaders", "blocking", "memory"];
 /// The servers, in run order; ratios are against the last.
@@ -94,6 +67,47 @@ const HANG_LIMIT: Duration = Duration::from_secs(30);
 /// Samples kept per connection at most (a bound on memory, far above what a window yields).
 const MAX_SAMPLES: usize = 2_000_000;
 
+/// The command line; [`Cli::args`] fills in the defaults that depend on `--smoke`.
+#[derive(Debug, Parser)]
+#[command(
+    // A flag given twice: the last one counts, as with the hand-written parsers before.
+    args_override_self = true,
+    name = "stalls",
+    about = "Reproduces runtime stalls against hydrogen_echo and tokio_echo (fresh server per \
+             run, hydrogen then tokio) and writes OUT/stalls.md (printed to stdout too). \
+             Reports, does not judge.",
+    after_help = "\
+Scenarios:
+  uploaders   --threads 2: 0, 2 and 4 connections streaming 64 KiB frames, one probe
+              ping-ponging 16 B frames; then SIGTERM with the uploaders running (shutdown ms)
+  blocking    --threads 8 --block-ms 100: 20 ping-pong connections, one sending BLOCK frames
+  memory      --threads 2 --max-frame 16777216: 300 attackers each announce 8,000,000 bytes,
+              send 3 MiB and hold; server RSS, one ping-pong connection meanwhile; hydrogen
+              with and without --max-buffered 67108864, tokio once
+
+Exits with status 1 if a run failed (server did not start, a connection broke, or the server
+took over 30 s to exit after SIGTERM: then it is killed and reported as hung). A connection
+without an echo for 10 s is a stall, reported as a lower bound (>=), not a failure.
+The server binaries must sit next to this executable:
+build with `cargo build --release -p hydrogen-bench`."
+)]
+struct Cli {
+    /// Measured window, seconds (default 5; --smoke: 1)
+    #[arg(long, value_name = "S", value_parser = cli::secs(0.1, 600.0))]
+    secs: Option<f64>,
+    /// Comma-separated, from uploaders,blocking,memory
+    #[arg(long, value_name = "LIST", default_value_t = List::of(&ALL_SCENARIOS),
+          value_parser = cli::list_of(&ALL_SCENARIOS))]
+    scenarios: List,
+    /// A quick check: 1 s windows, uploaders only with 2, memory with 30 attackers (well under
+    /// a minute); explicit flags still win
+    #[arg(long)]
+    smoke: bool,
+    /// Output directory
+    #[arg(long, value_name = "DIR", default_value = "bench/results")]
+    out: PathBuf,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 struct Args {
     secs: f64,
@@ -102,33 +116,17 @@ struct Args {
     out: PathBuf,
 }
 
-/// `Ok(None)` means `--help`.
-fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Option<Args>, String> {
-    let mut secs = None;
-    let mut scenarios = ALL_SCENARIOS.map(String::from).to_vec();
-    let mut smoke = false;
-    let mut out = PathBuf::from("bench/results");
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
-        match arg.as_str() {
-            "-h" | "--help" => return Ok(None),
-            "--secs" => secs = Some(parse_secs("--secs", &value("--secs")?, 0.1)?),
-            "--scenarios" => {
-                scenarios = parse_list("--scenarios", &value("--scenarios")?, &ALL_SCENARIOS)?;
-            }
-            "--smoke" => smoke = true,
-            "--out" => out = PathBuf::from(value("--out")?),
-            other => return Err(format!("unknown argument {other:?}")),
+impl Cli {
+    fn args(self) -> Args {
+        let mut scenarios = self.scenarios.0;
+        scenarios.sort_by_key(|s| ALL_SCENARIOS.iter().position(|a| a == s));
+        Args {
+            secs: self.secs.unwrap_or(if self.smoke { 1.0 } else { 5.0 }),
+            scenarios,
+            smoke: self.smoke,
+            out: self.out,
         }
     }
-    scenarios.sort_by_key(|s| ALL_SCENARIOS.iter().position(|a| a == s));
-    Ok(Some(Args {
-        secs: secs.unwrap_or(if smoke { 1.0 } else { 5.0 }),
-        scenarios,
-        smoke,
-        out,
-    }))
 }
 
 /// Round-trip times of a set of connections, in microseconds.
@@ -1022,7 +1020,7 @@ fn run(args: &Args) -> Result<bool, String> {
     let names: Vec<String> = SERVERS.iter().map(|s| format!("{s}_echo")).collect();
     let bin_dir = sibling_binaries(&names)?;
     server_cli::raise_nofile_limit();
-    install_signal_handlers("stalls");
+    kill_children_on_signals("stalls");
     let logs = args.out.join("logs");
     fs::create_dir_all(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
     let mut log_files = Vec::new();
@@ -1058,17 +1056,8 @@ fn run(args: &Args) -> Result<bool, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(Some(args)) => args,
-        Ok(None) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(err) => {
-            eprintln!("stalls: error: {err}\n(run with --help for usage)");
-            return ExitCode::from(2);
-        }
-    };
+    // Usage errors exit with status 2, `--help` with 0.
+    let args = Cli::parse().args();
     match run(&args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
@@ -1086,12 +1075,18 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
 
-    fn args(v: &[&str]) -> Result<Option<Args>, String> {
-        parse_args(v.iter().map(|s| s.to_string()))
+    fn args(v: &[&str]) -> Result<Option<Args>, clap::Error> {
+        match Cli::try_parse_from(std::iter::once(&"stalls").chain(v)) {
+            Ok(cli) => Ok(Some(cli.args())),
+            Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     #[test]
     fn arguments() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
         let a = args(&[]).unwrap().unwrap();
         assert_eq!(a.secs, 5.0);
         assert_eq!(a.scenarios, ALL_SCENARIOS);
@@ -1111,6 +1106,10 @@ mod tests {
         assert!(args(&["--secs"]).is_err());
         assert!(args(&["--secs", "0"]).is_err());
         assert!(args(&["--bogus"]).is_err());
+        let a = args(&["--scenarios", "memory", "--scenarios", "blocking"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.scenarios, ["blocking"]);
     }
 
     #[test]

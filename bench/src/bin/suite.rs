@@ -1,6 +1,7 @@
 //! `suite`: runs loadgen against the hydrogen, tokio and mio echo servers, scenario by scenario,
 //! round by round, each run on a fresh server process, and writes a Markdown report, a CSV file
 //! and an SVG chart. See `bench/README.md`.
+#![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -11,37 +12,14 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use hydrogen_bench::child::{
-    Guard, cpu_ticks, describe, install_signal_handlers, line_reader, rss_kib, sibling_binaries,
+    Guard, cpu_ticks, describe, kill_children_on_signals, line_reader, rss_kib, sibling_binaries,
     start_server,
 };
-use hydrogen_bench::cli::{parse_list, parse_secs};
+use hydrogen_bench::cli::{self, List};
 use hydrogen_bench::load::Mode;
 use hydrogen_bench::report::{self, Case, Run, Settings};
-
-const USAGE: &str = "\
-Usage: suite [--rounds R] [--secs S] [--warmup W] [--servers LIST] [--scenarios LIST]
-             [--smoke] [--out DIR]
-
-Runs loadgen against each echo server (fresh process per run, servers rotated within each
-round) and writes OUT/results.md, OUT/results.csv and OUT/chart.svg.
-
-Options:
-  --rounds R         rounds per scenario (default 3)
-  --secs S           measured window per run, seconds (default 5)
-  --warmup W         warm-up before the window, seconds (default 1)
-  --servers LIST     comma-separated, from hydrogen,tokio,mio (default all three, in that order);
-                     any other NAME runs the binary NAME_echo found next to the suite
-  --scenarios LIST   comma-separated, from latency,c100,c1000,large,idle,churn,sweep
-                     (default all)
-  --smoke            a quick check: 1 round, 1 s windows, 0.5 s warm-up, at most 100
-                     connections (idle: 500), sweep 1/10/100; explicit flags still win
-  --out DIR          output directory (default bench/results)
-  -h, --help         print this help
-
-The server binaries and loadgen must sit next to this executable:
-build with `cargo build --release -p hydrogen-bench`.
-";
 
 const ALL_SERVERS: [&str; 3] = ["hydrogen", "tokio", "mio"];
 const ALL_SCENARIOS: [&str; 7] = [
@@ -52,6 +30,46 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Slack on top of warm-up and window for loadgen (opening 10,000 connections, checks).
 const LOADGEN_SLACK: Duration = Duration::from_secs(90);
 
+/// The command line; [`Cli::args`] fills in the defaults that depend on `--smoke`.
+#[derive(Debug, Parser)]
+#[command(
+    // A flag given twice: the last one counts, as with the hand-written parsers before.
+    args_override_self = true,
+    name = "suite",
+    about = "Runs loadgen against each echo server (fresh process per run, servers rotated \
+             within each round) and writes OUT/results.md, OUT/results.csv and OUT/chart.svg.",
+    after_help = "The server binaries and loadgen must sit next to this executable:\n\
+                  build with `cargo build --release -p hydrogen-bench`."
+)]
+struct Cli {
+    /// Rounds per scenario (default 3; --smoke: 1)
+    #[arg(long, value_name = "R", value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: Option<u32>,
+    /// Measured window per run, seconds (default 5; --smoke: 1)
+    #[arg(long, value_name = "S", value_parser = cli::secs(0.1, 600.0))]
+    secs: Option<f64>,
+    /// Warm-up before the window, seconds (default 1; --smoke: 0.5)
+    #[arg(long, value_name = "W", value_parser = cli::secs(0.0, 600.0))]
+    warmup: Option<f64>,
+    /// Comma-separated, from hydrogen,tokio,mio, in run order; any other NAME runs the binary
+    /// NAME_echo found next to the suite
+    #[arg(long, value_name = "LIST", default_value_t = List::of(&ALL_SERVERS),
+          value_parser = cli::list_of_names)]
+    servers: List,
+    /// Comma-separated, from latency,c100,c1000,large,idle,churn,sweep
+    #[arg(long, value_name = "LIST", default_value_t = List::of(&ALL_SCENARIOS),
+          value_parser = cli::list_of(&ALL_SCENARIOS))]
+    scenarios: List,
+    /// A quick check: 1 round, 1 s windows, 0.5 s warm-up, at most 100 connections (idle: 500),
+    /// sweep 1/10/100; explicit flags still win
+    #[arg(long)]
+    smoke: bool,
+    /// Output directory
+    #[arg(long, value_name = "DIR", default_value = "bench/results")]
+    out: PathBuf,
+}
+
+#[derive(Debug, PartialEq)]
 struct Args {
     rounds: u32,
     secs: f64,
@@ -62,64 +80,22 @@ struct Args {
     out: PathBuf,
 }
 
-/// Server names: the three peers, or any other `NAME` whose `NAME_echo` binary sits next to
-/// the suite (for example a build of hydrogen from another commit, to compare two versions).
-fn parse_servers(v: &str) -> Result<Vec<String>, String> {
-    let names: Vec<&str> = v.split(',').map(str::trim).collect();
-    for name in &names {
-        let plain = name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        if name.is_empty() || !plain {
-            return Err(format!("--servers: bad server name {name:?}"));
+impl Cli {
+    fn args(self) -> Args {
+        let smoke = self.smoke;
+        let mut scenarios = self.scenarios.0;
+        // Run the scenarios in the canonical order whatever the order given.
+        scenarios.sort_by_key(|s| ALL_SCENARIOS.iter().position(|a| a == s));
+        Args {
+            rounds: self.rounds.unwrap_or(if smoke { 1 } else { 3 }),
+            secs: self.secs.unwrap_or(if smoke { 1.0 } else { 5.0 }),
+            warmup: self.warmup.unwrap_or(if smoke { 0.5 } else { 1.0 }),
+            servers: self.servers.0,
+            scenarios,
+            smoke,
+            out: self.out,
         }
     }
-    parse_list("--servers", v, &names)
-}
-
-/// `Ok(None)` means `--help`.
-fn parse_args() -> Result<Option<Args>, String> {
-    let mut rounds = None;
-    let mut secs = None;
-    let mut warmup = None;
-    let mut servers = ALL_SERVERS.map(String::from).to_vec();
-    let mut scenarios = ALL_SCENARIOS.map(String::from).to_vec();
-    let mut smoke = false;
-    let mut out = PathBuf::from("bench/results");
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
-        match arg.as_str() {
-            "-h" | "--help" => return Ok(None),
-            "--rounds" => {
-                let v = value("--rounds")?;
-                rounds = Some(match v.parse::<u32>() {
-                    Ok(n) if (1..=100).contains(&n) => n,
-                    _ => return Err(format!("--rounds {v:?}: expected 1 to 100")),
-                });
-            }
-            "--secs" => secs = Some(parse_secs("--secs", &value("--secs")?, 0.1)?),
-            "--warmup" => warmup = Some(parse_secs("--warmup", &value("--warmup")?, 0.0)?),
-            "--servers" => servers = parse_servers(&value("--servers")?)?,
-            "--scenarios" => {
-                scenarios = parse_list("--scenarios", &value("--scenarios")?, &ALL_SCENARIOS)?;
-            }
-            "--smoke" => smoke = true,
-            "--out" => out = PathBuf::from(value("--out")?),
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    // Run the scenarios in the canonical order whatever the order given.
-    scenarios.sort_by_key(|s| ALL_SCENARIOS.iter().position(|a| a == s));
-    Ok(Some(Args {
-        rounds: rounds.unwrap_or(if smoke { 1 } else { 3 }),
-        secs: secs.unwrap_or(if smoke { 1.0 } else { 5.0 }),
-        warmup: warmup.unwrap_or(if smoke { 0.5 } else { 1.0 }),
-        servers,
-        scenarios,
-        smoke,
-        out,
-    }))
 }
 
 /// The load configurations, in run order.
@@ -174,21 +150,6 @@ fn cases(args: &Args) -> Vec<Case> {
         }
     }
     out
-}
-
-/// Clock ticks per second, from `getconf CLK_TCK` (the `nix` crate's `sysconf` needs a feature
-/// this crate does not enable); 100, the Linux value, if that fails.
-fn clk_tck() -> u64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .stderr(Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(100)
 }
 
 /// Raises this process's soft RLIMIT_NOFILE to the hard limit; the servers and loadgen inherit
@@ -337,17 +298,8 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(Some(args)) => args,
-        Ok(None) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(err) => {
-            eprintln!("suite: error: {err}\n(run with --help for usage)");
-            return ExitCode::from(2);
-        }
-    };
+    // Usage errors exit with status 2, `--help` with 0.
+    let args = Cli::parse().args();
     match run_suite(&args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -362,7 +314,7 @@ fn main() -> ExitCode {
 fn run_suite(args: &Args) -> Result<bool, String> {
     let (bin_dir, loadgen) = locate_binaries(&args.servers)?;
     raise_nofile_limit();
-    install_signal_handlers("suite");
+    kill_children_on_signals("suite");
     let logs = args.out.join("logs");
     fs::create_dir_all(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
     let ctx = Ctx {
@@ -370,7 +322,7 @@ fn run_suite(args: &Args) -> Result<bool, String> {
         loadgen,
         secs: args.secs,
         warmup: args.warmup,
-        clk_tck: clk_tck(),
+        clk_tck: procfs::ticks_per_second(),
         logs,
     };
     let mut log_files = BTreeMap::new();
@@ -439,7 +391,11 @@ fn run_suite(args: &Args) -> Result<bool, String> {
     }
     let elapsed = started.elapsed().as_secs_f64();
 
-    let chart = report::chart_svg(&cases, &runs, &settings);
+    // A chart that cannot be drawn is left out; the tables are what matters.
+    let chart = report::chart_svg(&cases, &runs, &settings).unwrap_or_else(|e| {
+        eprintln!("suite: warning: {e}; no chart");
+        None
+    });
     if let Some(svg) = &chart {
         write(&args.out.join("chart.svg"), svg)?;
     }
@@ -502,5 +458,65 @@ fn progress(run: &Run) -> String {
             "fps={:.0} p50={:.1}us p99={:.1}us{cpu}{exit}",
             run.rate, run.p50_us, run.p99_us
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn args(v: &[&str]) -> Result<Args, clap::Error> {
+        Cli::try_parse_from(std::iter::once(&"suite").chain(v)).map(Cli::args)
+    }
+
+    #[test]
+    fn arguments() {
+        Cli::command().debug_assert();
+        let a = args(&[]).unwrap();
+        assert_eq!((a.rounds, a.secs, a.warmup, a.smoke), (3, 5.0, 1.0, false));
+        assert_eq!(a.servers, ALL_SERVERS);
+        assert_eq!(a.scenarios, ALL_SCENARIOS);
+        assert_eq!(a.out, PathBuf::from("bench/results"));
+        let a = args(&["--smoke"]).unwrap();
+        assert_eq!((a.rounds, a.secs, a.warmup, a.smoke), (1, 1.0, 0.5, true));
+        let a = args(&[
+            "--smoke",
+            "--rounds",
+            "2",
+            "--secs",
+            "3",
+            "--warmup",
+            "0",
+            "--servers",
+            "mio, hydrogen,old_hydrogen,mio",
+            "--scenarios",
+            "sweep,latency",
+            "--out",
+            "/tmp/x",
+        ])
+        .unwrap();
+        assert_eq!((a.rounds, a.secs, a.warmup), (2, 3.0, 0.0));
+        assert_eq!(a.servers, ["mio", "hydrogen", "old_hydrogen"]);
+        assert_eq!(a.scenarios, ["latency", "sweep"]);
+        assert_eq!(a.out, PathBuf::from("/tmp/x"));
+        let a = args(&["--servers", "mio", "--servers", "tokio"]).unwrap();
+        assert_eq!(a.servers, ["tokio"]);
+        let help = args(&["--help"]).unwrap_err();
+        assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
+        for bad in [
+            &["--rounds", "0"][..],
+            &["--rounds", "101"],
+            &["--secs", "0.05"],
+            &["--secs"],
+            &["--warmup", "601"],
+            &["--servers", "a,,b"],
+            &["--servers", "../x"],
+            &["--scenarios", "uploaders"],
+            &["--scenarios", ","],
+            &["--bogus"],
+        ] {
+            assert!(args(bad).is_err(), "{bad:?}");
+        }
     }
 }

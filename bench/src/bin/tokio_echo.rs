@@ -15,6 +15,7 @@
 //! (hydrogen's `Config::max_buffered`, which has no equivalent here) is refused with status 2.
 //!
 //! See `hydrogen_bench::server_cli` for the command line and the framings.
+#![forbid(unsafe_code)]
 
 use std::cell::RefCell;
 use std::io;
