@@ -1,14 +1,21 @@
 //! A `Stream` of your own: newline-delimited text instead of the built-in binary framings.
 //!
 //! Most servers use [`hydrogen::Framed`] with a built-in codec. This example shows what it takes
-//! to implement [`hydrogen::Stream`] yourself, following its contract (see `src/stream.rs`):
+//! to implement [`hydrogen::Stream`] yourself, following its contract (see `src/stream.rs`), on
+//! the I/O-free halves `Framed` itself is made of:
 //!
-//! - `recv` reads until the socket says `WouldBlock` (→ `Drained`), or stops after a per-call
-//!   byte budget (→ `MoreAvailable`), or sees the end of the stream (→ `Eof`);
-//! - `send` only queues; `flush` writes until the queue is empty or the socket says
-//!   `WouldBlock`, keeping the unwritten rest;
+//! - a [`Codec`] for the framing: `Lines`, which finds the `\n`;
+//! - a [`Deframer`] for the read side: `recv` hands it the socket, and it reads until the
+//!   socket says `WouldBlock` (→ `Drained`), or stops after a per-call byte budget
+//!   (→ `MoreAvailable`), or sees the end of the stream (→ `Eof`), keeping the bytes of an
+//!   incomplete line;
+//! - a [`WriteQueue`] for the write side: `send` only queues; `flush` writes until the queue is
+//!   empty or the socket says `WouldBlock`, keeping the unwritten rest;
 //! - malformed input (here: a line over 64 KiB) is an `InvalidData` error, which the server
 //!   reports as a protocol error and closes the connection.
+//!
+//! Swap the `TcpStream` for another transport (a Unix socket, a TLS session feeding decrypted
+//! bytes to [`Deframer::ingest`]) and the rest stays the same.
 //!
 //! Each line a client sends is answered with the same line in upper case. Lines end with `\n`;
 //! a `\r` before it is dropped; a last line without `\n` before the client closes is delivered
@@ -22,13 +29,14 @@
 //! printf 'hello\nworld\n' | nc -q1 127.0.0.1 1338   # prints HELLO and WORLD
 //! ```
 //!
-//! The line splitting is a pure function with unit tests: `cargo test --example custom_stream`.
+//! The line framing is tested without sockets: `cargo test --example custom_stream`.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::process::ExitCode;
 
+use hydrogen::codec::{Codec, Decoded, Deframer, FrameError, WriteQueue};
 use hydrogen::{CloseReason, Config, Frames, Handler, RecvStatus, Server, Socket, Stream};
 
 /// The longest line accepted or sent, in bytes, without its line ending.
@@ -36,9 +44,6 @@ const MAX_LINE: usize = 64 * 1024;
 
 /// Bytes one `recv` call reads at most before it lets other connections have a turn.
 const READ_BUDGET: usize = 256 * 1024;
-
-/// Size of each read from the socket.
-const CHUNK: usize = 16 * 1024;
 
 /// An empty write queue keeps its allocation only up to this capacity.
 const WBUF_KEEP: usize = 4 * 1024;
@@ -56,113 +61,115 @@ Options:
   -h, --help         print this help
 ";
 
-/// Newline-delimited text over a non-blocking TCP socket.
-struct LineStream {
-    tcp: TcpStream,
-    /// Received bytes of a line whose `\n` has not arrived yet (and nothing else between calls).
-    rbuf: Vec<u8>,
-    /// Queued output; `wbuf[..wpos]` is already written.
-    wbuf: Vec<u8>,
-    wpos: usize,
+/// Newline-delimited text: a line, then `\n`. On decoding, a `\r` just before the `\n` is not
+/// part of the line.
+#[derive(Debug)]
+struct Lines {
+    /// The longest line, line ending not counted.
+    max_line: usize,
+    /// How many bytes at the start of the frame being decoded are known to hold no `\n`, so a
+    /// long line arriving in many small reads is not scanned again and again. This relies on
+    /// the way a `Deframer` calls `decode`: after `Ok(None)`, the next call is given the same
+    /// bytes followed by new ones.
+    searched: usize,
 }
 
-impl LineStream {
-    fn new(tcp: TcpStream) -> LineStream {
-        LineStream {
-            tcp,
-            rbuf: Vec::new(),
-            wbuf: Vec::new(),
-            wpos: 0,
+impl Lines {
+    fn new(max_line: usize) -> Lines {
+        Lines {
+            max_line,
+            searched: 0,
         }
     }
 
-    /// Appends `data` to the partial line and pushes every line it completes.
-    fn ingest(&mut self, data: &[u8], frames: &mut Frames) -> io::Result<()> {
-        // `rbuf` holds no '\n' between calls, so the search can start at the new bytes.
-        let searched = self.rbuf.len();
-        self.rbuf.extend_from_slice(data);
-        let used = split_lines(&self.rbuf, searched, MAX_LINE, |line| frames.push(line))?;
-        self.rbuf.drain(..used);
-        if self.rbuf.is_empty() && self.rbuf.capacity() > CHUNK {
-            self.rbuf = Vec::new(); // a long line is done: do not keep its memory around
+    fn too_long(&self, len: usize) -> FrameError {
+        FrameError::TooLarge {
+            len: len as u64,
+            max: self.max_line,
         }
+    }
+}
+
+impl Codec for Lines {
+    /// Appends the line and `\n`. The caller checks that the line holds no `\n` (see
+    /// `LineStream::send`).
+    fn encode(&mut self, line: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
+        if line.len() > self.max_line {
+            return Err(self.too_long(line.len()));
+        }
+        out.reserve(line.len() + 1);
+        out.extend_from_slice(line);
+        out.push(b'\n');
         Ok(())
     }
-}
 
-/// Finds the complete lines in `buf` and passes each, without its `\n` (and without a `\r`
-/// just before it), to `emit`. Returns how many bytes of `buf` the lines used; the rest is the
-/// start of a line that is not complete yet.
-///
-/// `searched` says how many bytes at the start of `buf` are already known to hold no `\n`, so a
-/// long line arriving in many small reads is not scanned again and again.
-///
-/// # Errors
-///
-/// [`io::ErrorKind::InvalidData`] if a line is longer than `max_line` bytes (line ending not
-/// counted), or if the incomplete rest already is. Lines before it have been emitted.
-fn split_lines(
-    buf: &[u8],
-    searched: usize,
-    max_line: usize,
-    mut emit: impl FnMut(&[u8]),
-) -> io::Result<usize> {
-    let mut start = 0;
-    let mut from = searched.min(buf.len());
-    while let Some(offset) = buf[from..].iter().position(|&b| b == b'\n') {
+    /// One line from the start of `buf`, without its `\n` (and a `\r` just before it).
+    ///
+    /// # Errors
+    ///
+    /// [`FrameError::TooLarge`] if the line is longer than `max_line`, or if the incomplete rest
+    /// already is (unless only by a `\r` that the `\n` still to come ends).
+    fn decode(&mut self, buf: &[u8]) -> Result<Option<Decoded>, FrameError> {
+        let from = self.searched.min(buf.len());
+        let Some(offset) = buf[from..].iter().position(|&b| b == b'\n') else {
+            let len = strip_cr(buf).len();
+            if len > self.max_line {
+                return Err(self.too_long(len));
+            }
+            self.searched = buf.len();
+            return Ok(None);
+        };
+        self.searched = 0;
         let end = from + offset;
-        let line = strip_cr(&buf[start..end]);
-        if line.len() > max_line {
-            return Err(line_too_long(max_line));
+        let len = strip_cr(&buf[..end]).len();
+        if len > self.max_line {
+            return Err(self.too_long(len));
         }
-        emit(line);
-        start = end + 1;
-        from = start;
+        Ok(Some(Decoded {
+            payload: 0..len,
+            consumed: end + 1,
+        }))
     }
-    // The rest is too long already, unless only by a '\r' that the '\n' still to come ends.
-    if strip_cr(&buf[start..]).len() > max_line {
-        return Err(line_too_long(max_line));
+
+    fn max_payload(&self) -> usize {
+        self.max_line
     }
-    Ok(start)
 }
 
 fn strip_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-fn line_too_long(max_line: usize) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("line longer than {max_line} bytes"),
-    )
+/// Newline-delimited text over a non-blocking TCP socket.
+struct LineStream {
+    tcp: TcpStream,
+    /// Received bytes of a line whose `\n` has not arrived yet.
+    input: Deframer<Lines>,
+    /// Queued output.
+    output: WriteQueue,
+}
+
+impl LineStream {
+    fn new(tcp: TcpStream) -> LineStream {
+        LineStream {
+            tcp,
+            input: Deframer::new(Lines::new(MAX_LINE)),
+            output: WriteQueue::with_keep(WBUF_KEEP),
+        }
+    }
 }
 
 impl Stream for LineStream {
     fn recv(&mut self, frames: &mut Frames) -> io::Result<RecvStatus> {
-        let mut chunk = [0u8; CHUNK];
-        let mut read = 0;
-        loop {
-            if read >= READ_BUDGET {
-                // More may be waiting: the server calls us again after other connections.
-                return Ok(RecvStatus::MoreAvailable);
+        match self.input.read_from(&mut &self.tcp, READ_BUDGET, frames) {
+            // End of stream in the middle of a line: a last line without '\n' still counts.
+            Err(e)
+                if e.kind() == io::ErrorKind::UnexpectedEof && self.input.has_partial_frame() =>
+            {
+                frames.push(strip_cr(self.input.partial()));
+                Ok(RecvStatus::Eof)
             }
-            match (&self.tcp).read(&mut chunk) {
-                Ok(0) => {
-                    // End of stream: a last line without '\n' still counts.
-                    if !self.rbuf.is_empty() {
-                        frames.push(strip_cr(&self.rbuf));
-                        self.rbuf = Vec::new();
-                    }
-                    return Ok(RecvStatus::Eof);
-                }
-                Ok(n) => {
-                    read += n;
-                    self.ingest(&chunk[..n], frames)?;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(RecvStatus::Drained),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+            other => other,
         }
     }
 
@@ -175,44 +182,25 @@ impl Stream for LineStream {
                 "a line cannot contain '\\n'",
             ));
         }
-        if line.len() > MAX_LINE {
-            return Err(line_too_long(MAX_LINE));
-        }
-        self.wbuf.reserve(line.len() + 1);
-        self.wbuf.extend_from_slice(line);
-        self.wbuf.push(b'\n');
+        self.output.push(self.input.codec_mut(), line)?;
         Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        while self.wpos < self.wbuf.len() {
-            // std's TcpStream writes with MSG_NOSIGNAL: a closed peer gives EPIPE, not SIGPIPE.
-            match (&self.tcp).write(&self.wbuf[self.wpos..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.wpos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Keep the unwritten rest; drop the written part once it is most of it.
-                    if self.wpos > self.wbuf.len() / 2 {
-                        self.wbuf.drain(..self.wpos);
-                        self.wpos = 0;
-                    }
-                    return Ok(());
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.wpos = 0;
-        if self.wbuf.capacity() > WBUF_KEEP {
-            self.wbuf = Vec::new();
-        } else {
-            self.wbuf.clear();
-        }
-        Ok(())
+        // std's TcpStream writes with MSG_NOSIGNAL: a closed peer gives EPIPE, not SIGPIPE.
+        self.output.write_to(&mut &self.tcp)
     }
 
     fn pending_output(&self) -> usize {
-        self.wbuf.len() - self.wpos
+        self.output.pending()
+    }
+
+    fn buffered_input(&self) -> usize {
+        self.input.buffered_input()
+    }
+
+    fn has_partial_frame(&self) -> bool {
+        self.input.has_partial_frame()
     }
 
     fn shutdown(&mut self) -> io::Result<()> {
@@ -310,63 +298,90 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
 
-    fn lines(buf: &[u8], searched: usize, max: usize) -> io::Result<(Vec<Vec<u8>>, usize)> {
-        let mut out = Vec::new();
-        let used = split_lines(buf, searched, max, |l| out.push(l.to_vec()))?;
-        Ok((out, used))
+    /// Feeds `reads` to a deframer with the `Lines` codec (at most `max` bytes a line), as a
+    /// socket would deliver them; returns the lines and the bytes of the incomplete one.
+    fn lines(reads: &[&[u8]], max: usize) -> io::Result<(Vec<Vec<u8>>, usize)> {
+        let mut input = Deframer::new(Lines::new(max));
+        let mut frames = Frames::new();
+        for read in reads {
+            input.ingest(read, &mut frames)?;
+        }
+        let got = frames.iter().map(<[u8]>::to_vec).collect();
+        Ok((got, input.partial().len()))
     }
 
     #[test]
     fn splits_complete_lines_and_keeps_the_rest() {
-        let (got, used) = lines(b"one\ntwo\r\n\nthr", 0, 100).unwrap();
+        let (got, left) = lines(&[b"one\ntwo\r\n\nthr"], 100).unwrap();
         assert_eq!(got, [&b"one"[..], b"two", b""]);
-        assert_eq!(used, 10);
+        assert_eq!(left, 3);
+        // The same, one byte at a time.
+        let bytes: Vec<&[u8]> = b"one\ntwo\r\n\nthr".chunks(1).collect();
+        assert_eq!(lines(&bytes, 100).unwrap(), (got, 3));
     }
 
     #[test]
     fn only_a_final_cr_is_stripped() {
-        let (got, _) = lines(b"a\rb\r\r\n", 0, 100).unwrap();
+        let (got, _) = lines(&[b"a\rb\r\r\n"], 100).unwrap();
         assert_eq!(got, [&b"a\rb\r"[..]]);
     }
 
     #[test]
     fn nothing_complete_uses_nothing() {
-        assert_eq!(lines(b"", 0, 100).unwrap(), (vec![], 0));
-        assert_eq!(lines(b"partial", 0, 100).unwrap(), (vec![], 0));
+        assert_eq!(lines(&[b""], 100).unwrap(), (vec![], 0));
+        assert_eq!(lines(&[b"partial"], 100).unwrap(), (vec![], 7));
     }
 
     #[test]
     fn searched_prefix_is_not_scanned_again() {
-        // The caller promises the first 3 bytes hold no '\n'; the line still starts at 0.
-        let (got, used) = lines(b"abcde\nf", 3, 100).unwrap();
-        assert_eq!(got, [&b"abcde"[..]]);
-        assert_eq!(used, 6);
-        // A promise past the end is harmless.
-        assert_eq!(lines(b"ab", 10, 100).unwrap(), (vec![], 0));
+        let mut codec = Lines::new(100);
+        assert_eq!(codec.decode(b"abc").unwrap(), None);
+        assert_eq!(codec.searched, 3);
+        // The first 3 bytes are known to hold no '\n'; the line still starts at 0.
+        let line = codec.decode(b"abcde\nf").unwrap().unwrap();
+        assert_eq!((line.payload, line.consumed), (0..5, 6));
+        assert_eq!(codec.searched, 0, "the next line starts afresh");
+        // A line arriving a byte at a time is whole in the end.
+        let long = [b'x'; 5000];
+        let mut reads: Vec<&[u8]> = long.chunks(1).collect();
+        reads.push(b"\n");
+        let (got, left) = lines(&reads, 5000).unwrap();
+        assert_eq!((got, left), (vec![long.to_vec()], 0));
     }
 
     #[test]
     fn line_length_limit() {
         // Exactly the limit, with or without '\r', is fine.
-        assert!(lines(b"abcd\n", 0, 4).is_ok());
-        assert!(lines(b"abcd\r\n", 0, 4).is_ok());
-        assert!(lines(b"abcd\r", 0, 4).is_ok()); // the '\n' may still come
+        assert!(lines(&[b"abcd\n"], 4).is_ok());
+        assert!(lines(&[b"abcd\r\n"], 4).is_ok());
+        assert!(lines(&[b"abcd\r"], 4).is_ok()); // the '\n' may still come
         // One more byte is not, complete or not.
-        let err = lines(b"abcde\n", 0, 4).unwrap_err();
+        let err = lines(&[b"abcde\n"], 4).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        let err = lines(b"ok\nabcde", 0, 4).unwrap_err();
+        let err = lines(&[b"ok\nabcde"], 4).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        assert!(lines(b"abcde\r", 0, 4).is_err());
+        assert!(lines(&[b"abcde\r"], 4).is_err());
+        assert!(lines(&[b"ab", b"c", b"de"], 4).is_err());
     }
 
     #[test]
     fn lines_before_a_bad_one_are_emitted() {
-        let mut out = Vec::new();
-        let res = split_lines(b"ok\ntoolong\n", 0, 4, |l| out.push(l.to_vec()));
-        assert!(res.is_err());
-        assert_eq!(out, [b"ok".to_vec()]);
+        let mut input = Deframer::new(Lines::new(4));
+        let mut frames = Frames::new();
+        assert!(input.ingest(b"ok\ntoolong\n", &mut frames).is_err());
+        assert_eq!(frames.iter().collect::<Vec<_>>(), [b"ok"]);
     }
 
+    #[test]
+    fn encoding() {
+        let mut out = WriteQueue::new();
+        let mut codec = Lines::new(4);
+        out.push(&mut codec, b"abcd").unwrap();
+        out.push(&mut codec, b"").unwrap();
+        assert_eq!(out.chunk(), b"abcd\n\n");
+        assert!(out.push(&mut codec, b"abcde").is_err());
+        assert_eq!(out.pending(), 6);
+    }
     #[test]
     fn addresses() {
         assert_eq!(

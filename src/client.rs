@@ -9,9 +9,10 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::codec::{self, Codec};
+use crate::Frames;
+use crate::codec::{Codec, Deframer, FrameError, WriteQueue};
 
-/// How many bytes one read asks for.
+/// How many bytes one read asks for when no frame is started.
 const READ_CHUNK: usize = 16 * 1024;
 
 /// An empty write buffer keeps its allocation only up to this capacity.
@@ -22,7 +23,8 @@ const WBUF_KEEP: usize = 64 * 1024;
 /// Intended for tests, tools and simple clients. Reads are buffered: [`recv`](Client::recv)
 /// returns frames already buffered before it reads from the socket again. Writes are buffered
 /// too: [`feed`](Client::feed) queues frames, [`flush`](Client::flush) writes them, and
-/// [`send`](Client::send) does both.
+/// [`send`](Client::send) does both. It is a [`Deframer`] and a [`WriteQueue`] over a blocking
+/// socket.
 ///
 /// ```no_run
 /// use hydrogen::client::Client;
@@ -38,12 +40,15 @@ const WBUF_KEEP: usize = 64 * 1024;
 /// ```
 pub struct Client<C> {
     tcp: TcpStream,
-    codec: C,
-    /// Received bytes; `rbuf[rpos..]` are not yet decoded.
-    rbuf: Vec<u8>,
-    rpos: usize,
+    /// The read side, and the codec.
+    input: Deframer<C>,
+    /// Frames decoded and not yet returned: `frames[next..]`.
+    frames: Frames,
+    next: usize,
+    /// The error the input ended with, returned once the frames before it are.
+    failed: Option<io::Error>,
     /// Encoded frames not yet written.
-    wbuf: Vec<u8>,
+    output: WriteQueue,
 }
 
 impl<C: Codec> Client<C> {
@@ -65,10 +70,11 @@ impl<C: Codec> Client<C> {
     pub fn from_stream(tcp: TcpStream, codec: C) -> Self {
         Client {
             tcp,
-            codec,
-            rbuf: Vec::new(),
-            rpos: 0,
-            wbuf: Vec::new(),
+            input: Deframer::new(codec),
+            frames: Frames::new(),
+            next: 0,
+            failed: None,
+            output: WriteQueue::with_keep(WBUF_KEEP),
         }
     }
 
@@ -77,8 +83,8 @@ impl<C: Codec> Client<C> {
     ///
     /// # Errors
     ///
-    /// The codec's [`FrameError`](crate::FrameError) as kind [`io::ErrorKind::InvalidData`]
-    /// (nothing is queued or written then), or any error from [`flush`](Client::flush).
+    /// The codec's [`FrameError`] as kind [`io::ErrorKind::InvalidData`] (nothing is queued or
+    /// written then), or any error from [`flush`](Client::flush).
     pub fn send(&mut self, payload: &[u8]) -> io::Result<()> {
         self.feed(payload)?;
         self.flush()
@@ -89,14 +95,10 @@ impl<C: Codec> Client<C> {
     ///
     /// # Errors
     ///
-    /// The codec's [`FrameError`](crate::FrameError) as kind [`io::ErrorKind::InvalidData`]; the
-    /// write buffer is then unchanged.
+    /// The codec's [`FrameError`] as kind [`io::ErrorKind::InvalidData`]; the write buffer is
+    /// then unchanged.
     pub fn feed(&mut self, payload: &[u8]) -> io::Result<()> {
-        let before = self.wbuf.len();
-        if let Err(e) = self.codec.encode(payload, &mut self.wbuf) {
-            self.wbuf.truncate(before);
-            return Err(e.into());
-        }
+        self.output.push(self.input.codec_mut(), payload)?;
         Ok(())
     }
 
@@ -108,29 +110,24 @@ impl<C: Codec> Client<C> {
     /// [`io::ErrorKind::WriteZero`] if the socket accepts no bytes. The bytes not yet written stay
     /// buffered, so a later `flush` continues where this one stopped.
     pub fn flush(&mut self) -> io::Result<()> {
-        let mut pos = 0;
-        let result = loop {
-            if pos == self.wbuf.len() {
-                break Ok(());
-            }
-            match (&self.tcp).write(&self.wbuf[pos..]) {
+        while !self.output.is_empty() {
+            match (&self.tcp).write(self.output.chunk()) {
                 Ok(0) => {
-                    break Err(io::Error::new(
+                    self.output.compact();
+                    return Err(io::Error::new(
                         io::ErrorKind::WriteZero,
                         "socket accepted no bytes",
                     ));
                 }
-                Ok(n) => pos += n,
+                Ok(n) => self.output.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
+                Err(e) => {
+                    self.output.compact();
+                    return Err(e);
+                }
             }
-        };
-        if pos == self.wbuf.len() && self.wbuf.capacity() > WBUF_KEEP {
-            self.wbuf = Vec::new();
-        } else {
-            self.wbuf.drain(..pos);
         }
-        result
+        Ok(())
     }
 
     /// Returns the next frame's payload, reading from the socket (and blocking) only when no
@@ -141,54 +138,39 @@ impl<C: Codec> Client<C> {
     /// # Errors
     ///
     /// - [`io::ErrorKind::UnexpectedEof`] if the connection closed in the middle of a frame.
-    /// - [`io::ErrorKind::InvalidData`] (wrapping a [`FrameError`](crate::FrameError)) if the
-    ///   bytes received are not valid framing. The connection cannot recover from that.
+    /// - [`io::ErrorKind::InvalidData`] (wrapping a [`FrameError`]) if the bytes received are not
+    ///   valid framing. The connection cannot recover from that.
     /// - `WouldBlock` or `TimedOut` when a [read timeout](Client::set_read_timeout) expires;
     ///   bytes of a partly received frame stay buffered, so `recv` can be called again.
     /// - Any other read error.
     pub fn recv(&mut self) -> io::Result<Option<Vec<u8>>> {
         loop {
-            if let Some(payload) = self.next_buffered()? {
-                return Ok(Some(payload));
+            if let Some(payload) = self.frames.get(self.next) {
+                self.next += 1;
+                return Ok(Some(payload.to_vec()));
             }
-            // Move the undecoded bytes to the front before reading more.
-            if self.rpos > 0 {
-                self.rbuf.drain(..self.rpos);
-                self.rpos = 0;
+            if let Some(err) = &self.failed {
+                return Err(same_error(err));
             }
-            let mut chunk = [0u8; READ_CHUNK];
-            match (&self.tcp).read(&mut chunk) {
-                Ok(0) if self.rbuf.is_empty() => return Ok(None),
+            self.frames.clear();
+            self.next = 0;
+            let mut scratch = [0u8; READ_CHUNK];
+            let buf = self.input.read_buf(&mut scratch, usize::MAX);
+            match (&self.tcp).read(buf) {
                 Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "connection closed mid-frame",
-                    ));
+                    self.input.eof()?;
+                    return Ok(None);
                 }
-                Ok(n) => self.rbuf.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    // Frames decoded before bad input are returned first, then the error.
+                    if let Err(err) = self.input.commit(&scratch, n, &mut self.frames) {
+                        self.failed = Some(err);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-    }
-
-    /// Decodes one frame from the buffered bytes, if a complete one is there.
-    fn next_buffered(&mut self) -> io::Result<Option<Vec<u8>>> {
-        let rest = &self.rbuf[self.rpos..];
-        if rest.is_empty() {
-            return Ok(None);
-        }
-        let Some(decoded) = self.codec.decode(rest)? else {
-            return Ok(None);
-        };
-        codec::check_decoded(&decoded, rest.len())?;
-        let payload = rest[decoded.payload].to_vec();
-        self.rpos += decoded.consumed;
-        if self.rpos == self.rbuf.len() {
-            self.rbuf.clear();
-            self.rpos = 0;
-        }
-        Ok(Some(payload))
     }
 
     /// Sets how long [`recv`](Client::recv) waits for bytes before failing; `None` waits forever.
@@ -217,13 +199,23 @@ impl<C: Codec> Client<C> {
     }
 }
 
+/// The input's error again, for each `recv` after the frames before it: a [`FrameError`] as
+/// itself, any other error with its kind and message.
+fn same_error(err: &io::Error) -> io::Error {
+    match err.get_ref().and_then(|e| e.downcast_ref::<FrameError>()) {
+        Some(frame_error) => frame_error.clone().into(),
+        None => io::Error::new(err.kind(), err.to_string()),
+    }
+}
+
 impl<C: fmt::Debug> fmt::Debug for Client<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let undelivered: usize = self.frames.iter().skip(self.next).map(<[u8]>::len).sum();
         f.debug_struct("Client")
             .field("tcp", &self.tcp)
-            .field("codec", &self.codec)
-            .field("buffered_in", &(self.rbuf.len() - self.rpos))
-            .field("pending_out", &self.wbuf.len())
+            .field("codec", self.input.codec())
+            .field("buffered_in", &(self.input.partial().len() + undelivered))
+            .field("pending_out", &self.output.pending())
             .finish()
     }
 }
@@ -293,7 +285,7 @@ mod tests {
             client.feed(p).unwrap();
         }
         client.flush().unwrap();
-        assert!(client.wbuf.is_empty());
+        assert!(client.output.is_empty());
         for p in &payloads {
             assert_eq!(&client.recv().unwrap().unwrap(), p);
         }
@@ -309,7 +301,7 @@ mod tests {
         let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         client.send(&big).unwrap();
         assert_eq!(client.recv().unwrap().unwrap(), big);
-        assert_eq!(client.wbuf.capacity(), 0, "large write buffer released");
+        assert_eq!(client.output.capacity(), 0, "large write buffer released");
         drop(client);
         server.join().unwrap();
     }
@@ -321,7 +313,7 @@ mod tests {
         client.feed(b"abcd").unwrap();
         let err = client.send(b"abcde").unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        assert_eq!(client.wbuf, [0, 0, 0, 4, b'a', b'b', b'c', b'd']);
+        assert_eq!(client.output.chunk(), [0, 0, 0, 4, b'a', b'b', b'c', b'd']);
         client.flush().unwrap();
         assert_eq!(client.recv().unwrap().unwrap(), b"abcd");
         drop(client);

@@ -1,60 +1,19 @@
 //! [`Framed`]: a ready-made [`Stream`] pairing a TCP socket with a [`Codec`].
 
-use std::cell::Cell;
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 
-use crate::codec::{self, Codec, LengthPrefixed, SimpleFrame};
+use crate::codec::{Codec, Deframer, LengthPrefixed, SimpleFrame, WriteQueue};
 use crate::{Frames, RecvStatus, Stream};
-
-/// Size of the per-thread buffer every `recv` reads into.
-const SCRATCH_LEN: usize = 64 * 1024;
-
-/// An empty write buffer keeps its allocation only up to this capacity.
-const WBUF_KEEP: usize = 512;
-
-/// A read buffer holding a small leftover in a much larger allocation is shrunk once its
-/// capacity exceeds this.
-const RBUF_SHRINK_ABOVE: usize = 64 * 1024;
-
-/// The smallest buffer an incomplete frame gets.
-const RBUF_MIN: usize = 4 * 1024;
-
-/// The most initialised room a read buffer keeps ahead of the bytes it holds. The buffer grows
-/// by what arrived (as much again, at least [`RBUF_MIN`], at most this), so a peer that sends
-/// part of a large frame commits little more memory than it sent.
-const RBUF_STEP_MAX: usize = 64 * 1024;
-
-/// The length of a read buffer holding `held` bytes, with room for the next read.
-fn rbuf_len_for(held: usize) -> usize {
-    held + held.clamp(RBUF_MIN, RBUF_STEP_MAX)
-}
-
-thread_local! {
-    /// The buffer `recv` reads into, allocated once per thread. It is taken out while in use, so
-    /// a nested call (from inside a codec, say) allocates its own instead of failing.
-    static SCRATCH: Cell<Option<Box<[u8]>>> = const { Cell::new(None) };
-}
-
-fn take_scratch() -> Box<[u8]> {
-    SCRATCH
-        .try_with(Cell::take)
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| vec![0u8; SCRATCH_LEN].into_boxed_slice())
-}
-
-fn put_scratch(buf: Box<[u8]>) {
-    // Fails only while the thread is exiting; the buffer is then simply dropped.
-    let _ = SCRATCH.try_with(|cell| cell.set(Some(buf)));
-}
 
 /// A [`Stream`] over an accepted TCP connection, framed by a [`Codec`].
 ///
 /// This is the stream to use unless you need a transport of your own: give it the accepted
 /// socket and a codec, and it reads, decodes, encodes and writes as the [`Stream`] contract asks.
+/// It is a [`Deframer`] and a [`WriteQueue`] over the socket; a transport of your own can be
+/// built from the same two.
 ///
 /// - Reads go into a 64 KiB buffer shared by all connections of a worker thread. Complete frames
 ///   are decoded straight from it; only the bytes of an incomplete frame are kept by the
@@ -82,14 +41,10 @@ fn put_scratch(buf: Box<[u8]>) {
 /// ```
 pub struct Framed<C> {
     tcp: TcpStream,
-    codec: C,
-    /// Holds the bytes of an incomplete frame in `rbuf[..rlen]`; the rest is initialised room
-    /// for the frame's next bytes. Empty (no allocation) whenever no frame is incomplete.
-    rbuf: Vec<u8>,
-    rlen: usize,
-    /// Encoded frames waiting to be written; `wbuf[..wpos]` is already written.
-    wbuf: Vec<u8>,
-    wpos: usize,
+    /// The read side, and the codec.
+    input: Deframer<C>,
+    /// Encoded frames waiting to be written.
+    output: WriteQueue,
     read_budget: usize,
 }
 
@@ -113,11 +68,8 @@ impl<C: Codec> Framed<C> {
     pub fn new(tcp: TcpStream, codec: C) -> Self {
         Framed {
             tcp,
-            codec,
-            rbuf: Vec::new(),
-            rlen: 0,
-            wbuf: Vec::new(),
-            wpos: 0,
+            input: Deframer::new(codec),
+            output: WriteQueue::new(),
             read_budget: Self::DEFAULT_READ_BUDGET,
         }
     }
@@ -137,135 +89,8 @@ impl<C: Codec> Framed<C> {
 
     /// The codec.
     pub fn codec(&self) -> &C {
-        &self.codec
+        self.input.codec()
     }
-
-    fn recv_into(&mut self, scratch: &mut [u8], frames: &mut Frames) -> io::Result<RecvStatus> {
-        let mut read = 0;
-        loop {
-            let room = self.read_budget - read;
-            if room == 0 {
-                return Ok(RecvStatus::MoreAvailable);
-            }
-            // With no frame started, read into the worker's scratch buffer; with one started,
-            // straight into the connection's buffer behind its first bytes, sparing a copy.
-            let partial = self.rlen > 0;
-            let target: &mut [u8] = if partial {
-                if self.rlen == self.rbuf.len() {
-                    // Grow by what arrived, never by a claimed length. Only the initialised
-                    // length is bounded: `resize` reserves capacity geometrically, which costs
-                    // address space but no memory until written.
-                    self.rbuf.resize(rbuf_len_for(self.rlen), 0);
-                }
-                let end = self.rbuf.len().min(self.rlen + room);
-                &mut self.rbuf[self.rlen..end]
-            } else {
-                let len = room.min(scratch.len());
-                &mut scratch[..len]
-            };
-            let want = target.len();
-            match (&self.tcp).read(target) {
-                Ok(0) if !partial => return Ok(RecvStatus::Eof),
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "connection closed mid-frame",
-                    ));
-                }
-                Ok(n) => {
-                    read += n;
-                    if partial {
-                        self.rlen += n;
-                        self.ingest_buffered(frames)?;
-                    } else {
-                        self.ingest(&scratch[..n], frames)?;
-                    }
-                    if n < want {
-                        // A short read took all the socket had. Data arriving from now on
-                        // raises a new edge, so another read now would only return WouldBlock.
-                        return Ok(RecvStatus::Drained);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok(RecvStatus::Drained);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Decodes every complete frame in freshly read `data` (with no frame pending), and keeps
-    /// the bytes of a trailing incomplete frame.
-    fn ingest(&mut self, data: &[u8], frames: &mut Frames) -> io::Result<()> {
-        let used = decode_all(&mut self.codec, data, frames)?;
-        let tail = &data[used..];
-        if !tail.is_empty() {
-            self.rbuf.clear();
-            self.rbuf.resize(rbuf_len_for(tail.len()), 0);
-            self.rbuf[..tail.len()].copy_from_slice(tail);
-            self.rlen = tail.len();
-        }
-        Ok(())
-    }
-
-    /// Decodes every complete frame in `rbuf[..rlen]`, keeping the bytes of a trailing
-    /// incomplete frame at the front.
-    fn ingest_buffered(&mut self, frames: &mut Frames) -> io::Result<()> {
-        let buffered = &self.rbuf[..self.rlen];
-        // The common case for a large frame: the buffer holds exactly one, complete. Hand the
-        // whole buffer over instead of copying the payload out of it.
-        if let Some(decoded) = self.codec.decode(buffered)?
-            && decoded.consumed == self.rlen
-        {
-            codec::check_decoded(&decoded, self.rlen)?;
-            let mut buffer = std::mem::take(&mut self.rbuf);
-            buffer.truncate(self.rlen);
-            self.rlen = 0;
-            frames.adopt(buffer, decoded.payload);
-            return Ok(());
-        }
-        let used = decode_all(&mut self.codec, buffered, frames)?;
-        if used == 0 {
-            return Ok(());
-        }
-        if used == self.rlen {
-            self.rbuf = Vec::new();
-            self.rlen = 0;
-            return Ok(());
-        }
-        self.rbuf.copy_within(used..self.rlen, 0);
-        self.rlen -= used;
-        // A small leftover after a large frame should not pin the large allocation.
-        if self.rbuf.len() > RBUF_SHRINK_ABOVE && self.rlen < self.rbuf.len() / 4 {
-            self.rbuf.truncate(rbuf_len_for(self.rlen));
-            self.rbuf.shrink_to_fit();
-        }
-        Ok(())
-    }
-
-    /// Drops the written prefix of the write queue once it is more than half of it.
-    fn compact(&mut self) {
-        if self.wpos > self.wbuf.len() / 2 {
-            self.wbuf.drain(..self.wpos);
-            self.wpos = 0;
-        }
-    }
-}
-
-/// Pushes every complete frame at the start of `buf` and returns how many bytes they occupy.
-fn decode_all<C: Codec>(codec: &mut C, buf: &[u8], frames: &mut Frames) -> io::Result<usize> {
-    let mut pos = 0;
-    while pos < buf.len() {
-        let rest = &buf[pos..];
-        let Some(decoded) = codec.decode(rest)? else {
-            break;
-        };
-        codec::check_decoded(&decoded, rest.len())?;
-        frames.push(&rest[decoded.payload]);
-        pos += decoded.consumed;
-    }
-    Ok(pos)
 }
 
 impl<C: Codec> Stream for Framed<C> {
@@ -281,10 +106,8 @@ impl<C: Codec> Stream for Framed<C> {
     ///   the frames before it.
     /// - Any socket error other than `WouldBlock` and `Interrupted`.
     fn recv(&mut self, frames: &mut Frames) -> io::Result<RecvStatus> {
-        let mut scratch = take_scratch();
-        let result = self.recv_into(&mut scratch, frames);
-        put_scratch(scratch);
-        result
+        self.input
+            .read_from(&mut &self.tcp, self.read_budget, frames)
     }
 
     /// Encodes `frame` onto the write queue. Nothing is written until [`flush`](Stream::flush).
@@ -294,11 +117,7 @@ impl<C: Codec> Stream for Framed<C> {
     /// The codec's [`FrameError`](crate::FrameError) (for example, a payload too large for the
     /// format) as kind [`io::ErrorKind::InvalidData`]; the queue is then unchanged.
     fn send(&mut self, frame: &[u8]) -> io::Result<()> {
-        let before = self.wbuf.len();
-        if let Err(e) = self.codec.encode(frame, &mut self.wbuf) {
-            self.wbuf.truncate(before);
-            return Err(e.into());
-        }
+        self.output.push(self.input.codec_mut(), frame)?;
         Ok(())
     }
 
@@ -309,44 +128,21 @@ impl<C: Codec> Stream for Framed<C> {
     /// Any socket error other than `WouldBlock` and `Interrupted`, or
     /// [`io::ErrorKind::WriteZero`] if the socket accepts no bytes.
     fn flush(&mut self) -> io::Result<()> {
-        while self.wpos < self.wbuf.len() {
-            match (&self.tcp).write(&self.wbuf[self.wpos..]) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "socket accepted no bytes",
-                    ));
-                }
-                Ok(n) => self.wpos += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.compact();
-                    return Ok(());
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        self.wpos = 0;
-        if self.wbuf.capacity() > WBUF_KEEP {
-            self.wbuf = Vec::new();
-        } else {
-            self.wbuf.clear();
-        }
-        Ok(())
+        self.output.write_to(&mut &self.tcp)
     }
 
     fn pending_output(&self) -> usize {
-        self.wbuf.len() - self.wpos
+        self.output.pending()
     }
 
     fn has_partial_frame(&self) -> bool {
-        self.rlen > 0
+        self.input.has_partial_frame()
     }
 
     /// The read buffer's initialised length: the incomplete frame's bytes and the room for
     /// its next read.
     fn buffered_input(&self) -> usize {
-        self.rbuf.len()
+        self.input.buffered_input()
     }
 
     /// Shuts the socket down in both directions. A socket that is no longer connected is not an
@@ -369,9 +165,9 @@ impl<C: fmt::Debug> fmt::Debug for Framed<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Framed")
             .field("tcp", &self.tcp)
-            .field("codec", &self.codec)
-            .field("buffered_in", &self.rlen)
-            .field("pending_out", &(self.wbuf.len() - self.wpos))
+            .field("codec", self.input.codec())
+            .field("buffered_in", &self.input.partial().len())
+            .field("pending_out", &self.output.pending())
             .field("read_budget", &self.read_budget)
             .finish()
     }
@@ -381,6 +177,7 @@ impl<C: fmt::Debug> fmt::Debug for Framed<C> {
 mod tests {
     use super::*;
     use crate::client::Client;
+    use std::io::Write;
     use std::net::TcpListener;
     use std::thread;
     use std::time::{Duration, Instant};
@@ -456,7 +253,7 @@ mod tests {
         let mut frames = Frames::new();
         assert_eq!(stream.recv(&mut frames).unwrap(), RecvStatus::Drained);
         assert_eq!(collect(&frames), [&b"one"[..], b"", b"three"]);
-        assert_eq!(stream.rbuf.capacity(), 0);
+        assert_eq!(stream.input.capacity(), 0);
 
         // And back the other way.
         for p in collect(&frames) {
@@ -504,7 +301,7 @@ mod tests {
         wait_readable(stream.get_ref(), wire.len() - sent);
         assert_eq!(stream.recv(&mut frames).unwrap(), RecvStatus::Drained);
         assert_eq!(collect(&frames), payloads);
-        assert_eq!(stream.rbuf.capacity(), 0, "read buffer released");
+        assert_eq!(stream.input.capacity(), 0, "read buffer released");
     }
 
     /// A partial frame's buffer doubled with a zero-filling resize: a peer that sent 3 MiB of
@@ -523,22 +320,22 @@ mod tests {
         });
         let mut frames = Frames::new();
         let start = Instant::now();
-        while stream.rlen < sent {
+        while stream.input.partial().len() < sent {
             if stream.recv(&mut frames).unwrap() == RecvStatus::Drained {
                 thread::sleep(Duration::from_millis(1));
             }
             assert!(
                 start.elapsed() < TIMEOUT,
                 "only {} bytes arrived",
-                stream.rlen
+                stream.input.partial().len()
             );
         }
         let _peer = writer.join().unwrap();
         assert!(frames.is_empty());
         assert!(
-            stream.rbuf.len() <= sent + RBUF_STEP_MAX,
+            stream.input.buffered_input() <= sent + crate::codec::deframer::RBUF_STEP_MAX,
             "{} bytes initialised for {sent} received",
-            stream.rbuf.len()
+            stream.input.buffered_input()
         );
     }
 
@@ -630,7 +427,7 @@ mod tests {
         peer.write_all(&[0x01, 0x00, 0x02, b'a']).unwrap();
         wait_readable(stream.get_ref(), wire.len() + 4);
         assert_eq!(stream.recv(&mut frames).unwrap(), RecvStatus::Drained);
-        assert_eq!(stream.rlen, 4);
+        assert_eq!(stream.input.partial().len(), 4);
         peer.write_all(&[b'b', 0x00]).unwrap();
         let err = recv_to_end(&mut stream, &mut frames).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
@@ -653,12 +450,12 @@ mod tests {
         let (server, _peer) = pair();
         let mut stream = Framed::new(server, SimpleFrame);
         stream.send(b"queued").unwrap();
-        let queued = stream.wbuf.clone();
+        let queued = stream.output.chunk().to_vec();
         let err = stream.send(&vec![0u8; 65_536]).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        assert_eq!(stream.wbuf, queued);
+        assert_eq!(stream.output.chunk(), queued);
         stream.send(&vec![0u8; 65_535]).unwrap();
-        assert_eq!(stream.wbuf.len(), queued.len() + 65_539);
+        assert_eq!(stream.output.pending(), queued.len() + 65_539);
     }
 
     #[test]
@@ -692,28 +489,9 @@ mod tests {
             thread::sleep(Duration::from_micros(200));
             assert!(start.elapsed() < TIMEOUT * 3, "flush never finished");
         }
-        assert_eq!(stream.wbuf.capacity(), 0, "write buffer released");
+        assert_eq!(stream.output.capacity(), 0, "write buffer released");
         stream.shutdown().unwrap();
         reader.join().unwrap();
-    }
-
-    #[test]
-    fn compaction_drops_written_prefix_past_half() {
-        let (server, _peer) = pair();
-        let mut stream = Framed::new(server, SimpleFrame);
-        stream.wbuf = (0u8..10).collect();
-        stream.wpos = 5;
-        stream.compact();
-        assert_eq!(
-            (stream.wbuf.len(), stream.wpos),
-            (10, 5),
-            "exactly half: kept"
-        );
-        stream.wpos = 6;
-        stream.compact();
-        assert_eq!(stream.wbuf, [6, 7, 8, 9]);
-        assert_eq!(stream.wpos, 0);
-        assert!(stream.has_pending_output());
     }
 
     #[test]
@@ -723,7 +501,9 @@ mod tests {
         stream.send(b"tiny").unwrap();
         stream.flush().unwrap();
         assert!(!stream.has_pending_output());
-        assert!(stream.wbuf.capacity() > 0 && stream.wbuf.capacity() <= WBUF_KEEP);
+        assert!(
+            stream.output.capacity() > 0 && stream.output.capacity() <= WriteQueue::DEFAULT_KEEP
+        );
     }
 
     #[test]

@@ -89,6 +89,20 @@ pub use server::{RunSummary, Server, ShutdownHandle};
 pub use socket::{SendError, Socket};
 pub use stream::{RecvStatus, Stream};
 
+/// Internals that the fuzz targets (`fuzz/`) and `tests/fuzz_regressions.rs` check. Not part of
+/// the API: anything here may change or go in any release.
+#[doc(hidden)]
+pub mod __fuzz {
+    use crate::codec::Deframer;
+
+    pub use crate::codec::deframer::{RBUF_MIN, RBUF_SHRINK_ABOVE, RBUF_STEP_MAX, rbuf_len_for};
+
+    /// The allocated capacity of the deframer's read buffer (0 when it holds no allocation).
+    pub fn read_buffer_capacity<C>(deframer: &Deframer<C>) -> usize {
+        deframer.capacity()
+    }
+}
+
 /// The README's examples, compiled and run as doctests so they cannot rot.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -1,152 +1,55 @@
-//! Replays the fuzz regression inputs in `fuzz/regressions/decode_simple` and
-//! `fuzz/regressions/decode_length` (see `fuzz/README.md`) with the checks of the fuzz targets,
-//! so an input that once broke a codec is tried by every `cargo test`, with no fuzzing tools.
+//! Replays the fuzz regression inputs in `fuzz/regressions/` (see `fuzz/README.md`) with the
+//! checks of the fuzz targets, so an input that once broke the framing is tried by every
+//! `cargo test`, with no fuzzing tools.
 //!
-//! Every file is decoded the way `Framed` reads: as one read, one byte per read and (when short)
-//! two reads split at every offset. All ways must agree, every `Decoded` must obey the rules of
-//! `Codec::decode`, and the result must equal that of a reference decoder written from the
-//! format's documentation. The hand-made files must also give the outcome listed below.
+//! The checks are the fuzz targets' own: `fuzz/src/checks.rs` is compiled into this test too
+//! (the root crate cannot depend on the fuzz crate, which needs libFuzzer). Every decode goes
+//! through the library's `Deframer`, the read side of `Framed`.
 //!
-//! The decode loop and the reference decoders repeat those of `fuzz/src/lib.rs`, which this
-//! crate cannot depend on; keep the two in step.
+//! `decode_simple` and `decode_length` files are decoded as one read, as small reads and (when
+//! short) as two reads split at every offset; all ways must agree, every `Decoded` must obey the
+//! rules of `Codec::decode`, and the result must equal that of a reference decoder written from
+//! the format's documentation. The hand-made files must also give the outcome listed below.
+//! `deframe` files are scripts played to `Deframer::read_from` (see `Script::parse`).
 
-use std::fmt;
 use std::fs;
 use std::path::PathBuf;
 
-use hydrogen::codec::{Codec, Decoded, FrameError, LengthPrefixed, SimpleFrame};
+use hydrogen::codec::{FrameError, LengthPrefixed, SimpleFrame};
 
-/// What feeding a byte stream to the decode loop gave.
-#[derive(PartialEq, Eq)]
-struct Outcome {
-    /// The payloads decoded, in order (before the error, if there is one).
-    frames: Vec<Vec<u8>>,
-    /// `Ok(n)`: no error and `n` bytes of an incomplete frame buffered; `Err`: the first error.
-    end: Result<usize, FrameError>,
-}
+#[path = "../fuzz/src/checks.rs"]
+#[allow(dead_code)]
+mod checks;
 
-impl fmt::Debug for Outcome {
-    /// Frames as their lengths and first bytes, so a 64 KiB frame stays readable.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let frames: Vec<String> = self
-            .frames
-            .iter()
-            .map(|p| format!("{} bytes {:02x?}", p.len(), &p[..p.len().min(8)]))
-            .collect();
-        f.debug_struct("Outcome")
-            .field("frames", &frames)
-            .field("end", &self.end)
-            .finish()
-    }
-}
+use checks::{LENGTH_BOUNDS, Outcome, Script, Step, assert_same, feed};
 
 fn outcome(frames: &[&[u8]], end: Result<usize, FrameError>) -> Outcome {
-    Outcome {
-        frames: frames.iter().map(|f| f.to_vec()).collect(),
-        end,
-    }
+    Outcome::new(frames, end)
 }
 
-/// Feeds `reads` in order the way `Framed` does: decode every complete frame, keep the bytes of
-/// an incomplete one and append the next read to them; stop at the first error.
-fn feed<'a, C: Codec>(mut codec: C, reads: impl IntoIterator<Item = &'a [u8]>) -> Outcome {
-    let mut rbuf: Vec<u8> = Vec::new();
-    let mut frames = Vec::new();
-    for read in reads {
-        rbuf.extend_from_slice(read);
-        let mut pos = 0;
-        while pos < rbuf.len() {
-            let rest = &rbuf[pos..];
-            let decoded = match codec.decode(rest) {
-                Ok(Some(decoded)) => decoded,
-                Ok(None) => break,
-                Err(err) => {
-                    return Outcome {
-                        frames,
-                        end: Err(err),
-                    };
-                }
-            };
-            let Decoded { payload, consumed } = decoded;
-            assert!(
-                consumed >= 1 && consumed <= rest.len(),
-                "consumed {consumed}"
-            );
-            assert!(payload.start <= payload.end && payload.end <= consumed);
-            frames.push(rest[payload].to_vec());
-            pos += consumed;
-        }
-        rbuf.drain(..pos);
+/// Checks that two reads split at every offset of `data` give `want` (for files up to 4 KiB).
+fn check_every_split<C: hydrogen::Codec + Clone>(
+    codec: &C,
+    name: &str,
+    data: &[u8],
+    want: &Outcome,
+) {
+    if data.len() > 4096 {
+        return;
     }
-    Outcome {
-        frames,
-        end: Ok(rbuf.len()),
+    for split in 0..=data.len() {
+        let (a, b) = data.split_at(split);
+        assert_same(
+            &feed(codec.clone(), [a, b]),
+            want,
+            &format!("{name}: split at {split}"),
+        );
     }
-}
-
-/// Decodes `data` as one read, one byte per read and, if it is at most 4 KiB, as two reads split
-/// at every offset; all must agree. Returns the outcome.
-fn decode_every_way<C: Codec + Clone>(codec: &C, name: &str, data: &[u8]) -> Outcome {
-    let whole = feed(codec.clone(), [data]);
-    let bytewise = feed(codec.clone(), data.chunks(1));
-    assert_eq!(bytewise, whole, "{name}: one byte per read");
-    if data.len() <= 4096 {
-        for split in 0..=data.len() {
-            let (a, b) = data.split_at(split);
-            let got = feed(codec.clone(), [a, b]);
-            assert_eq!(got, whole, "{name}: split at {split}");
-        }
-    }
-    whole
-}
-
-/// `SimpleFrame` as documented: `0x01`, a big-endian `u16` length, the payload, `0x17`.
-fn reference_simple(data: &[u8]) -> Outcome {
-    let mut frames = Vec::new();
-    let mut rest = data;
-    let end = loop {
-        match rest {
-            [] => break Ok(0),
-            [first, ..] if *first != 0x01 => break Err(FrameError::BadStartByte { found: *first }),
-            [_, hi, lo, tail @ ..] => {
-                let len = usize::from(u16::from_be_bytes([*hi, *lo]));
-                match tail.get(len) {
-                    None => break Ok(rest.len()),
-                    Some(&0x17) => frames.push(tail[..len].to_vec()),
-                    Some(&found) => break Err(FrameError::BadEndByte { found }),
-                }
-                rest = &tail[len + 1..];
-            }
-            _ => break Ok(rest.len()),
-        }
-    };
-    Outcome { frames, end }
-}
-
-/// `LengthPrefixed::new(max)` as documented: a big-endian `u32` length of at most `max` (capped
-/// at `u32::MAX`), rejected as soon as the header is complete, then the payload.
-fn reference_length(max: usize, data: &[u8]) -> Outcome {
-    let limit = max.min(u32::MAX as usize);
-    let mut frames = Vec::new();
-    let mut rest = data;
-    let end = loop {
-        let [a, b, c, d, tail @ ..] = rest else {
-            break Ok(rest.len());
-        };
-        let len = u32::from_be_bytes([*a, *b, *c, *d]);
-        if len as usize > limit {
-            break Err(FrameError::TooLarge {
-                len: u64::from(len),
-                max: limit,
-            });
-        }
-        let Some(payload) = tail.get(..len as usize) else {
-            break Ok(rest.len());
-        };
-        frames.push(payload.to_vec());
-        rest = &tail[len as usize..];
-    };
-    Outcome { frames, end }
+    assert_same(
+        &feed(codec.clone(), data.chunks(1)),
+        want,
+        &format!("{name}: bytewise"),
+    );
 }
 
 /// The files of `fuzz/regressions/<target>`, sorted by name.
@@ -205,8 +108,8 @@ fn simple_expected(name: &str) -> Option<Outcome> {
 fn decode_simple_regressions() {
     let files = regression_files("decode_simple");
     for (name, data) in &files {
-        let got = decode_every_way(&SimpleFrame, name, data);
-        assert_eq!(got, reference_simple(data), "{name}: codec vs reference");
+        let got = checks::check_simple(data);
+        check_every_split(&SimpleFrame, name, data, &got);
         if let Some(want) = simple_expected(name) {
             assert_eq!(got, want, "{name}: documented outcome");
         }
@@ -227,10 +130,6 @@ fn decode_simple_regressions() {
         ],
     );
 }
-
-/// The bounds the `decode_length` target uses; keep in step with `LENGTH_BOUNDS` in
-/// `fuzz/src/lib.rs`.
-const LENGTH_BOUNDS: [usize; 3] = [4096, LengthPrefixed::DEFAULT_MAX_FRAME_LEN, usize::MAX];
 
 /// The documented outcome of each hand-made `decode_length` input, for each of
 /// [`LENGTH_BOUNDS`].
@@ -295,16 +194,12 @@ fn decode_length_regressions() {
     let files = regression_files("decode_length");
     for (name, data) in &files {
         let want = length_expected(name);
+        let got = checks::check_length(data);
         for (i, max) in LENGTH_BOUNDS.into_iter().enumerate() {
             let label = format!("{name} (max {max})");
-            let got = decode_every_way(&LengthPrefixed::new(max), &label, data);
-            assert_eq!(
-                got,
-                reference_length(max, data),
-                "{label}: codec vs reference"
-            );
+            check_every_split(&LengthPrefixed::new(max), &label, data, &got[i]);
             if let Some(want) = &want {
-                assert_eq!(got, want[i], "{label}: documented outcome");
+                assert_eq!(got[i], want[i], "{label}: documented outcome");
             }
         }
     }
@@ -324,4 +219,92 @@ fn decode_length_regressions() {
             "split-every-byte",
         ],
     );
+}
+
+/// The documented outcome of each hand-made `deframe` script: the payload lengths, then the end.
+fn deframe_expected(name: &str) -> Option<(Vec<usize>, Result<usize, FrameError>)> {
+    use FrameError::*;
+    Some(match name {
+        "empty" => (vec![], Ok(0)),
+        "simple-small-reads" => (vec![5, 0, 300], Ok(0)),
+        "length-adopt-large" => (vec![200_000], Ok(0)),
+        "length-shrink-leftover" => (vec![200_000], Ok(6)),
+        "length-4096-too-large" => (
+            vec![2],
+            Err(TooLarge {
+                len: 4097,
+                max: 4096,
+            }),
+        ),
+        "simple-eof-mid-frame" => (vec![5], Ok(5)),
+        "budgets-wouldblock-keep-batch" => ((0..10).collect(), Ok(0)),
+        "simple-bad-end-in-buffer" => (vec![3], Err(BadEndByte { found: 0x00 })),
+        "unbounded-claims-4gib" => (vec![], Ok(7)),
+        _ => return None,
+    })
+}
+
+#[test]
+fn deframe_regressions() {
+    let files = regression_files("deframe");
+    for (name, data) in &files {
+        checks::check_deframe(data);
+        if let Some((lens, end)) = deframe_expected(name) {
+            let want = Script::parse(data).reference();
+            let got_lens: Vec<usize> = want.frames.iter().map(Vec::len).collect();
+            assert_eq!(
+                (got_lens, want.end),
+                (lens, end),
+                "{name}: documented outcome"
+            );
+        }
+    }
+    check_named(
+        "deframe",
+        &files,
+        &[
+            "empty",
+            "simple-small-reads",
+            "length-adopt-large",
+            "length-shrink-leftover",
+            "length-4096-too-large",
+            "simple-eof-mid-frame",
+            "budgets-wouldblock-keep-batch",
+            "simple-bad-end-in-buffer",
+            "unbounded-claims-4gib",
+        ],
+    );
+}
+
+/// The script format reads as `Script::parse` documents it.
+#[test]
+fn deframe_script_format() {
+    let script = Script::parse(&[
+        0x0d, // LengthPrefixed::new(4096), keep the batch, EOF
+        0x01, 0xaa, 0xbb, // 2 raw bytes
+        0x20, 0x02, // a 2-byte frame
+        0x41, 0x00, 0x03, // a frame of 3 × 2 bytes
+        0x62, // a read of at most 3 bytes
+        0x81, 0x00, 0x04, // a read of at most 5 × 2
+        0xa0, 0xc0, // WouldBlock, Interrupted
+        0xe2, 0x00, 0x01, // a budget of 2 × 3
+    ]);
+    assert_eq!(
+        (script.codec, script.keep_batch, script.eof),
+        (1, true, true)
+    );
+    let mut wire = vec![0xaa, 0xbb, 0, 0, 0, 2, 0, 31];
+    wire.extend_from_slice(&[0, 0, 0, 6]);
+    wire.extend((0..6).map(|i| (i * 31 + 1) as u8));
+    assert_eq!(script.wire, wire);
+    assert_eq!(
+        script.steps,
+        [
+            Step::Read(3),
+            Step::Read(10),
+            Step::WouldBlock,
+            Step::Interrupted
+        ]
+    );
+    assert_eq!(script.budgets, [6]);
 }

@@ -11,17 +11,32 @@
 //!   the format of the `simple-stream` crate.
 //! - [`LengthPrefixed`]: a big-endian `u32` payload length, then the payload, with a configurable
 //!   upper bound on the length.
+//!
+//! Around a codec, two I/O-free halves of a connection do the buffering, so a transport of your
+//! own (a Unix socket, TLS) need not write it again:
+//!
+//! - [`Deframer`]: bytes in, frames out. It keeps the bytes of an incomplete frame, reads the
+//!   rest of a started frame straight into its buffer and hands a buffer holding one whole frame
+//!   over without copying it.
+//! - [`WriteQueue`]: frames in, bytes out, with the unwritten rest kept in order.
+//!
+//! [`Framed`](crate::Framed) is these two over a TCP socket, and the blocking
+//! [`Client`](crate::client::Client) uses them too.
 
 use std::error::Error;
 use std::fmt;
 use std::io;
 use std::ops::Range;
 
+pub(crate) mod deframer;
 mod length;
 mod simple;
+mod write_queue;
 
+pub use deframer::Deframer;
 pub use length::LengthPrefixed;
 pub use simple::SimpleFrame;
+pub use write_queue::WriteQueue;
 
 /// A wire format: how one payload is written as a frame, and how a frame is recognized in a byte
 /// stream.
