@@ -52,8 +52,8 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
     /// Serves until the server stops, as leader or follower.
     ///
     /// At most one worker waits in `epoll_wait` (the leader: whoever holds `poll_lock`). It
-    /// lets go of the lock as soon as events arrive, keeps the first for itself and, if other
-    /// workers are idle, queues the rest for them (otherwise it handles the whole batch). Idle
+    /// lets go of the lock as soon as events arrive, queues the rest of the batch for the other
+    /// workers (with more than one) and runs the first itself. Idle
     /// workers sleep on the queue and wake for queued work, and take over the polling if the
     /// leader is still busy when they run out of it. So under light load one thread serves a
     /// request from wake-up to reply, with no hand-off, and under heavy load every worker has
