@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use crate::runtime::clock;
 use crate::runtime::lifecycle::Phase;
-use crate::runtime::table;
 use crate::runtime::worker::Worker;
 use crate::{Handler, Stream};
 
@@ -54,12 +53,9 @@ impl<S: Stream, H: Handler<S>> Worker<'_, S, H> {
         }
         let mut rearm = Vec::new();
         for (id, slot) in due {
-            let Some(conn) = core.table.get(slot, table::tag(id)) else {
+            let Some(conn) = core.table.get_id(slot, id) else {
                 continue; // closed since
             };
-            if conn.id != id {
-                continue;
-            }
             let partial = conn.partial_since.load(Ordering::Relaxed);
             let active = conn.last_active.load(Ordering::Relaxed);
             let Some(reason) = core.settings.timeouts.expired(now, active, partial) else {

@@ -112,6 +112,15 @@ impl<T: Keyed> Table<T> {
             .cloned()
     }
 
+    /// The entry in `slot`, if it is the one with this id: for lookups that kept the whole
+    /// id (epoll tokens carry only its tag, see [`get`](Self::get)).
+    #[inline]
+    pub fn get_id(&self, slot: usize, id: u64) -> Option<Arc<T>> {
+        let (shard, key) = self.locate(slot);
+        let shard = shard.lock();
+        shard.get(key).filter(|value| value.id() == id).cloned()
+    }
+
     /// Removes the entry in `slot` if it is the one with this id.
     pub fn remove(&self, slot: usize, id: u64) -> Option<Arc<T>> {
         let (shard, key) = self.locate(slot);
@@ -190,8 +199,14 @@ mod tests {
         });
         assert!(b.is_some());
         assert!(table.get(slot, tag(1)).is_none(), "stale tag must miss");
+        assert!(table.get_id(slot, 1).is_none(), "stale id must miss");
         assert!(table.remove(slot, 1).is_none(), "stale id must not remove");
         assert_eq!(table.get(slot, tag(2)).unwrap().0, 2);
+        assert_eq!(table.get_id(slot, 2).unwrap().0, 2);
+        assert!(
+            table.get_id(slot, 2 + (1 << TAG_BITS)).is_none(),
+            "same tag, other id: must miss"
+        );
         assert_eq!(table.len(), 1);
     }
 

@@ -403,12 +403,9 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
             "under max_buffered again: reading resumed"
         );
         for (slot, id) in paused {
-            let Some(conn) = core.table.get(slot, table::tag(id)) else {
+            let Some(conn) = core.table.get_id(slot, id) else {
                 continue;
             };
-            if conn.id != id {
-                continue;
-            }
             conn.request(|_, state| std::mem::take(&mut state.read_paused));
         }
     }
@@ -421,7 +418,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
             .buffers
             .paused()
             .into_iter()
-            .filter_map(|(slot, id)| core.table.get(slot, table::tag(id)))
+            .filter_map(|(slot, id)| core.table.get_id(slot, id))
             .map(|conn| {
                 let held = conn.state.lock().held;
                 (held, conn)
