@@ -107,6 +107,20 @@ pub(crate) enum Next {
 }
 
 impl<S> State<S> {
+    /// A connection's state as it opens: nothing seen yet, nothing held.
+    pub fn new(stream: S, claim: Claim) -> State<S> {
+        State {
+            stream: Some(stream),
+            claim,
+            read_closed: false,
+            hangup: false,
+            urgent: false,
+            held: 0,
+            read_paused: false,
+            closing: None,
+        }
+    }
+
     /// An epoll event for the connection: records what it reported and returns `true` if the
     /// caller now owns the connection (it was `Idle`), or leaves the owner a note. A
     /// connection with a turn queued is left alone: that turn reads until drained.
@@ -262,16 +276,7 @@ impl<S: Stream> Conn<S> {
             slot,
             peer,
             fd: stream.as_fd().as_raw_fd(),
-            state: Mutex::new(State {
-                stream: Some(stream),
-                claim: Claim::Running,
-                read_closed: false,
-                hangup: false,
-                urgent: false,
-                held: 0,
-                read_paused: false,
-                closing: None,
-            }),
+            state: Mutex::new(State::new(stream, Claim::Running)),
             closing_hint: AtomicBool::new(false),
             last_active: AtomicU64::new(clock::now()),
             partial_since: AtomicU64::new(0),
@@ -448,16 +453,7 @@ mod tests {
     use super::*;
 
     fn state(claim: Claim) -> State<()> {
-        State {
-            stream: Some(()),
-            claim,
-            read_closed: false,
-            hangup: false,
-            urgent: false,
-            held: 0,
-            read_paused: false,
-            closing: None,
-        }
+        State::new((), claim)
     }
 
     /// A request schedules a turn only for an idle connection, and marks it queued so that

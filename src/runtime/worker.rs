@@ -83,14 +83,16 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
                     // Enough queued work in a row: look at epoll first, without waiting. If
                     // the lock is taken, another worker is at epoll: nothing starves.
                     if let Some(lead) = core.poll_lock.try_lock() {
-                        if core.settings.threads > 1 {
-                            // The task goes back to the queue for whoever is free: the
-                            // poll's first event runs here next, and may block.
+                        // With other workers, the task goes back to the queue for whoever is
+                        // free: the poll's first event runs here next, and may block.
+                        let hand_back = core.settings.threads > 1;
+                        if hand_back {
                             core.queue.push_local(task);
-                            self.lead(lead, &mut events, false)?;
-                            continue;
                         }
                         self.lead(lead, &mut events, false)?;
+                        if hand_back {
+                            continue;
+                        }
                     } else {
                         core.stats.polled();
                     }
