@@ -329,7 +329,7 @@ impl<S: Stream> Conn<S> {
     }
 
     /// Finishes a request made with the lock held: nudges, unlocks, then schedules.
-    pub fn submit(&self, mut state: MutexGuard<'_, State<S>>) {
+    fn submit(&self, mut state: MutexGuard<'_, State<S>>) {
         let schedule = state.nudge();
         drop(state);
         if schedule {

@@ -166,7 +166,7 @@ impl Stats {
 
     /// Counts one queued task run; returns how many ran since the last poll.
     #[inline]
-    pub fn task_run(&self) -> u64 {
+    fn task_run(&self) -> u64 {
         self.since_poll.fetch_add(1, Ordering::Relaxed) + 1
     }
 
