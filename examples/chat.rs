@@ -17,52 +17,39 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
 
-use hydrogen::{
-    CloseReason, Codec, Config, Framed, Handler, LengthPrefixed, SendError, Server, SimpleFrame,
-    Socket,
-};
+use clap::Parser;
+use hydrogen::{CloseReason, Config, Handler, SendError, Server, Socket};
 use parking_lot::Mutex;
 
 mod support;
 
-use support::{Args, Framing};
+/// A chat room: every frame received is relayed, unchanged, to all other connections. Stops
+/// cleanly on SIGINT (Ctrl-C) or SIGTERM.
+#[derive(Debug, Parser)]
+#[command(name = "chat")]
+struct Cli {
+    #[command(flatten)]
+    server: support::ServerArgs,
+}
 
-const USAGE: &str = "\
-Usage: chat [--addr HOST:PORT] [--framing simple|u32] [--threads N]
-
-A chat room: every frame received is relayed, unchanged, to all other connections.
-
-Options:
-  --addr HOST:PORT         address to listen on (default 127.0.0.1:1337; [::1]:PORT for IPv6)
-  --framing simple|u32     simple: 0x01, u16 BE length, payload, 0x17 (default)
-                           u32: u32 BE length, payload (at most 8 MiB)
-  --threads N              worker threads (default: the number of CPUs)
-  -h, --help               print this help
-
-Stops cleanly on SIGINT (Ctrl-C) or SIGTERM.
-";
-
-struct Chat<C> {
-    codec: C,
-    /// Every open connection, by id.
+#[derive(Default)]
+struct Chat {
+    /// Every open connection, by id: the room is shared state, so it lives in the handler
+    /// (what belongs to one connection would go in its session).
     members: Mutex<HashMap<u64, Socket>>,
 }
 
-impl<C: Codec + Clone + Sync> Handler<Framed<C>> for Chat<C> {
-    fn on_new_connection(&self, tcp: TcpStream, _peer: SocketAddr) -> io::Result<Framed<C>> {
-        tcp.set_nodelay(true)?;
-        Ok(Framed::new(tcp, self.codec.clone()))
-    }
+impl Handler for Chat {
+    type Session = ();
 
-    fn on_connection_opened(&self, socket: &Socket) {
+    fn on_connection_opened(&self, _: &mut (), socket: &Socket) {
         tracing::info!(id = socket.id(), peer = %socket.peer_addr(), "joined");
         self.members.lock().insert(socket.id(), socket.clone());
     }
 
-    fn on_frame(&self, socket: &Socket, frame: &[u8]) {
+    fn on_frame(&self, _: &mut (), socket: &Socket, frame: &[u8]) {
         // Copy the handles out and let go of the lock before sending: a send may write to the
         // socket, and other workers need the map meanwhile.
         let others: Vec<Socket> = self
@@ -82,48 +69,27 @@ impl<C: Codec + Clone + Sync> Handler<Framed<C>> for Chat<C> {
         }
     }
 
-    fn on_connection_removed(&self, socket: &Socket, reason: &CloseReason) {
+    fn on_connection_removed(&self, _: (), socket: &Socket, reason: &CloseReason) {
         self.members.lock().remove(&socket.id());
         tracing::info!(id = socket.id(), %reason, "left");
     }
 }
 
 /// Binds, serves until SIGINT or SIGTERM, and returns once the server has stopped.
-fn serve<C: Codec + Clone + Sync>(codec: C, config: Config) -> io::Result<()> {
-    let server = Server::<Framed<C>, Chat<C>>::bind(config)?;
+fn serve(config: Config) -> io::Result<()> {
+    let server = Server::bind(config)?;
     println!("listening on {}", server.local_addr()?);
 
     // Ctrl-C or SIGTERM starts the drain; `run` returns when it is done.
     server.shutdown_handle().shutdown_on_signals()?;
 
-    server
-        .run(Chat {
-            codec,
-            members: Mutex::new(HashMap::new()),
-        })
-        .map(drop)
+    server.run(Chat::default()).map(drop)
 }
 
 fn main() -> ExitCode {
-    let Args { config, framing } = match support::parse_args(Config::default()) {
-        Ok(Some(args)) => args,
-        Ok(None) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(err) => {
-            eprintln!("error: {err}\n(run with --help for usage)");
-            return ExitCode::from(2);
-        }
-    };
-
+    let cli = Cli::parse();
     support::init_logging();
-
-    let result = match framing {
-        Framing::Simple => serve(SimpleFrame, config),
-        Framing::U32 => serve(LengthPrefixed::default(), config),
-    };
-    match result {
+    match serve(cli.server.config()) {
         Ok(()) => {
             println!("shut down");
             ExitCode::SUCCESS

@@ -32,12 +32,14 @@
 //! The line framing is tested without sockets: `cargo test --example custom_stream`.
 
 use std::io;
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::process::ExitCode;
 
 use hydrogen::codec::{Codec, Decoded, Deframer, FrameError, WriteQueue};
-use hydrogen::{CloseReason, Config, Frames, Handler, RecvStatus, Server, Socket, Stream};
+use hydrogen::{
+    Accepted, CloseReason, Config, Frames, Handler, RecvStatus, Server, Socket, Stream, Transport,
+};
 
 /// The longest line accepted or sent, in bytes, without its line ending.
 const MAX_LINE: usize = 64 * 1024;
@@ -50,16 +52,15 @@ const WBUF_KEEP: usize = 4 * 1024;
 
 mod support;
 
-const USAGE: &str = "\
-Usage: custom_stream [--addr HOST:PORT]
-
-A line-based server (newline-delimited text) built on a hand-written hydrogen::Stream:
-every line received is sent back in upper case.
-
-Options:
-  --addr HOST:PORT   address to listen on (default 127.0.0.1:1338; [::1]:PORT for IPv6)
-  -h, --help         print this help
-";
+/// A line-based server (newline-delimited text) built on a hand-written hydrogen::Stream:
+/// every line received is sent back in upper case.
+#[derive(Debug, clap::Parser)]
+#[command(name = "custom_stream")]
+struct Cli {
+    /// Address to listen on, HOST:PORT ([::1]:PORT for IPv6).
+    #[arg(long, default_value = "127.0.0.1:1338", value_parser = support::parse_addr)]
+    addr: (String, u16),
+}
 
 /// Newline-delimited text: a line, then `\n`. On decoding, a `\r` just before the `\n` is not
 /// part of the line.
@@ -217,21 +218,30 @@ impl AsFd for LineStream {
     }
 }
 
+/// The transport: every accepted connection becomes a `LineStream` (with `TCP_NODELAY` already
+/// set, by `Config::nodelay`).
+struct Lined;
+
+impl Transport for Lined {
+    type Stream = LineStream;
+
+    fn open(&self, conn: Accepted) -> io::Result<LineStream> {
+        Ok(LineStream::new(conn.into_tcp()))
+    }
+}
+
 /// Answers every line with the line in upper case.
 struct Upper;
 
-impl Handler<LineStream> for Upper {
-    fn on_new_connection(&self, tcp: TcpStream, _peer: SocketAddr) -> io::Result<LineStream> {
-        tcp.set_nodelay(true)?;
-        Ok(LineStream::new(tcp))
-    }
+impl Handler for Upper {
+    type Session = ();
 
-    fn on_frame(&self, socket: &Socket, line: &[u8]) {
+    fn on_frame(&self, _: &mut (), socket: &Socket, line: &[u8]) {
         // Fails only if the connection is already closing.
         let _ = socket.send(&line.to_ascii_uppercase());
     }
 
-    fn on_connection_removed(&self, socket: &Socket, reason: &CloseReason) {
+    fn on_connection_removed(&self, _: (), socket: &Socket, reason: &CloseReason) {
         // A line over the limit shows up here as a protocol error.
         if reason.is_error() {
             tracing::warn!(peer = %socket.peer_addr(), %reason, "connection dropped");
@@ -239,40 +249,16 @@ impl Handler<LineStream> for Upper {
     }
 }
 
-fn parse_args() -> Result<Option<Config>, String> {
-    let mut config = Config {
-        port: 1338,
-        ..Config::default()
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "-h" | "--help" => return Ok(None),
-            "--addr" => {
-                let value = args.next().ok_or("--addr needs a value")?;
-                (config.addr, config.port) = support::parse_addr(&value)?;
-            }
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok(Some(config))
-}
-
 fn main() -> ExitCode {
-    let config = match parse_args() {
-        Ok(Some(config)) => config,
-        Ok(None) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(err) => {
-            eprintln!("error: {err}\n(run with --help for usage)");
-            return ExitCode::from(2);
-        }
+    let cli = <Cli as clap::Parser>::parse();
+    let config = Config {
+        addr: cli.addr.0,
+        port: cli.addr.1,
+        ..Config::default()
     };
     support::init_logging();
 
-    let server = match Server::<LineStream, Upper>::bind(config) {
+    let server = match Server::bind(config) {
         Ok(server) => server,
         Err(err) => {
             eprintln!("error: {err}");
@@ -287,7 +273,7 @@ fn main() -> ExitCode {
         }
     }
     // Runs until the process is interrupted; see `echo.rs` for a clean shutdown on signals.
-    if let Err(err) = server.run(Upper) {
+    if let Err(err) = server.run_with(Lined, Upper) {
         eprintln!("error: {err}");
         return ExitCode::FAILURE;
     }

@@ -1,9 +1,8 @@
 //! An echo server: every frame a client sends comes straight back to it.
 //!
-//! It shows the parts most servers need: a `Handler` that builds a `Framed` stream per
-//! connection (with `TCP_NODELAY`), a choice of framing at run time through a function generic
-//! over the `Codec`, and a clean shutdown on SIGINT or SIGTERM through the server's
-//! `ShutdownHandle`.
+//! It shows the parts most servers need: a `Handler` with one callback, the framing chosen at
+//! run time through `Config::framing`, and a clean shutdown on SIGINT or SIGTERM through the
+//! server's `ShutdownHandle`. (`TCP_NODELAY` is on by default: `Config::nodelay`.)
 //!
 //! ```text
 //! cargo run --release --example echo                       # 127.0.0.1:1337, SimpleFrame
@@ -16,44 +15,30 @@
 //! and go (the default shows warnings only).
 
 use std::io;
-use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
 
-use hydrogen::{Codec, Config, Framed, Handler, LengthPrefixed, Server, SimpleFrame, Socket};
+use clap::Parser;
+use hydrogen::{Config, Handler, Server, Socket};
 
 mod support;
 
-use support::{Args, Framing};
-
-const USAGE: &str = "\
-Usage: echo [--addr HOST:PORT] [--framing simple|u32] [--threads N]
-
-An echo server: every frame received is sent back to its sender.
-
-Options:
-  --addr HOST:PORT         address to listen on (default 127.0.0.1:1337; [::1]:PORT for IPv6)
-  --framing simple|u32     simple: 0x01, u16 BE length, payload, 0x17 (default)
-                           u32: u32 BE length, payload (at most 8 MiB)
-  --threads N              worker threads (default: the number of CPUs)
-  -h, --help               print this help
-
-Stops cleanly on SIGINT (Ctrl-C) or SIGTERM.
-";
-
-/// Echoes every frame back to its connection. One instance serves all connections.
-struct Echo<C> {
-    /// Cloned into each connection's stream: a codec value belongs to one connection.
-    codec: C,
+/// An echo server: every frame received is sent back to its sender. Stops cleanly on SIGINT
+/// (Ctrl-C) or SIGTERM.
+#[derive(Debug, Parser)]
+#[command(name = "echo")]
+struct Cli {
+    #[command(flatten)]
+    server: support::ServerArgs,
 }
 
-impl<C: Codec + Clone + Sync> Handler<Framed<C>> for Echo<C> {
-    fn on_new_connection(&self, tcp: TcpStream, _peer: SocketAddr) -> io::Result<Framed<C>> {
-        // Small request/response frames: do not let Nagle's algorithm hold replies back.
-        tcp.set_nodelay(true)?;
-        Ok(Framed::new(tcp, self.codec.clone()))
-    }
+/// Echoes every frame back to its connection. One instance serves all connections.
+struct Echo;
 
-    fn on_frame(&self, socket: &Socket, frame: &[u8]) {
+impl Handler for Echo {
+    /// Nothing to remember per connection.
+    type Session = ();
+
+    fn on_frame(&self, _: &mut (), socket: &Socket, frame: &[u8]) {
         // Queued here, written when the callback returns. Fails only if the connection is
         // already closing, and then there is no one to tell.
         let _ = socket.send(frame);
@@ -61,17 +46,14 @@ impl<C: Codec + Clone + Sync> Handler<Framed<C>> for Echo<C> {
 }
 
 /// Binds, serves until SIGINT or SIGTERM, and returns once the server has stopped.
-///
-/// Generic over the codec because the server's type names its stream type: `Server<Framed<C>,
-/// Echo<C>>` is a different type for each framing.
-fn serve<C: Codec + Clone + Sync>(codec: C, config: Config) -> io::Result<()> {
-    let server = Server::<Framed<C>, Echo<C>>::bind(config)?;
+fn serve(config: Config) -> io::Result<()> {
+    let server = Server::bind(config)?;
     println!("listening on {}", server.local_addr()?);
 
     // Ctrl-C or SIGTERM starts the drain; `run` returns when it is done.
     server.shutdown_handle().shutdown_on_signals()?;
 
-    let summary = server.run(Echo { codec })?;
+    let summary = server.run(Echo)?;
     eprintln!(
         "drained {} connections, abandoned {} (accepted {}, refused {})",
         summary.drained, summary.abandoned, summary.accepted, summary.refused
@@ -80,25 +62,9 @@ fn serve<C: Codec + Clone + Sync>(codec: C, config: Config) -> io::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let Args { config, framing } = match support::parse_args(Config::default()) {
-        Ok(Some(args)) => args,
-        Ok(None) => {
-            print!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(err) => {
-            eprintln!("error: {err}\n(run with --help for usage)");
-            return ExitCode::from(2);
-        }
-    };
-
+    let cli = Cli::parse();
     support::init_logging();
-
-    let result = match framing {
-        Framing::Simple => serve(SimpleFrame, config),
-        Framing::U32 => serve(LengthPrefixed::default(), config),
-    };
-    match result {
+    match serve(cli.server.config()) {
         Ok(()) => {
             println!("shut down");
             ExitCode::SUCCESS

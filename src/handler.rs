@@ -2,16 +2,34 @@
 
 use std::fmt;
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 
-use crate::{Socket, Stream};
+use crate::Socket;
 
 /// The application's side of the server: callbacks the worker threads make.
 ///
 /// One instance serves every connection, shared by reference among the workers, so it is
-/// `Sync`; keep per-connection state in the [`Stream`], or in your own map keyed by
-/// [`Socket::id`].
+/// `Sync`. What belongs to one connection (a login, its subscriptions, a parser's mode) goes
+/// in its [`Session`](Handler::Session): built when the connection opens, handed to each of
+/// its callbacks as `&mut`, with no lock, and given back to
+/// [`on_connection_removed`](Handler::on_connection_removed) at the end. Other threads reach a
+/// connection through its [`Socket`] only.
+///
+/// ```
+/// use hydrogen::{Handler, Socket};
+///
+/// /// Counts each connection's frames, and replies with the count.
+/// struct Counter;
+///
+/// impl Handler for Counter {
+///     type Session = u64;
+///
+///     fn on_frame(&self, frames: &mut u64, socket: &Socket, _frame: &[u8]) {
+///         *frames += 1;
+///         let _ = socket.send(frames.to_string().as_bytes());
+///     }
+/// }
+/// ```
 ///
 /// # What callbacks may do
 ///
@@ -22,74 +40,97 @@ use crate::{Socket, Stream};
 ///   Callbacks for different connections run in parallel on different workers.
 /// - No lock of the library is held during a callback: from inside one you may send to this or
 ///   any other connection, close any connection, or hand a [`Socket`] to another thread.
-/// - Callbacks should not block, but a blocking one stalls only its own connection while
-///   another worker is free. A callback occupies its worker until it returns. The worker that
-///   last waited on epoll runs the first event it received itself, without handing it off
-///   (that is what makes a request/reply round trip cheap); if it is still busy after about a
-///   millisecond, an idle worker takes over the polling. So with `max_threads` workers, up to
-///   `max_threads - 1` callbacks may block at once while the others are served, each delayed
-///   by at most a millisecond or two when a worker starts blocking. When every worker is in a
-///   callback, nothing is read, accepted or written (except sends from other threads) until
-///   one returns. With `max_threads: 1` there is nobody to take over, and a blocking callback
-///   delays every connection by as long as it blocks. For work that blocks routinely (a
-///   database query, a file read), hand it to your own threads and reply later through the
-///   [`Socket`], which works from any thread; size `max_threads` for the blocking you do
-///   allow.
-pub trait Handler<S: Stream>: Send + Sync + 'static {
-    /// Called once from [`Server::run`](crate::Server::run), before the first connection is
-    /// accepted, with the listening socket (to set options on it, for instance).
-    fn on_server_created(&self, listener: &TcpListener) {
-        let _ = listener;
+///   [`Socket::send`] takes the connection's lock only for as long as it queues and writes
+///   without blocking, and never calls back into your code, so it may be called while you
+///   hold a lock of your own.
+/// - Callbacks should not block the I/O workers. Work that blocks (a database query, a file
+///   read, a computation of milliseconds) belongs on the blocking pool: return `true` from
+///   [`offload`](Handler::offload) for such frames, and size the pool with
+///   [`Config::blocking_threads`](crate::Config::blocking_threads). Each connection's frames
+///   still run one at a time and in order, and replies go out in order; the I/O workers never
+///   wait for the pool. While a connection has work on the pool, a half-close by the peer
+///   does not remove it (the replies are written first) and the server's drain waits for the
+///   work, up to [`Config::drain_timeout`](crate::Config::drain_timeout).
+/// - A callback that blocks on an I/O worker all the same stalls only its own connection while
+///   another worker is free. The worker that last waited on epoll runs the first event it
+///   received itself, without handing it off (that is what makes a request/reply round trip
+///   cheap); if it is still busy after about a millisecond, an idle worker takes over the
+///   polling. So with `max_threads` workers, up to `max_threads - 1` callbacks may block at
+///   once while the others are served, each delayed by at most a millisecond or two when a
+///   worker starts blocking. When every worker is in a callback, nothing is read, accepted or
+///   written (except sends from other threads) until one returns. With `max_threads: 1` there
+///   is nobody to take over, and a blocking callback delays every connection by as long as it
+///   blocks.
+///
+/// # Transports
+///
+/// How an accepted socket becomes a [`Stream`](crate::Stream) (the framing, and later TLS) is
+/// the [`Transport`](crate::Transport)'s job, not the handler's: [`Server::run`](crate::Server::run)
+/// uses the configured [`Framing`](crate::Framing), and
+/// [`Server::run_with`](crate::Server::run_with) takes any transport. The handler sees only
+/// frames, so it does not change when the transport does.
+pub trait Handler: Send + Sync + 'static {
+    /// What the handler keeps for each connection. Created with [`Default`] as the connection
+    /// opens, passed to every callback of the connection, dropped after
+    /// [`on_connection_removed`](Handler::on_connection_removed) (which receives it by value).
+    /// Use `()` for none: it costs nothing.
+    type Session: Default + Send + 'static;
+
+    /// Called once a connection is set up, before its first frame is delivered, with its
+    /// freshly made session to fill in. Keep the [`Socket`] (cloned) to send to this
+    /// connection later, from anywhere.
+    fn on_connection_opened(&self, session: &mut Self::Session, socket: &Socket) {
+        let _ = (session, socket);
     }
 
-    /// Builds the [`Stream`] for a newly accepted connection from `peer`.
-    ///
-    /// The socket is already in non-blocking mode. Set socket options here (for example
-    /// `tcp.set_nodelay(true)`). Returning an error refuses the connection: the socket is
-    /// closed and no other callback runs for it.
-    fn on_new_connection(&self, tcp: TcpStream, peer: SocketAddr) -> io::Result<S>;
-
-    /// Called once a connection is set up, before its first frame is delivered. Keep the
-    /// [`Socket`] (cloned) to send to this connection later, from anywhere.
-    fn on_connection_opened(&self, socket: &Socket) {
-        let _ = socket;
-    }
-
-    /// Called for every complete frame, in the order the peer sent them.
+    /// Called for every complete frame, in the order the peer sent them, on an I/O worker or,
+    /// when [`offload`](Handler::offload) said so, on the blocking pool.
     ///
     /// Reply with [`Socket::send`]. Copy the frame if you need it after returning.
-    fn on_frame(&self, socket: &Socket, frame: &[u8]) {
-        let _ = (socket, frame);
+    fn on_frame(&self, session: &mut Self::Session, socket: &Socket, frame: &[u8]) {
+        let _ = (session, socket, frame);
     }
 
-    /// Called exactly once for every connection that was opened, after it is closed: its socket
-    /// is closed and every [`Socket::send`] to it now fails.
-    fn on_connection_removed(&self, socket: &Socket, reason: &CloseReason) {
-        let _ = (socket, reason);
+    /// Called exactly once for every connection that was opened, after it is closed and after
+    /// its last [`on_frame`](Handler::on_frame) returned: its socket is closed and every
+    /// [`Socket::send`] to it now fails. The session is yours to keep or drop.
+    fn on_connection_removed(&self, session: Self::Session, socket: &Socket, reason: &CloseReason) {
+        let _ = (session, socket, reason);
+    }
+
+    /// Whether `frame` is to be handled on the blocking pool instead of the I/O worker that
+    /// read it. Called on the I/O worker, for each frame, while the connection has no work on
+    /// the pool; once it has, every later frame of the connection queues behind that work (so
+    /// order holds) until the pool has run it all. Return `true` always to run the whole
+    /// handler on the pool. The default says `false`: everything runs on the I/O workers.
+    ///
+    /// With [`Config::blocking_threads`](crate::Config::blocking_threads) at 0 there is no
+    /// pool, and the frame runs on the I/O worker (a warning is logged once).
+    fn offload(&self, frame: &[u8]) -> bool {
+        let _ = frame;
+        false
     }
 }
 
 /// A shared handler is a handler: run the server with an `Arc<H>` and keep a clone to read the
 /// handler's state from other threads.
-impl<S: Stream, H: Handler<S>> Handler<S> for Arc<H> {
-    fn on_server_created(&self, listener: &TcpListener) {
-        (**self).on_server_created(listener)
+impl<H: Handler> Handler for Arc<H> {
+    type Session = H::Session;
+
+    fn on_connection_opened(&self, session: &mut Self::Session, socket: &Socket) {
+        (**self).on_connection_opened(session, socket)
     }
 
-    fn on_new_connection(&self, tcp: TcpStream, peer: SocketAddr) -> io::Result<S> {
-        (**self).on_new_connection(tcp, peer)
+    fn on_frame(&self, session: &mut Self::Session, socket: &Socket, frame: &[u8]) {
+        (**self).on_frame(session, socket, frame)
     }
 
-    fn on_connection_opened(&self, socket: &Socket) {
-        (**self).on_connection_opened(socket)
+    fn on_connection_removed(&self, session: Self::Session, socket: &Socket, reason: &CloseReason) {
+        (**self).on_connection_removed(session, socket, reason)
     }
 
-    fn on_frame(&self, socket: &Socket, frame: &[u8]) {
-        (**self).on_frame(socket, frame)
-    }
-
-    fn on_connection_removed(&self, socket: &Socket, reason: &CloseReason) {
-        (**self).on_connection_removed(socket, reason)
+    fn offload(&self, frame: &[u8]) -> bool {
+        (**self).offload(frame)
     }
 }
 

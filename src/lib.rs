@@ -6,11 +6,13 @@
 //! of worker threads, and writes replies, queuing what the socket cannot take yet.
 //!
 //! - [`Server`] binds and runs; a [`ShutdownHandle`] stops it.
-//! - [`Handler`] receives the callbacks; [`Socket`] is a handle to one connection that sends from
-//!   any thread.
-//! - [`Stream`] is one connection's transport and framing. [`Framed`] implements it for the
-//!   built-in framings, [`SimpleFrame`] (compatible with the `simple-stream` crate) and
-//!   [`LengthPrefixed`] (u32 big-endian length), so most servers never implement it.
+//! - [`Handler`] receives the callbacks, with a per-connection [`Handler::Session`];
+//!   [`Socket`] is a handle to one connection that sends from any thread.
+//! - [`Stream`] is one connection's transport and framing, and a [`Transport`] makes one for
+//!   each accepted socket. [`Framed`] implements it for the built-in framings, [`SimpleFrame`]
+//!   (compatible with the `simple-stream` crate) and [`LengthPrefixed`] (u32 big-endian
+//!   length), chosen at run time with [`Config::framing`], so most servers never implement
+//!   either.
 //! - [`client::Client`] is a small blocking client for the same framings.
 //!
 //! # Guarantees
@@ -28,21 +30,17 @@
 //!
 //! ```
 //! use std::io;
-//! use std::net::{SocketAddr, TcpStream};
 //! use std::thread;
 //!
 //! use hydrogen::client::Client;
-//! use hydrogen::{Config, Handler, Server, SimpleFrame, SimpleStream, Socket};
+//! use hydrogen::{Config, Handler, Server, SimpleFrame, Socket};
 //!
 //! struct Echo;
 //!
-//! impl Handler<SimpleStream> for Echo {
-//!     fn on_new_connection(&self, tcp: TcpStream, _peer: SocketAddr) -> io::Result<SimpleStream> {
-//!         tcp.set_nodelay(true)?;
-//!         Ok(SimpleStream::new(tcp, SimpleFrame))
-//!     }
+//! impl Handler for Echo {
+//!     type Session = ();
 //!
-//!     fn on_frame(&self, socket: &Socket, frame: &[u8]) {
+//!     fn on_frame(&self, _: &mut (), socket: &Socket, frame: &[u8]) {
 //!         // Fails only if the connection is already gone.
 //!         let _ = socket.send(frame);
 //!     }
@@ -50,7 +48,7 @@
 //!
 //! fn main() -> io::Result<()> {
 //!     let config = Config { port: 0, max_threads: 2, ..Config::default() };
-//!     let server = Server::<SimpleStream, Echo>::bind(config)?;
+//!     let server = Server::bind(config)?;
 //!     let addr = server.local_addr()?;
 //!     let stop = server.shutdown_handle();
 //!     let running = thread::spawn(move || server.run(Echo));
@@ -79,6 +77,7 @@ mod server;
 mod socket;
 mod stream;
 mod sys;
+mod transport;
 
 pub use codec::{Codec, Decoded, FrameError, LengthPrefixed, SimpleFrame};
 pub use config::{Config, OutboundPolicy};
@@ -86,8 +85,9 @@ pub use framed::{Framed, LengthPrefixedStream, SimpleStream};
 pub use frames::{Frames, Iter};
 pub use handler::{CloseReason, Handler};
 pub use server::{RunSummary, Server, ShutdownHandle};
-pub use socket::{SendError, Socket};
+pub use socket::{Hold, SendError, Socket};
 pub use stream::{RecvStatus, Stream};
+pub use transport::{Accepted, Framing, Transport, UnknownFraming};
 
 /// Internals that the fuzz targets (`fuzz/`) and `tests/fuzz_regressions.rs` check. Not part of
 /// the API: anything here may change or go in any release.

@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::io;
-use std::marker::PhantomData;
 use std::net::{SocketAddr, TcpListener};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Weak};
@@ -17,7 +16,7 @@ use crate::runtime::worker::Worker;
 use crate::sys::epoll::Poller;
 use crate::sys::signal::Termination;
 use crate::sys::timer::Ticker;
-use crate::{Config, Handler, Stream};
+use crate::{Config, Handler, Transport};
 
 /// Upper bound on the connection table's shards; beyond it, more shards buy nothing with the
 /// shard locks held for a lookup only.
@@ -25,43 +24,40 @@ const MAX_SHARDS: usize = 64;
 
 /// A bound TCP server, ready to [`run`](Server::run).
 ///
-/// `S` is the [`Stream`] type each connection gets and `H` the [`Handler`] that makes them.
-///
 /// ```no_run
-/// use std::io;
-/// use std::net::{SocketAddr, TcpStream};
-/// use hydrogen::{Config, Handler, LengthPrefixed, LengthPrefixedStream, Server, Socket};
+/// use hydrogen::{Config, Framing, Handler, LengthPrefixed, Server, Socket};
 ///
 /// struct Echo;
 ///
-/// impl Handler<LengthPrefixedStream> for Echo {
-///     fn on_new_connection(&self, tcp: TcpStream, _: SocketAddr) -> io::Result<LengthPrefixedStream> {
-///         Ok(LengthPrefixedStream::new(tcp, LengthPrefixed::default()))
-///     }
+/// impl Handler for Echo {
+///     type Session = ();
 ///
-///     fn on_frame(&self, socket: &Socket, frame: &[u8]) {
+///     fn on_frame(&self, _: &mut (), socket: &Socket, frame: &[u8]) {
 ///         let _ = socket.send(frame);
 ///     }
 /// }
 ///
-/// fn main() -> io::Result<()> {
-///     let server = Server::<LengthPrefixedStream, Echo>::bind(Config::default())?;
+/// fn main() -> std::io::Result<()> {
+///     let config = Config {
+///         framing: Framing::LengthPrefixed(LengthPrefixed::default()),
+///         ..Config::default()
+///     };
+///     let server = Server::bind(config)?;
 ///     println!("listening on {}", server.local_addr()?);
 ///     let summary = server.run(Echo)?;
 ///     println!("served {} connections", summary.accepted);
 ///     Ok(())
 /// }
 /// ```
-pub struct Server<S, H> {
+pub struct Server {
     config: Config,
     listener: TcpListener,
     poller: Poller,
     queue: Arc<Queue>,
     ticker: Ticker,
-    _types: PhantomData<fn() -> (S, H)>,
 }
 
-impl<S: Stream, H: Handler<S>> Server<S, H> {
+impl Server {
     /// Creates the listening socket (with `SO_REUSEADDR` and the configured backlog) and the
     /// epoll instance. Connections that arrive before [`run`](Server::run) wait in the backlog.
     ///
@@ -69,7 +65,7 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
     ///
     /// An invalid `Config`, an address that does not resolve, or a failure to bind (the port is
     /// in use, say) or to listen.
-    pub fn bind(config: Config) -> io::Result<Server<S, H>> {
+    pub fn bind(config: Config) -> io::Result<Server> {
         config.validate()?;
         let addr = config.socket_addr()?;
         let socket = socket2::Socket::new(
@@ -97,7 +93,6 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
             poller,
             queue,
             ticker,
-            _types: PhantomData,
         })
     }
 
@@ -113,8 +108,21 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
         }
     }
 
+    /// Serves connections with `handler`, in the configured
+    /// [`Framing`](crate::Framing), until a [`ShutdownHandle`] stops the server, and returns
+    /// what happened. See [`run_with`](Server::run_with).
+    ///
+    /// # Errors
+    ///
+    /// As for [`run_with`](Server::run_with).
+    pub fn run<H: Handler>(self, handler: H) -> io::Result<RunSummary> {
+        let framing = self.config.framing;
+        self.run_with(framing, handler)
+    }
+
     /// Serves connections with `handler` until a [`ShutdownHandle`] stops the server, and
-    /// returns what happened.
+    /// returns what happened; `transport` makes each accepted connection's
+    /// [`Stream`](crate::Stream) (any [`Codec`](crate::Codec) will do).
     ///
     /// Runs `Config::max_threads` workers, the calling thread among them. Shutdown drains:
     /// the server stops accepting and reading, keeps writing what each connection has queued
@@ -127,7 +135,11 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
     /// Fails if a worker thread cannot be spawned, if `epoll_wait` fails, or if a worker thread
     /// died (callback panics are caught, so this means a bug in the library); the server is shut
     /// down first in each case.
-    pub fn run(self, handler: H) -> io::Result<RunSummary> {
+    pub fn run_with<T: Transport, H: Handler>(
+        self,
+        transport: T,
+        handler: H,
+    ) -> io::Result<RunSummary> {
         let threads = self.config.max_threads;
         let shards = (threads * 4)
             .next_power_of_two()
@@ -135,6 +147,7 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
             .min(self.config.pre_allocated.max(1).next_power_of_two());
         let core = Core::new(
             &self.config,
+            transport,
             handler,
             Table::new(shards, self.config.pre_allocated),
             self.poller,
@@ -144,7 +157,6 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
         );
         crate::runtime::clock::advance();
         Worker::new(&core).retime();
-        core.handler.on_server_created(&core.listener);
 
         let result = thread::scope(|scope| {
             let mut spawned = Vec::with_capacity(threads - 1);
@@ -199,6 +211,8 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
             core.monitor.unpark();
             result
         });
+        // Callbacks running on the pool finish first: their sessions go to the final close.
+        core.pool.stop();
         core.close_all();
         let summary = core.stats.summary();
         tracing::info!(?summary, "server stopped");
@@ -206,7 +220,7 @@ impl<S: Stream, H: Handler<S>> Server<S, H> {
     }
 }
 
-impl<S, H> fmt::Debug for Server<S, H> {
+impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
             .field("local_addr", &self.listener.local_addr().ok())
@@ -225,7 +239,9 @@ pub struct RunSummary {
     pub refused: u64,
     /// Connections the shutdown closed after writing everything queued for them.
     pub drained: u64,
-    /// Connections the shutdown closed with output still queued (the drain timed out).
+    /// Connections the shutdown cut off: closed with output still queued, or with frames
+    /// not yet handled or work in flight (a pool job, a [`Hold`](crate::Hold)), when the
+    /// drain timed out.
     pub abandoned: u64,
     /// The most queued tasks (connection turns, handed-on events) the workers ran back to
     /// back with nobody looking at epoll: how long new events, accepts and the shutdown
@@ -262,9 +278,9 @@ impl ShutdownHandle {
     /// thread is not joined; it ends with the process.
     ///
     /// ```no_run
-    /// # use hydrogen::{Config, Server, SimpleStream};
-    /// # fn run<H: hydrogen::Handler<SimpleStream>>(handler: H) -> std::io::Result<()> {
-    /// let server = Server::<SimpleStream, H>::bind(Config::default())?;
+    /// # use hydrogen::{Config, Server};
+    /// # fn run(handler: impl hydrogen::Handler) -> std::io::Result<()> {
+    /// let server = Server::bind(Config::default())?;
     /// server.shutdown_handle().shutdown_on_signals()?;
     /// let summary = server.run(handler)?; // returns after Ctrl-C, once drained
     /// eprintln!("drained {} connections", summary.drained);

@@ -13,6 +13,10 @@ pub(crate) trait Link: Send + Sync {
     fn send(&self, frame: &[u8]) -> Result<(), SendError>;
     fn close(&self);
     fn is_closed(&self) -> bool;
+    fn pause_reading(&self);
+    fn resume_reading(&self);
+    fn hold(&self);
+    fn release(&self);
 }
 
 /// A handle to one connection: cheap to clone, usable from any thread, at any time.
@@ -42,6 +46,11 @@ impl Socket {
     }
 
     /// Sends one frame to this connection.
+    ///
+    /// It never blocks and never calls back into the handler: it takes this connection's
+    /// lock just long enough to queue the frame and write what the socket takes at once. So
+    /// it may be called from any thread, from any callback, and while holding locks of your
+    /// own.
     ///
     /// Frames sent through handles of one connection go out in the order the `send` calls
     /// returned. From a thread other than the one running this connection's callback, the frame is
@@ -76,6 +85,63 @@ impl Socket {
     /// Whether the connection is closed or closing: once true, `send` fails.
     pub fn is_closed(&self) -> bool {
         self.link.is_closed()
+    }
+
+    /// Stops reading this connection until [`resume_reading`](Socket::resume_reading).
+    ///
+    /// No frame is delivered while paused, not even the rest of a batch already read (those
+    /// wait, in order, and come first on resuming). The kernel's buffers fill, and TCP flow
+    /// control then slows the peer down: read backpressure, for a consumer that cannot keep
+    /// up. Sending, closing and the timeouts work as usual; note that an idle timeout counts a
+    /// paused connection whose peer has stopped sending as idle. Pausing a paused connection
+    /// does nothing.
+    pub fn pause_reading(&self) {
+        self.link.pause_reading()
+    }
+
+    /// Reads this connection again after [`pause_reading`](Socket::pause_reading): the frames
+    /// held back are delivered first, then what arrived meanwhile. Resuming a connection that
+    /// is not paused does nothing.
+    pub fn resume_reading(&self) {
+        self.link.resume_reading()
+    }
+
+    /// Keeps the connection open for work in flight: while any [`Hold`] on it is alive, the
+    /// peer's close does not remove it (it is removed, as `PeerClosed`, once the last hold is
+    /// dropped and the replies are written), and the server's drain waits for it, up to
+    /// [`Config::drain_timeout`](crate::Config::drain_timeout). Take one before handing a
+    /// request to threads of your own, and drop it after sending the reply. Frames offloaded
+    /// to the blocking pool ([`Handler::offload`](crate::Handler::offload)) hold the
+    /// connection without this.
+    ///
+    /// A hold does not keep a connection open against errors, a local close, timeouts or the
+    /// end of the drain.
+    pub fn hold(&self) -> Hold {
+        self.link.hold();
+        Hold {
+            socket: self.clone(),
+        }
+    }
+}
+
+/// Work in flight on a connection: see [`Socket::hold`]. Dropping it lets the connection
+/// close.
+#[derive(Debug)]
+#[must_use = "the connection is held only while the Hold is alive"]
+pub struct Hold {
+    socket: Socket,
+}
+
+impl Hold {
+    /// The connection held.
+    pub fn socket(&self) -> &Socket {
+        &self.socket
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.socket.link.release();
     }
 }
 

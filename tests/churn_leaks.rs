@@ -6,14 +6,16 @@ mod common;
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::Instant;
 
+use common::TestHandler;
 use hydrogen::client::Client;
-use hydrogen::{CloseReason, Handler, LengthPrefixed, LengthPrefixedStream, Socket};
+use hydrogen::{
+    Accepted, CloseReason, Handler, LengthPrefixed, LengthPrefixedStream, Socket, Transport,
+};
 use parking_lot::Mutex;
 
 use common::{
@@ -33,24 +35,39 @@ struct CountingEcho {
     reasons: Mutex<HashMap<&'static str, u64>>,
 }
 
-impl Handler<LengthPrefixedStream> for CountingEcho {
-    fn on_new_connection(&self, tcp: TcpStream, _: SocketAddr) -> io::Result<LengthPrefixedStream> {
-        tcp.set_nodelay(true)?;
-        Ok(LengthPrefixedStream::new(tcp, LengthPrefixed::new(1024)))
-    }
+impl Handler for CountingEcho {
+    type Session = ();
 
-    fn on_connection_opened(&self, _: &Socket) {
+    fn on_connection_opened(&self, _: &mut (), _: &Socket) {
         self.opened.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn on_frame(&self, socket: &Socket, frame: &[u8]) {
+    fn on_frame(&self, _: &mut (), socket: &Socket, frame: &[u8]) {
         self.frames.fetch_add(1, Ordering::Relaxed);
         let _ = socket.send(frame);
     }
 
-    fn on_connection_removed(&self, _: &Socket, reason: &CloseReason) {
+    fn on_connection_removed(&self, _: (), _: &Socket, reason: &CloseReason) {
         *self.reasons.lock().entry(reason_kind(reason)).or_default() += 1;
         self.removed.fetch_add(1, Ordering::Release);
+    }
+}
+
+impl Transport for CountingEcho {
+    type Stream = LengthPrefixedStream;
+
+    fn open(&self, conn: Accepted) -> io::Result<LengthPrefixedStream> {
+        let tcp = conn.into_tcp();
+        tcp.set_nodelay(true)?;
+        Ok(LengthPrefixedStream::new(tcp, LengthPrefixed::new(1024)))
+    }
+}
+
+impl TestHandler for Arc<CountingEcho> {
+    type Transport = Arc<CountingEcho>;
+
+    fn transport(&self) -> Arc<CountingEcho> {
+        self.clone()
     }
 }
 

@@ -10,8 +10,12 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::TestHandler;
 use hydrogen::client::Client;
-use hydrogen::{CloseReason, Codec, Config, Handler, LengthPrefixed, LengthPrefixedStream, Socket};
+use hydrogen::{
+    Accepted, CloseReason, Codec, Config, Handler, LengthPrefixed, LengthPrefixedStream, Socket,
+    Transport,
+};
 use parking_lot::Mutex;
 
 use common::{DEADLINE, TestServer, config, reason_kind, wait_until};
@@ -27,22 +31,37 @@ struct Echo {
     removed: Mutex<Vec<(u64, &'static str)>>,
 }
 
-impl Handler<LengthPrefixedStream> for Echo {
-    fn on_new_connection(&self, tcp: TcpStream, _: SocketAddr) -> io::Result<LengthPrefixedStream> {
-        tcp.set_nodelay(true)?;
-        Ok(LengthPrefixedStream::new(tcp, LengthPrefixed::new(1024)))
-    }
+impl Handler for Echo {
+    type Session = ();
 
-    fn on_connection_opened(&self, socket: &Socket) {
+    fn on_connection_opened(&self, _: &mut (), socket: &Socket) {
         self.opened.lock().push((socket.id(), socket.peer_addr()));
     }
 
-    fn on_frame(&self, socket: &Socket, frame: &[u8]) {
+    fn on_frame(&self, _: &mut (), socket: &Socket, frame: &[u8]) {
         let _ = socket.send(frame);
     }
 
-    fn on_connection_removed(&self, socket: &Socket, reason: &CloseReason) {
+    fn on_connection_removed(&self, _: (), socket: &Socket, reason: &CloseReason) {
         self.removed.lock().push((socket.id(), reason_kind(reason)));
+    }
+}
+
+impl Transport for Echo {
+    type Stream = LengthPrefixedStream;
+
+    fn open(&self, conn: Accepted) -> io::Result<LengthPrefixedStream> {
+        let tcp = conn.into_tcp();
+        tcp.set_nodelay(true)?;
+        Ok(LengthPrefixedStream::new(tcp, LengthPrefixed::new(1024)))
+    }
+}
+
+impl TestHandler for Arc<Echo> {
+    type Transport = Arc<Echo>;
+
+    fn transport(&self) -> Arc<Echo> {
+        self.clone()
     }
 }
 

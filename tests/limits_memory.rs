@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use hydrogen::{CloseReason, Config, Framed, Handler, LengthPrefixed, Socket};
+use common::TestHandler;
+use hydrogen::{Accepted, CloseReason, Config, Framed, Handler, LengthPrefixed, Socket, Transport};
 use parking_lot::Mutex;
 
 use common::{DEADLINE, config, reason_kind, wait_until};
@@ -49,20 +50,10 @@ impl Holder {
     }
 }
 
-impl Handler<Framed<LengthPrefixed>> for Holder {
-    fn on_new_connection(
-        &self,
-        tcp: TcpStream,
-        _: SocketAddr,
-    ) -> io::Result<Framed<LengthPrefixed>> {
-        tcp.set_nodelay(true)?;
-        if self.small_window {
-            socket2::SockRef::from(&tcp).set_recv_buffer_size(32 * KIB)?;
-        }
-        Ok(Framed::new(tcp, LengthPrefixed::new(16 * MIB)).with_read_budget(self.budget))
-    }
+impl Handler for Holder {
+    type Session = ();
 
-    fn on_frame(&self, socket: &Socket, frame: &[u8]) {
+    fn on_frame(&self, _: &mut (), socket: &Socket, frame: &[u8]) {
         if frame.len() > 64 * KIB {
             self.large.lock().push((socket.id(), frame.len()));
         } else {
@@ -70,8 +61,29 @@ impl Handler<Framed<LengthPrefixed>> for Holder {
         }
     }
 
-    fn on_connection_removed(&self, socket: &Socket, reason: &CloseReason) {
+    fn on_connection_removed(&self, _: (), socket: &Socket, reason: &CloseReason) {
         self.removed.lock().push((socket.id(), reason_kind(reason)));
+    }
+}
+
+impl Transport for Holder {
+    type Stream = Framed<LengthPrefixed>;
+
+    fn open(&self, conn: Accepted) -> io::Result<Framed<LengthPrefixed>> {
+        let tcp = conn.into_tcp();
+        tcp.set_nodelay(true)?;
+        if self.small_window {
+            socket2::SockRef::from(&tcp).set_recv_buffer_size(32 * KIB)?;
+        }
+        Ok(Framed::new(tcp, LengthPrefixed::new(16 * MIB)).with_read_budget(self.budget))
+    }
+}
+
+impl TestHandler for Arc<Holder> {
+    type Transport = Arc<Holder>;
+
+    fn transport(&self) -> Arc<Holder> {
+        self.clone()
     }
 }
 

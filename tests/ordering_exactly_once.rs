@@ -5,13 +5,15 @@ mod common;
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 
+use common::TestHandler;
 use hydrogen::client::Client;
-use hydrogen::{CloseReason, LengthPrefixed, LengthPrefixedStream, Socket};
+use hydrogen::{
+    Accepted, CloseReason, Handler, LengthPrefixed, LengthPrefixedStream, Socket, Transport,
+};
 use parking_lot::Mutex;
 
 use common::{TestServer, config, wait_until};
@@ -53,18 +55,16 @@ impl Sequencer {
     }
 }
 
-impl hydrogen::Handler<LengthPrefixedStream> for Sequencer {
-    fn on_new_connection(&self, tcp: TcpStream, _: SocketAddr) -> io::Result<LengthPrefixedStream> {
-        Ok(LengthPrefixedStream::new(tcp, LengthPrefixed::default()))
-    }
+impl Handler for Sequencer {
+    type Session = ();
 
-    fn on_connection_opened(&self, socket: &Socket) {
+    fn on_connection_opened(&self, _: &mut (), socket: &Socket) {
         let track = Arc::new(Track::default());
         self.conns.lock().insert(socket.id(), track.clone());
         self.exclusive(&track, || ());
     }
 
-    fn on_frame(&self, socket: &Socket, frame: &[u8]) {
+    fn on_frame(&self, _: &mut (), socket: &Socket, frame: &[u8]) {
         let track = self.track(socket);
         self.exclusive(&track, || {
             let seq = u64::from_be_bytes(frame.try_into().expect("8-byte frame"));
@@ -80,10 +80,27 @@ impl hydrogen::Handler<LengthPrefixedStream> for Sequencer {
         });
     }
 
-    fn on_connection_removed(&self, socket: &Socket, _: &CloseReason) {
+    fn on_connection_removed(&self, _: (), socket: &Socket, _: &CloseReason) {
         let track = self.track(socket);
         self.exclusive(&track, || ());
         self.removed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Transport for Sequencer {
+    type Stream = LengthPrefixedStream;
+
+    fn open(&self, conn: Accepted) -> io::Result<LengthPrefixedStream> {
+        let tcp = conn.into_tcp();
+        Ok(LengthPrefixedStream::new(tcp, LengthPrefixed::default()))
+    }
+}
+
+impl TestHandler for Arc<Sequencer> {
+    type Transport = Arc<Sequencer>;
+
+    fn transport(&self) -> Arc<Sequencer> {
+        self.clone()
     }
 }
 

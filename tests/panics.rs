@@ -4,12 +4,13 @@
 mod common;
 
 use std::io;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use common::TestHandler;
 use hydrogen::client::Client;
-use hydrogen::{CloseReason, Handler, SimpleFrame, SimpleStream, Socket};
+use hydrogen::{Accepted, CloseReason, Handler, SimpleFrame, SimpleStream, Socket, Transport};
 use parking_lot::Mutex;
 
 use common::{DEADLINE, TestServer, config, reason_kind, wait_until};
@@ -24,33 +25,48 @@ struct Grenade {
     removals: AtomicUsize,
 }
 
-impl Handler<SimpleStream> for Grenade {
-    fn on_new_connection(&self, tcp: TcpStream, _: SocketAddr) -> io::Result<SimpleStream> {
-        if self.in_new_connection.swap(false, Ordering::AcqRel) {
-            panic!("boom in on_new_connection");
-        }
-        Ok(SimpleStream::new(tcp, SimpleFrame))
-    }
+impl Handler for Grenade {
+    type Session = ();
 
-    fn on_connection_opened(&self, _: &Socket) {
+    fn on_connection_opened(&self, _: &mut (), _: &Socket) {
         if self.in_opened.swap(false, Ordering::AcqRel) {
             panic!("boom in on_connection_opened");
         }
     }
 
-    fn on_frame(&self, socket: &Socket, frame: &[u8]) {
+    fn on_frame(&self, _: &mut (), socket: &Socket, frame: &[u8]) {
         if frame == b"panic" {
             panic!("boom in on_frame");
         }
         let _ = socket.send(frame);
     }
 
-    fn on_connection_removed(&self, socket: &Socket, reason: &CloseReason) {
+    fn on_connection_removed(&self, _: (), socket: &Socket, reason: &CloseReason) {
         self.removed.lock().push((socket.id(), reason_kind(reason)));
         self.removals.fetch_add(1, Ordering::AcqRel);
         if self.in_removed.swap(false, Ordering::AcqRel) {
             panic!("boom in on_connection_removed");
         }
+    }
+}
+
+impl Transport for Grenade {
+    type Stream = SimpleStream;
+
+    fn open(&self, conn: Accepted) -> io::Result<SimpleStream> {
+        let tcp = conn.into_tcp();
+        if self.in_new_connection.swap(false, Ordering::AcqRel) {
+            panic!("boom in on_new_connection");
+        }
+        Ok(SimpleStream::new(tcp, SimpleFrame))
+    }
+}
+
+impl TestHandler for Arc<Grenade> {
+    type Transport = Arc<Grenade>;
+
+    fn transport(&self) -> Arc<Grenade> {
+        self.clone()
     }
 }
 

@@ -378,7 +378,7 @@ fn nofile_child() {
             max_connections: 10_000, // far above what the descriptors allow
             ..config(2)
         },
-        Recorder::echo(LengthPrefixed::new(1024)),
+        Arc::new(Recorder::echo(LengthPrefixed::new(1024))),
     );
     println!("\nport {}", server.addr.port());
     io::stdout().flush().unwrap();

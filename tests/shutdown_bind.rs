@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread;
 
 use hydrogen::client::Client;
-use hydrogen::{Config, Server, SimpleFrame, SimpleStream};
+use hydrogen::{Config, Server, SimpleFrame};
 
 use common::{DEADLINE, Recorder, TestServer, config, wait_until};
 
@@ -37,13 +37,13 @@ fn busy_port_is_an_error() {
         port: taken.local_addr().unwrap().port(),
         ..Config::default()
     };
-    let err = Server::<SimpleStream, Recorder<SimpleFrame>>::bind(config).unwrap_err();
+    let err = Server::bind(config).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
     assert!(err.to_string().contains("cannot bind"), "{err}");
 }
 
 fn shutdown_before_run_returns_at_once() {
-    let server = Server::<SimpleStream, _>::bind(Config {
+    let server = Server::bind(Config {
         port: 0,
         ..config(3)
     })

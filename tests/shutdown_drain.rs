@@ -11,11 +11,12 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{Recording, TestHandler};
 use crossbeam_channel::{RecvTimeoutError, bounded, unbounded};
 use hydrogen::client::Client;
 use hydrogen::{
-    CloseReason, Codec, Config, Handler, LengthPrefixed, LengthPrefixedStream, OutboundPolicy,
-    SendError, Socket,
+    Accepted, CloseReason, Codec, Config, Handler, LengthPrefixed, LengthPrefixedStream,
+    OutboundPolicy, SendError, Socket, Transport,
 };
 
 use common::{DEADLINE, Recorder, TestServer, config, serial, wait_until};
@@ -46,26 +47,39 @@ fn connect_small_window(addr: SocketAddr) -> TcpStream {
 /// into the kernel (whose buffers grow to several MiB on loopback).
 struct SmallSendBuffer(Arc<Recorder<LengthPrefixed>>);
 
-impl Handler<LengthPrefixedStream> for SmallSendBuffer {
-    fn on_new_connection(
-        &self,
-        tcp: TcpStream,
-        peer: SocketAddr,
-    ) -> io::Result<LengthPrefixedStream> {
-        socket2::SockRef::from(&tcp).set_send_buffer_size(16 * KIB)?;
-        self.0.on_new_connection(tcp, peer)
+impl Handler for SmallSendBuffer {
+    type Session = ();
+
+    fn on_connection_opened(&self, _: &mut (), socket: &Socket) {
+        self.0.on_connection_opened(&mut (), socket)
     }
 
-    fn on_connection_opened(&self, socket: &Socket) {
-        self.0.on_connection_opened(socket)
+    fn on_frame(&self, _: &mut (), socket: &Socket, frame: &[u8]) {
+        self.0.on_frame(&mut (), socket, frame)
     }
 
-    fn on_frame(&self, socket: &Socket, frame: &[u8]) {
-        self.0.on_frame(socket, frame)
+    fn on_connection_removed(&self, _: (), socket: &Socket, reason: &CloseReason) {
+        self.0.on_connection_removed((), socket, reason)
     }
+}
 
-    fn on_connection_removed(&self, socket: &Socket, reason: &CloseReason) {
-        self.0.on_connection_removed(socket, reason)
+/// The recorder's transport, with a small send buffer on every socket.
+struct SmallBuffers(Recording<LengthPrefixed>);
+
+impl Transport for SmallBuffers {
+    type Stream = LengthPrefixedStream;
+
+    fn open(&self, conn: Accepted) -> io::Result<LengthPrefixedStream> {
+        socket2::SockRef::from(conn.tcp()).set_send_buffer_size(16 * KIB)?;
+        self.0.open(conn)
+    }
+}
+
+impl TestHandler for SmallSendBuffer {
+    type Transport = SmallBuffers;
+
+    fn transport(&self) -> SmallBuffers {
+        SmallBuffers(self.0.transport())
     }
 }
 

@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::TestHandler;
 use crossbeam_channel::{Receiver, Sender, bounded};
-use hydrogen::{Config, Framed, Handler, LengthPrefixed, Socket};
+use hydrogen::{Accepted, Config, Framed, Handler, LengthPrefixed, Socket, Transport};
 
 use common::{DEADLINE, Recorder, TestServer, config};
 
@@ -87,19 +88,10 @@ impl Workload {
     }
 }
 
-impl Handler<Framed<LengthPrefixed>> for Workload {
-    fn on_new_connection(
-        &self,
-        tcp: TcpStream,
-        _: SocketAddr,
-    ) -> io::Result<Framed<LengthPrefixed>> {
-        tcp.set_nodelay(true)?;
-        // A small read budget: a connection that keeps sending uses its turn up quickly and
-        // goes back to the queue with input left.
-        Ok(Framed::new(tcp, LengthPrefixed::new(64 * KIB)).with_read_budget(4 * KIB))
-    }
+impl Handler for Workload {
+    type Session = ();
 
-    fn on_frame(&self, socket: &Socket, frame: &[u8]) {
+    fn on_frame(&self, _: &mut (), socket: &Socket, frame: &[u8]) {
         match frame.first() {
             Some(&UPLOAD) => {
                 self.uploads.fetch_add(1, Ordering::Relaxed);
@@ -114,6 +106,26 @@ impl Handler<Framed<LengthPrefixed>> for Workload {
                 let _ = socket.send(frame);
             }
         }
+    }
+}
+
+impl Transport for Workload {
+    type Stream = Framed<LengthPrefixed>;
+
+    fn open(&self, conn: Accepted) -> io::Result<Framed<LengthPrefixed>> {
+        let tcp = conn.into_tcp();
+        tcp.set_nodelay(true)?;
+        // A small read budget: a connection that keeps sending uses its turn up quickly and
+        // goes back to the queue with input left.
+        Ok(Framed::new(tcp, LengthPrefixed::new(64 * KIB)).with_read_budget(4 * KIB))
+    }
+}
+
+impl TestHandler for Arc<Workload> {
+    type Transport = Arc<Workload>;
+
+    fn transport(&self) -> Arc<Workload> {
+        self.clone()
     }
 }
 

@@ -1,9 +1,10 @@
 //! Accepting: taking connections off the listener, refusing past `max_connections`, pausing
-//! on resource errors, and opening each one (the handler's stream, the table, epoll, the first
-//! turn).
+//! on resource errors, and opening each one (socket options, the transport's stream, the
+//! table, epoll, the session, the first turn).
 
 use std::io;
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +14,8 @@ use crate::runtime::conn::{Conn, RunningGuard};
 use crate::runtime::queue::Task;
 use crate::runtime::table;
 use crate::runtime::worker::{Worker, panic_message};
-use crate::{Handler, Socket, Stream};
+use crate::transport::Accepted;
+use crate::{Handler, Socket, Transport};
 
 /// The `errno` values accept pauses on.
 mod libc_errno {
@@ -31,7 +33,7 @@ const ACCEPT_BUDGET: usize = 64;
 /// server for the life of the process.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-impl<S: Stream, H: Handler<S>> Worker<'_, S, H> {
+impl<T: Transport, H: Handler> Worker<'_, T, H> {
     /// Accepts pending connections, up to a budget.
     ///
     /// Past `max_connections`, an accepted connection is closed at once. On a resource error
@@ -86,18 +88,23 @@ impl<S: Stream, H: Handler<S>> Worker<'_, S, H> {
             tracing::warn!(%peer, error = %err, "cannot make the socket non-blocking");
             return;
         }
+        if core.settings.nodelay
+            && let Err(err) = tcp.set_nodelay(true)
+        {
+            tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
+        }
         let built = panic::catch_unwind(AssertUnwindSafe(|| {
-            core.handler.on_new_connection(tcp, peer)
+            core.transport.open(Accepted::new(tcp, peer))
         }));
         let stream = match built {
             Ok(Ok(stream)) => stream,
             Ok(Err(err)) => {
-                tracing::debug!(%peer, error = %err, "connection refused by the handler");
+                tracing::debug!(%peer, error = %err, "connection refused by the transport");
                 return;
             }
             Err(payload) => {
                 let message = panic_message(payload.as_ref());
-                tracing::error!(%peer, %message, "on_new_connection panicked; connection refused");
+                tracing::error!(%peer, %message, "Transport::open panicked; connection refused");
                 return;
             }
         };
@@ -138,7 +145,8 @@ impl<S: Stream, H: Handler<S>> Worker<'_, S, H> {
         let opened = panic::catch_unwind(AssertUnwindSafe(|| {
             let socket = Socket::new(conn.clone());
             let _running = RunningGuard::enter(id);
-            core.handler.on_connection_opened(&socket);
+            core.handler
+                .on_connection_opened(&mut conn.session.lock(), &socket);
         }));
         if let Err(payload) = opened {
             self.recover(&conn, payload);

@@ -1,9 +1,10 @@
 //! One connection: its stream, its claim state, and the [`Link`] behind its [`Socket`](crate::Socket)s.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, MutexGuard};
@@ -86,6 +87,8 @@ pub(crate) struct State<S> {
     pub held: usize,
     /// Not read while the server is over `max_buffered`: this connection held too much.
     pub read_paused: bool,
+    /// Not read because the application asked so ([`Socket::pause_reading`](crate::Socket::pause_reading)).
+    pub user_paused: bool,
     /// Set when the connection must close at the owner's next look (a local close, or an
     /// error seen by a thread that was not the owner).
     pub closing: Option<CloseReason>,
@@ -117,6 +120,7 @@ impl<S> State<S> {
             urgent: false,
             held: 0,
             read_paused: false,
+            user_paused: false,
             closing: None,
         }
     }
@@ -188,21 +192,26 @@ impl<S> State<S> {
     /// the back of the queue.
     ///
     /// - `pending_output`: the stream still holds output;
+    /// - `busy`: work is in flight (frames on the blocking pool or waiting for it, or a
+    ///   [`Hold`](crate::Hold)), so neither the peer's close nor the drain closes it yet;
     /// - `draining`: the server is draining, so a connection whose output is all written
     ///   closes;
     /// - `more`: the round stopped at its read budget with input left;
     /// - `may_go_again`: the turn has rounds left.
     ///
     /// A connection paused for memory is not read again until resumed (after a hang-up it is:
-    /// what is left in the socket is bounded, and reading it lets the close free the memory).
-    pub fn finish_round(
-        &mut self,
-        pending_output: bool,
-        draining: bool,
-        more: bool,
-        may_go_again: bool,
-    ) -> Next {
-        if self.closing.is_none() && !pending_output {
+    /// what is left in the socket is bounded, and reading it lets the close free the memory),
+    /// nor is one paused by the application or blocked on a full pool (`blocked`).
+    pub fn finish_round(&mut self, round: Round) -> Next {
+        let Round {
+            pending_output,
+            busy,
+            draining,
+            more,
+            blocked,
+            may_go_again,
+        } = round;
+        if self.closing.is_none() && !pending_output && !busy {
             if draining {
                 self.closing = Some(CloseReason::Shutdown { flushed: true });
             } else if self.read_closed {
@@ -212,7 +221,7 @@ impl<S> State<S> {
         if let Some(reason) = self.closing.take() {
             return Next::Close(reason);
         }
-        let more = more && (self.hangup || !self.read_paused);
+        let more = more && !blocked && !self.user_paused && (self.hangup || !self.read_paused);
         if self.claim == Claim::RunningAgain && may_go_again && !more {
             self.claim = Claim::Running;
             return Next::Again;
@@ -229,6 +238,32 @@ impl<S> State<S> {
     }
 }
 
+/// What the owner saw at the end of a round, for [`State::finish_round`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Round {
+    pub pending_output: bool,
+    pub busy: bool,
+    pub draining: bool,
+    pub more: bool,
+    pub blocked: bool,
+    pub may_go_again: bool,
+}
+
+/// Frames of a connection not yet handed to the handler: queued behind work on the blocking
+/// pool, or read before the application paused reading. Under its own lock, apart from the
+/// [`State`], and held only to move frames in or out.
+#[derive(Debug, Default)]
+pub(crate) struct Work {
+    /// In arrival order; they go before anything read later.
+    pub frames: VecDeque<Box<[u8]>>,
+    /// A pool job for this connection is queued or running: it, and only it, delivers
+    /// `frames` until it clears this.
+    pub offloaded: bool,
+    /// The connection closed while `offloaded`: the pool job calls
+    /// `on_connection_removed` with this reason once its callback returns.
+    pub removal: Option<CloseReason>,
+}
+
 /// Per-connection copies of the send limits, so a send needs nothing but the connection.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -236,13 +271,24 @@ pub(crate) struct Limits {
     pub policy: OutboundPolicy,
 }
 
-/// One connection: fixed facts plus the locked [`State`].
-pub(crate) struct Conn<S> {
+/// One connection: fixed facts, the locked [`State`], and the handler's session.
+pub(crate) struct Conn<S, U> {
     pub id: u64,
     pub slot: usize,
     pub peer: SocketAddr,
     pub fd: RawFd,
     pub state: Mutex<State<S>>,
+    /// The handler's session. Locked only by whoever runs the connection's callbacks (the
+    /// owner, or the pool job while `Work::offloaded`), one at a time, so never contended.
+    pub session: Mutex<U>,
+    /// Frames waiting for the pool or for reading to resume.
+    pub work: Mutex<Work>,
+    /// `work` holds frames or is offloaded: read without the lock on every turn.
+    work_hint: AtomicBool,
+    /// Mirrors `State::user_paused`, read between frames without the lock.
+    paused_hint: AtomicBool,
+    /// [`Hold`](crate::Hold)s the application keeps on the connection.
+    holds: AtomicUsize,
     /// Set, besides `State::closing`, once a close is requested: the owner reads it between
     /// frames without taking the lock, to stop delivering a batch to a closed connection.
     closing_hint: AtomicBool,
@@ -259,7 +305,7 @@ pub(crate) struct Conn<S> {
     pub buffers: Arc<Buffers>,
 }
 
-impl<S: Stream> Conn<S> {
+impl<S: Stream, U: Default> Conn<S, U> {
     /// A new connection, claimed (`Running`) by the thread that accepted it.
     pub fn new(
         id: u64,
@@ -269,7 +315,7 @@ impl<S: Stream> Conn<S> {
         queue: Weak<Queue>,
         limits: Limits,
         buffers: Arc<Buffers>,
-    ) -> Conn<S> {
+    ) -> Conn<S, U> {
         use std::os::fd::AsRawFd;
         Conn {
             id,
@@ -277,6 +323,11 @@ impl<S: Stream> Conn<S> {
             peer,
             fd: stream.as_fd().as_raw_fd(),
             state: Mutex::new(State::new(stream, Claim::Running)),
+            session: Mutex::new(U::default()),
+            work: Mutex::new(Work::default()),
+            work_hint: AtomicBool::new(false),
+            paused_hint: AtomicBool::new(false),
+            holds: AtomicUsize::new(0),
             closing_hint: AtomicBool::new(false),
             last_active: AtomicU64::new(clock::now()),
             partial_since: AtomicU64::new(0),
@@ -284,6 +335,40 @@ impl<S: Stream> Conn<S> {
             queue,
             buffers,
         }
+    }
+
+    /// Takes the session, for `on_connection_removed`.
+    pub fn take_session(&self) -> U {
+        std::mem::take(&mut *self.session.lock())
+    }
+}
+
+impl<S: Stream, U> Conn<S, U> {
+    /// Whether frames wait in [`Work`] or a pool job runs for the connection (a hint, read
+    /// without the lock; exact for the owner, which alone adds frames).
+    #[inline]
+    pub fn has_work(&self) -> bool {
+        self.work_hint.load(Ordering::Acquire)
+    }
+
+    /// Sets the hint from `work`, with its lock held.
+    #[inline]
+    pub fn update_work_hint(&self, work: &Work) {
+        let busy = work.offloaded || !work.frames.is_empty() || work.removal.is_some();
+        self.work_hint.store(busy, Ordering::Release);
+    }
+
+    /// Whether the application paused reading (a hint, read without the lock).
+    #[inline]
+    pub fn reading_paused(&self) -> bool {
+        self.paused_hint.load(Ordering::Acquire)
+    }
+
+    /// Work in flight that keeps the connection open after the peer's close, and through
+    /// the drain: frames not yet handled, a pool job, or a [`Hold`](crate::Hold).
+    #[inline]
+    pub fn busy(&self) -> bool {
+        self.has_work() || self.holds.load(Ordering::Acquire) > 0
     }
 
     /// Counts what the stream holds now against `max_buffered`.
@@ -360,13 +445,13 @@ impl<S: Stream> Conn<S> {
     }
 }
 
-impl<S> Keyed for Conn<S> {
+impl<S, U> Keyed for Conn<S, U> {
     fn id(&self) -> u64 {
         self.id
     }
 }
 
-impl<S: Stream> Link for Conn<S> {
+impl<S: Stream, U: Send + 'static> Link for Conn<S, U> {
     fn id(&self) -> u64 {
         self.id
     }
@@ -446,6 +531,32 @@ impl<S: Stream> Link for Conn<S> {
         let state = self.state.lock();
         state.stream.is_none() || state.closing.is_some()
     }
+
+    fn pause_reading(&self) {
+        let mut state = self.state.lock();
+        state.user_paused = true;
+        self.paused_hint.store(true, Ordering::Release);
+    }
+
+    fn resume_reading(&self) {
+        // A turn, which reads: what arrived while paused raised no new edge, and frames read
+        // before the pause may wait in `work`.
+        self.request(|conn, state| {
+            conn.paused_hint.store(false, Ordering::Release);
+            std::mem::take(&mut state.user_paused) || conn.has_work()
+        });
+    }
+
+    fn hold(&self) {
+        self.holds.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn release(&self) {
+        if self.holds.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last hold: a turn decides whether the connection closes now.
+            self.request(|_, _| true);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -454,6 +565,16 @@ mod tests {
 
     fn state(claim: Claim) -> State<()> {
         State::new((), claim)
+    }
+
+    fn round(pending_output: bool, draining: bool, more: bool, may_go_again: bool) -> Round {
+        Round {
+            pending_output,
+            draining,
+            more,
+            may_go_again,
+            ..Round::default()
+        }
     }
 
     /// A request schedules a turn only for an idle connection, and marks it queued so that
@@ -518,7 +639,7 @@ mod tests {
         // Nothing happened meanwhile: let go.
         let mut s = state(Claim::Running);
         assert!(matches!(
-            s.finish_round(false, false, false, true),
+            s.finish_round(round(false, false, false, true)),
             Next::Release
         ));
         assert_eq!(s.claim, Claim::Idle);
@@ -526,13 +647,13 @@ mod tests {
         // A note: once more, while rounds are left.
         let mut s = state(Claim::RunningAgain);
         assert!(matches!(
-            s.finish_round(false, false, false, true),
+            s.finish_round(round(false, false, false, true)),
             Next::Again
         ));
         assert_eq!(s.claim, Claim::Running);
         let mut s = state(Claim::RunningAgain);
         assert!(matches!(
-            s.finish_round(false, false, false, false),
+            s.finish_round(round(false, false, false, false)),
             Next::Requeue
         ));
         assert_eq!(s.claim, Claim::Queued);
@@ -541,7 +662,7 @@ mod tests {
         for from in [Claim::Running, Claim::RunningAgain] {
             let mut s = state(from);
             assert!(matches!(
-                s.finish_round(false, false, true, true),
+                s.finish_round(round(false, false, true, true)),
                 Next::Requeue
             ));
             assert_eq!(s.claim, Claim::Queued);
@@ -551,14 +672,14 @@ mod tests {
         let mut s = state(Claim::Running);
         s.read_paused = true;
         assert!(matches!(
-            s.finish_round(false, false, true, true),
+            s.finish_round(round(false, false, true, true)),
             Next::Release
         ));
         let mut s = state(Claim::Running);
         s.read_paused = true;
         s.hangup = true;
         assert!(matches!(
-            s.finish_round(false, false, true, true),
+            s.finish_round(round(false, false, true, true)),
             Next::Requeue
         ));
 
@@ -566,29 +687,35 @@ mod tests {
         let mut s = state(Claim::RunningAgain);
         s.closing = Some(CloseReason::Local);
         assert!(matches!(
-            s.finish_round(true, true, true, true),
+            s.finish_round(round(true, true, true, true)),
             Next::Close(CloseReason::Local)
         ),);
         let mut s = state(Claim::Running);
         s.read_closed = true;
         assert!(matches!(
-            s.finish_round(false, false, false, true),
+            s.finish_round(round(false, false, false, true)),
             Next::Close(CloseReason::PeerClosed)
         ),);
         let mut s = state(Claim::Running);
         s.read_closed = true;
         assert!(
-            matches!(s.finish_round(true, false, false, true), Next::Release),
+            matches!(
+                s.finish_round(round(true, false, false, true)),
+                Next::Release
+            ),
             "the peer closed, but output is left to write"
         );
         let mut s = state(Claim::Running);
         assert!(matches!(
-            s.finish_round(false, true, false, true),
+            s.finish_round(round(false, true, false, true)),
             Next::Close(CloseReason::Shutdown { flushed: true })
         ),);
         let mut s = state(Claim::Running);
         assert!(
-            matches!(s.finish_round(true, true, false, true), Next::Release),
+            matches!(
+                s.finish_round(round(true, true, false, true)),
+                Next::Release
+            ),
             "draining, but output is left to write"
         );
     }

@@ -11,13 +11,13 @@ use std::time::Duration;
 use crate::runtime::clock;
 use crate::runtime::lifecycle::Phase;
 use crate::runtime::worker::Worker;
-use crate::{Handler, Stream};
+use crate::{Handler, Transport};
 
 /// The tick while accept is paused or a drain runs: the bound on how late either notices
 /// that it can go on.
 const FAST_TICK: Duration = Duration::from_millis(100);
 
-impl<S: Stream, H: Handler<S>> Worker<'_, S, H> {
+impl<T: Transport, H: Handler> Worker<'_, T, H> {
     /// One housekeeping tick.
     pub(crate) fn on_tick(&mut self) {
         let core = self.core;

@@ -11,6 +11,7 @@
 //! | `housekeeping.rs` | the timer tick: timeouts, accept back-off, the drain                  |
 //! | `conn.rs`         | one connection: its claim state and transitions, requests from other threads, `Socket`'s link |
 //! | `table.rs`        | the slab-indexed, lock-sharded connection table and epoll tokens      |
+//! | `pool.rs`         | the blocking pool: offloaded frames, each connection's in order, off the I/O workers |
 //! | `queue.rs`        | the task channel between workers, and the notifier that wakes the poller |
 //! | `monitor.rs`      | the watch thread that hands the polling on while the leader runs a callback |
 //! | `timeouts.rs`     | idle and frame timeouts: when each connection must next be checked    |
@@ -24,6 +25,7 @@ pub(crate) mod conn;
 pub(crate) mod housekeeping;
 pub(crate) mod lifecycle;
 pub(crate) mod monitor;
+pub(crate) mod pool;
 pub(crate) mod queue;
 pub(crate) mod shared;
 pub(crate) mod table;

@@ -81,7 +81,7 @@ impl Monitor {
 }
 
 /// The monitor thread's loop; returns when the server stops.
-pub(crate) fn watch<S, H>(core: &Core<S, H>) {
+pub(crate) fn watch<T: crate::Transport, H: crate::Handler>(core: &Core<T, H>) {
     let monitor = &core.monitor;
     let mut seen = monitor.polls.load(Ordering::SeqCst);
     let mut waiting_looks = 0;

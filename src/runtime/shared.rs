@@ -14,12 +14,16 @@ use crate::runtime::clock;
 use crate::runtime::conn::{Conn, Limits};
 use crate::runtime::lifecycle::Lifecycle;
 use crate::runtime::monitor::Monitor;
+use crate::runtime::pool::Pool;
 use crate::runtime::queue::Queue;
 use crate::runtime::table::Table;
 use crate::runtime::timeouts;
 use crate::sys::epoll::Poller;
 use crate::sys::timer::Ticker;
-use crate::{Config, RunSummary};
+use crate::{Config, Handler, RunSummary, Transport};
+
+/// The connection type of a server with transport `T` and handler `H`.
+pub(crate) type ConnOf<T, H> = Conn<<T as Transport>::Stream, <H as Handler>::Session>;
 
 /// Queued tasks the workers run in a row before one looks at epoll again (without waiting),
 /// so turns that requeue themselves (connections that keep sending) cannot keep new events,
@@ -44,6 +48,8 @@ pub(crate) struct Settings {
     pub tick: Option<Duration>,
     pub timeouts: timeouts::Limits,
     pub drain_timeout: Duration,
+    /// Set `TCP_NODELAY` on accepted sockets.
+    pub nodelay: bool,
 }
 
 impl Settings {
@@ -62,15 +68,20 @@ impl Settings {
                 frame: config.frame_timeout.map(millis),
             },
             drain_timeout: config.drain_timeout,
+            nodelay: config.nodelay,
         }
     }
 }
 
 /// Everything the workers of one server share.
-pub(crate) struct Core<S, H> {
+pub(crate) struct Core<T: Transport, H: Handler> {
     pub settings: Settings,
-    pub handler: H,
-    pub table: Table<Conn<S>>,
+    /// Shared with the blocking pool's threads.
+    pub handler: Arc<H>,
+    pub transport: T,
+    /// Runs the frames the handler offloads.
+    pub pool: Pool<T::Stream, H>,
+    pub table: Table<ConnOf<T, H>>,
     pub poller: Poller,
     pub listener: TcpListener,
     /// The work queue; it also holds the server's [`Lifecycle`].
@@ -97,22 +108,31 @@ pub(crate) struct Core<S, H> {
     pub buffers: Arc<Buffers>,
 }
 
-impl<S, H> Core<S, H> {
+impl<T: Transport, H: Handler> Core<T, H> {
     /// The runtime state for a server about to run: empty table, no connection open.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: &Config,
+        transport: T,
         handler: H,
-        table: Table<Conn<S>>,
+        table: Table<ConnOf<T, H>>,
         poller: Poller,
         listener: TcpListener,
         queue: Arc<Queue>,
         ticker: Ticker,
-    ) -> Core<S, H> {
+    ) -> Core<T, H> {
         let settings = Settings::new(config);
         queue.set_workers(settings.threads);
+        let handler = Arc::new(handler);
         Core {
             settings,
+            pool: Pool::new(
+                handler.clone(),
+                config.blocking_threads,
+                config.blocking_queue,
+            ),
             handler,
+            transport,
             table,
             poller,
             listener,

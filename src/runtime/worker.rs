@@ -9,20 +9,21 @@
 
 use std::any::Any;
 use std::io;
+use std::os::fd::AsFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::handler::CloseReason;
 use crate::runtime::clock;
-use crate::runtime::conn::{Conn, Next, RunningGuard, State};
+use crate::runtime::conn::{Conn, Next, Round, RunningGuard, State};
 use crate::runtime::queue::Task;
-use crate::runtime::shared::Core;
+use crate::runtime::shared::{ConnOf, Core};
 #[cfg(doc)]
 use crate::runtime::shared::{EVENT_INTERVAL, POLL_GAP_NANOS};
 use crate::runtime::table;
 use crate::sys::epoll::{Event, Events};
-use crate::{Frames, Handler, RecvStatus, Socket, Stream};
+use crate::{Frames, Handler, RecvStatus, Socket, Stream, Transport};
 
 /// Events taken from epoll per wait; all but the first go to the queue for the other workers.
 const EVENT_BATCH: usize = 32;
@@ -36,13 +37,13 @@ const FRAMES_KEEP: usize = 256 * 1024;
 const EXTRA_READS: usize = 4;
 
 /// One worker thread's loop and its reusable buffers.
-pub(crate) struct Worker<'a, S, H> {
-    pub(crate) core: &'a Core<S, H>,
+pub(crate) struct Worker<'a, T: Transport, H: Handler> {
+    pub(crate) core: &'a Core<T, H>,
     frames: Frames,
 }
 
-impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
-    pub fn new(core: &'a Core<S, H>) -> Self {
+impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
+    pub fn new(core: &'a Core<T, H>) -> Self {
         Worker {
             core,
             frames: Frames::new(),
@@ -201,7 +202,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
     /// caught: the connection is closed with [`CloseReason::Panicked`] and the worker goes on.
     /// No lock is held across user code except the connection's own, which unwinding releases
     /// (`parking_lot` locks are not poisoned).
-    pub(super) fn drive_guarded(&mut self, conn: &Arc<Conn<S>>, read: bool) {
+    pub(super) fn drive_guarded(&mut self, conn: &Arc<ConnOf<T, H>>, read: bool) {
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| self.drive(conn, read)));
         if let Err(payload) = outcome {
             self.frames.reset(FRAMES_KEEP);
@@ -210,7 +211,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
     }
 
     /// Closes a connection whose owner's turn was cut short by a panic.
-    pub(super) fn recover(&self, conn: &Arc<Conn<S>>, payload: Box<dyn Any + Send>) {
+    pub(super) fn recover(&self, conn: &Arc<ConnOf<T, H>>, payload: Box<dyn Any + Send>) {
         let message = panic_message(payload.as_ref());
         tracing::error!(conn = conn.id, %message, "panic while serving a connection; closing it");
         let state = conn.state.lock();
@@ -223,7 +224,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
     /// Drives a connection this thread has claimed until its turn ends: rounds of read,
     /// deliver, write, until [`State::finish_round`] lets go of it, queues it again or closes
     /// it.
-    fn drive(&mut self, conn: &Arc<Conn<S>>, mut read: bool) {
+    fn drive(&mut self, conn: &Arc<ConnOf<T, H>>, mut read: bool) {
         let socket = Socket::new(conn.clone());
         let _span = tracing::trace_span!("conn", id = conn.id, fd = conn.fd).entered();
         let mut round = 0;
@@ -237,13 +238,15 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
             self.deliver(conn, &socket);
             let mut state = conn.state.lock();
             let more = self.write(conn, &mut state, status);
-            let pending = has_pending_output(&state);
-            match state.finish_round(
-                pending,
-                self.core.lifecycle().draining(),
+            let round = Round {
+                pending_output: has_pending_output(&state),
+                busy: conn.busy(),
+                draining: self.core.lifecycle().draining(),
                 more,
-                round < MAX_ROUNDS,
-            ) {
+                blocked: self.pool_blocked(conn),
+                may_go_again: round < MAX_ROUNDS,
+            };
+            match state.finish_round(round) {
                 Next::Again => read = true,
                 Next::Release => {
                     drop(state);
@@ -267,14 +270,20 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
     /// A round's read, into the worker's frame batch, with the lock held only for the
     /// stream call: as far as the stream's read budget goes, or nothing if the connection is
     /// closing, closed for reading or paused for memory.
-    fn read(&mut self, conn: &Conn<S>) -> io::Result<RecvStatus> {
+    fn read(&mut self, conn: &ConnOf<T, H>) -> io::Result<RecvStatus> {
         let mut state = conn.state.lock();
         // After a hang-up or urgent data, a short read does not mean drained.
         let read_on = state.hangup || state.urgent;
         self.check_memory(conn, &mut state);
-        // A paused connection is read again once the peer hangs up: what is left in the
-        // socket is bounded, and reading it lets the close free the memory.
-        if state.closing.is_some() || state.read_closed || (state.read_paused && !state.hangup) {
+        // A connection paused for memory is read again once the peer hangs up: what is left
+        // in the socket is bounded, and reading it lets the close free the memory. One paused
+        // by the application, or with frames waiting for a full pool, is not.
+        if state.closing.is_some()
+            || state.read_closed
+            || (state.read_paused && !state.hangup)
+            || state.user_paused
+            || self.pool_blocked(conn)
+        {
             return Ok(RecvStatus::Drained);
         }
         let Some(stream) = state.stream.as_mut() else {
@@ -310,24 +319,105 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
         status
     }
 
-    /// Hands the round's frames to the handler, with no lock held, until the connection is
-    /// closed (from a callback or another thread).
-    fn deliver(&mut self, conn: &Conn<S>, socket: &Socket) {
-        if !self.frames.is_empty() {
-            let _running = RunningGuard::enter(conn.id);
-            for frame in &self.frames {
-                if conn.closing_requested() {
-                    break;
-                }
-                self.core.handler.on_frame(socket, frame);
+    /// Whether the connection is not read because frames of it wait for a pool that has
+    /// `Config::blocking_queue` frames waiting already. Its job's end asks for a turn, so it is
+    /// read again then.
+    #[inline]
+    fn pool_blocked(&self, conn: &ConnOf<T, H>) -> bool {
+        conn.has_work() && self.core.pool.over()
+    }
+
+    /// Hands the round's frames to the handler, with no lock of the library held, until the
+    /// connection is closed (from a callback or another thread).
+    ///
+    /// Frames still waiting from before (behind a pool job, or held back by a pause) go
+    /// first. From the first frame the handler offloads, or once reading is paused, the rest
+    /// are queued in the connection's [`Work`](crate::runtime::conn::Work) instead, for the
+    /// pool job or for the resume.
+    fn deliver(&mut self, conn: &Arc<ConnOf<T, H>>, socket: &Socket) {
+        let core = self.core;
+        let earlier = if conn.has_work() {
+            let mut work = conn.work.lock();
+            if work.offloaded || conn.reading_paused() {
+                // Behind a pool job, or paused: everything waits, in order.
+                let added = self.frames.len();
+                work.frames.extend(self.frames.iter().map(Box::from));
+                conn.update_work_hint(&work);
+                drop(work);
+                core.pool.count(added, 0);
+                self.frames.reset(FRAMES_KEEP);
+                return;
             }
+            let earlier = std::mem::take(&mut work.frames);
+            conn.update_work_hint(&work);
+            drop(work);
+            core.pool.count(0, earlier.len());
+            earlier
+        } else if self.frames.is_empty() {
+            return;
+        } else {
+            Default::default()
+        };
+        let _running = RunningGuard::enter(conn.id);
+        let mut session = None;
+        let mut route = Route::Here;
+        let mut queued: Vec<Box<[u8]>> = Vec::new();
+        let mut step = |frame: Pending<'_>| {
+            if route == Route::Here {
+                let bytes = frame.bytes();
+                route = if conn.closing_requested() {
+                    Route::Drop
+                } else if conn.reading_paused() {
+                    Route::Wait
+                } else if core.handler.offload(bytes) && core.pool.available() {
+                    Route::Pool
+                } else {
+                    Route::Here
+                };
+            }
+            match route {
+                Route::Here => {
+                    let session = session.get_or_insert_with(|| conn.session.lock());
+                    core.handler.on_frame(session, socket, frame.bytes());
+                }
+                Route::Wait | Route::Pool => queued.push(frame.into_owned()),
+                Route::Drop => {}
+            }
+        };
+        for frame in earlier {
+            step(Pending::Owned(frame));
         }
+        for frame in &self.frames {
+            step(Pending::Borrowed(frame));
+        }
+        drop(session);
         self.frames.reset(FRAMES_KEEP);
+        if queued.is_empty() {
+            return;
+        }
+        let added = queued.len();
+        let mut work = conn.work.lock();
+        // Frames queued from another thread cannot exist (only the owner adds), but a pool
+        // job's leftovers would go first.
+        work.frames.extend(queued);
+        let submit = route == Route::Pool && !work.offloaded;
+        work.offloaded |= submit;
+        conn.update_work_hint(&work);
+        drop(work);
+        core.pool.count(added, 0);
+        if submit {
+            core.pool.submit(conn.clone());
+        }
     }
 
     /// Records how the round's read ended and writes what the callbacks queued, as far as
     /// the socket takes it. Returns whether input is left (the read stopped at its budget).
-    fn write(&self, conn: &Conn<S>, state: &mut State<S>, status: io::Result<RecvStatus>) -> bool {
+    fn write(
+        &self,
+        conn: &ConnOf<T, H>,
+        state: &mut State<T::Stream>,
+        status: io::Result<RecvStatus>,
+    ) -> bool {
         let mut more = false;
         match status {
             Ok(RecvStatus::Drained) => {}
@@ -356,7 +446,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
 
     /// Pauses reading a connection that holds its share or more while the server is over
     /// `max_buffered`.
-    fn check_memory(&self, conn: &Conn<S>, state: &mut State<S>) {
+    fn check_memory(&self, conn: &ConnOf<T, H>, state: &mut State<T::Stream>) {
         if !state.read_paused && self.core.buffers.over() && state.held >= self.share() {
             self.pause(conn, state);
         }
@@ -370,7 +460,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
     }
 
     /// Stops reading a connection that holds too much while the server is over `max_buffered`.
-    fn pause(&self, conn: &Conn<S>, state: &mut State<S>) {
+    fn pause(&self, conn: &ConnOf<T, H>, state: &mut State<T::Stream>) {
         state.read_paused = true;
         self.core.buffers.pause(conn.slot, conn.id);
         tracing::debug!(
@@ -416,7 +506,7 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
     /// left fits under the ceiling. Connections already closing count as freed.
     fn shed(&self) {
         let core = self.core;
-        let mut holders: Vec<(usize, Arc<Conn<S>>)> = core
+        let mut holders: Vec<(usize, Arc<ConnOf<T, H>>)> = core
             .buffers
             .paused()
             .into_iter()
@@ -454,8 +544,8 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
     /// Closes a connection this thread owns and tells the handler.
     fn finalize(
         &self,
-        conn: &Arc<Conn<S>>,
-        mut state: parking_lot::MutexGuard<'_, State<S>>,
+        conn: &Arc<ConnOf<T, H>>,
+        mut state: parking_lot::MutexGuard<'_, State<T::Stream>>,
         socket: &Socket,
         reason: CloseReason,
     ) {
@@ -476,9 +566,26 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
         core.open.fetch_sub(1, Ordering::AcqRel);
         core.stats.count_shutdown(&reason);
         tracing::debug!(conn = conn.id, peer = %conn.peer, %reason, "connection removed");
-        guarded(conn.id, "on_connection_removed", || {
-            core.handler.on_connection_removed(socket, &reason)
-        });
+        // Frames not delivered are dropped. If a pool job is in a callback of the connection,
+        // it calls `on_connection_removed` once that returns, so the two never overlap.
+        let mut work = conn.work.lock();
+        let dropped = work.frames.len();
+        work.frames.clear();
+        let reason = if work.offloaded {
+            work.removal = Some(reason);
+            None
+        } else {
+            Some(reason)
+        };
+        conn.update_work_hint(&work);
+        drop(work);
+        core.pool.count(0, dropped);
+        if let Some(reason) = reason {
+            let session = conn.take_session();
+            guarded(conn.id, "on_connection_removed", || {
+                core.handler.on_connection_removed(session, socket, &reason)
+            });
+        }
         if core.lifecycle().draining() {
             self.check_drained();
         }
@@ -486,8 +593,9 @@ impl<'a, S: Stream, H: Handler<S>> Worker<'a, S, H> {
     }
 }
 
-impl<S: Stream, H: Handler<S>> Core<S, H> {
-    /// Closes every connection left after the workers stopped, telling the handler.
+impl<T: Transport, H: Handler> Core<T, H> {
+    /// Closes every connection left after the workers and the pool stopped, telling the
+    /// handler.
     pub fn close_all(&self) {
         for conn in self.table.drain() {
             let mut state = conn.state.lock();
@@ -495,9 +603,11 @@ impl<S: Stream, H: Handler<S>> Core<S, H> {
                 continue;
             };
             // A close requested just before the shutdown keeps its own reason; otherwise one
-            // last try to write what is queued tells whether the drain completed.
+            // last try to write what is queued tells whether the drain completed: everything
+            // written, and no work in flight cut off.
+            let busy = conn.busy();
             let reason = state.closing.take().unwrap_or_else(|| {
-                let flushed = stream.flush().is_ok() && !stream.has_pending_output();
+                let flushed = stream.flush().is_ok() && !stream.has_pending_output() && !busy;
                 CloseReason::Shutdown { flushed }
             });
             discard_input(&mut stream);
@@ -507,12 +617,63 @@ impl<S: Stream, H: Handler<S>> Core<S, H> {
             }
             drop(state);
             shut_and_drop(conn.id, stream);
-            let socket = Socket::new(conn.clone());
-            guarded(conn.id, "on_connection_removed", || {
-                self.handler.on_connection_removed(&socket, &reason)
-            });
+            let mut work = conn.work.lock();
+            work.frames.clear();
+            work.offloaded = false;
+            conn.update_work_hint(&work);
+            drop(work);
+            removed(&*self.handler, &conn, &reason);
         }
     }
+}
+
+/// A frame [`Worker::deliver`] routes: one of the round's batch, or one that waited.
+enum Pending<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Box<[u8]>),
+}
+
+impl Pending<'_> {
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Pending::Borrowed(frame) => frame,
+            Pending::Owned(frame) => frame,
+        }
+    }
+
+    fn into_owned(self) -> Box<[u8]> {
+        match self {
+            Pending::Borrowed(frame) => Box::from(frame),
+            Pending::Owned(frame) => frame,
+        }
+    }
+}
+
+/// Where [`Worker::deliver`] sends the frames from here on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// To the handler, on this worker.
+    Here,
+    /// To the connection's queue, for a pool job (started for the first such frame).
+    Pool,
+    /// To the connection's queue, until reading resumes.
+    Wait,
+    /// Nowhere: the connection is closing.
+    Drop,
+}
+
+/// Calls `on_connection_removed` with the connection's session, catching a panic.
+pub(crate) fn removed<S: Stream, H: Handler>(
+    handler: &H,
+    conn: &Arc<Conn<S, H::Session>>,
+    reason: &CloseReason,
+) {
+    let socket = Socket::new(conn.clone());
+    let session = conn.take_session();
+    guarded(conn.id, "on_connection_removed", || {
+        handler.on_connection_removed(session, &socket, reason)
+    });
 }
 
 /// Whether a connection's stream holds output not yet written.

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use hydrogen::{Config, Handler, RunSummary, Server, ShutdownHandle, Stream};
+use hydrogen::{Config, Handler, RunSummary, Server, ShutdownHandle, Transport};
 
 /// A generous upper bound for anything that should happen "at once": only a broken server
 /// gets near it.
@@ -21,20 +21,33 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Binds with `config` (its address and port are replaced by 127.0.0.1:0) and runs `handler`.
+    /// Binds with `config` (its address and port are replaced by 127.0.0.1:0) and runs
+    /// `handler` with the transport it names (a [`Recorder`] records the descriptors).
     #[track_caller]
-    pub fn start<S: Stream, H: Handler<S>>(config: Config, handler: H) -> TestServer {
+    pub fn start<H: TestHandler>(config: Config, handler: H) -> TestServer {
+        let transport = handler.transport();
+        TestServer::start_with(config, transport, handler)
+    }
+
+    /// Binds with `config` (its address and port are replaced by 127.0.0.1:0) and runs
+    /// `handler` over `transport`.
+    #[track_caller]
+    pub fn start_with<T: Transport, H: Handler>(
+        config: Config,
+        transport: T,
+        handler: H,
+    ) -> TestServer {
         let config = Config {
             addr: "127.0.0.1".to_string(),
             port: 0,
             ..config
         };
-        let server = Server::<S, H>::bind(config).expect("bind");
+        let server = Server::bind(config).expect("bind");
         let addr = server.local_addr().expect("local_addr");
         let shutdown = server.shutdown_handle();
         let thread = thread::Builder::new()
             .name("test-server".into())
-            .spawn(move || server.run(handler))
+            .spawn(move || server.run_with(transport, handler))
             .expect("spawn server thread");
         TestServer {
             addr,
@@ -86,8 +99,43 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 use std::net::TcpStream;
 
-use hydrogen::{CloseReason, Codec, Framed, Socket};
+use std::sync::Arc;
+
+use hydrogen::{Accepted, CloseReason, Codec, Framed, Socket};
 use parking_lot::Mutex;
+
+/// A handler that knows the transport it is tested over.
+pub trait TestHandler: Handler {
+    type Transport: Transport;
+    fn transport(&self) -> Self::Transport;
+}
+
+/// A built-in framing that records each accepted socket's descriptor number.
+pub struct Recording<C> {
+    codec: C,
+    fds: Arc<Mutex<Vec<i32>>>,
+}
+
+impl<C: Codec + Clone + Sync> Transport for Recording<C> {
+    type Stream = Framed<C>;
+
+    fn open(&self, conn: Accepted) -> io::Result<Framed<C>> {
+        use std::os::fd::AsRawFd;
+        self.fds.lock().push(conn.tcp().as_raw_fd());
+        Ok(Framed::new(conn.into_tcp(), self.codec.clone()))
+    }
+}
+
+impl<C: Codec + Clone + Sync> TestHandler for Arc<Recorder<C>> {
+    type Transport = Recording<C>;
+
+    fn transport(&self) -> Recording<C> {
+        Recording {
+            codec: self.codec.clone(),
+            fds: self.fds.clone(),
+        }
+    }
+}
 
 /// A short name for each removal reason, for assertions.
 pub fn reason_kind(reason: &CloseReason) -> &'static str {
@@ -121,8 +169,8 @@ pub struct Recorder<C> {
     pub frames: Mutex<Vec<(u64, Vec<u8>)>>,
     /// Every removal: (connection id, reason kind).
     pub removed: Mutex<Vec<(u64, &'static str)>>,
-    /// Every descriptor number `on_new_connection` saw, in order.
-    pub fds: Mutex<Vec<i32>>,
+    /// Every descriptor number the transport saw, in order.
+    pub fds: Arc<Mutex<Vec<i32>>>,
 }
 
 impl<C: Codec + Clone> Recorder<C> {
@@ -133,7 +181,7 @@ impl<C: Codec + Clone> Recorder<C> {
             opened: Mutex::new(Vec::new()),
             frames: Mutex::new(Vec::new()),
             removed: Mutex::new(Vec::new()),
-            fds: Mutex::new(Vec::new()),
+            fds: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
@@ -176,24 +224,19 @@ impl<C: Codec + Clone> Recorder<C> {
     }
 }
 
-impl<C: Codec + Clone + Sync> hydrogen::Handler<Framed<C>> for Recorder<C> {
-    fn on_new_connection(&self, tcp: TcpStream, _: SocketAddr) -> io::Result<Framed<C>> {
-        use std::os::fd::AsRawFd;
-        self.fds.lock().push(tcp.as_raw_fd());
-        tcp.set_nodelay(true)?;
-        Ok(Framed::new(tcp, self.codec.clone()))
-    }
+impl<C: Codec + Clone + Sync> hydrogen::Handler for Recorder<C> {
+    type Session = ();
 
-    fn on_connection_opened(&self, socket: &Socket) {
+    fn on_connection_opened(&self, _: &mut (), socket: &Socket) {
         self.opened.lock().push(socket.clone());
     }
 
-    fn on_frame(&self, socket: &Socket, frame: &[u8]) {
+    fn on_frame(&self, _: &mut (), socket: &Socket, frame: &[u8]) {
         self.frames.lock().push((socket.id(), frame.to_vec()));
         (self.on_frame)(socket, frame);
     }
 
-    fn on_connection_removed(&self, socket: &Socket, reason: &CloseReason) {
+    fn on_connection_removed(&self, _: (), socket: &Socket, reason: &CloseReason) {
         self.removed.lock().push((socket.id(), reason_kind(reason)));
     }
 }

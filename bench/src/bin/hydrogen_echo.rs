@@ -1,8 +1,8 @@
 //! The hydrogen server of the benchmark: hydrogen's own echo, with its built-in framed streams.
 //!
-//! A `Handler` that sets `TCP_NODELAY` on each accepted socket, wraps it in a `Framed` stream of
-//! the chosen codec (`LengthPrefixed` bounded at `--max-frame`, 1 MiB by default, or `SimpleFrame`)
-//! and answers every frame with `Socket::send`; with `--block-ms N`, a frame whose payload starts
+//! A `Handler` with no session, served in the chosen framing (`Config::framing`:
+//! `LengthPrefixed` bounded at `--max-frame`, 1 MiB by default, or `SimpleFrame`; `TCP_NODELAY`
+//! is on by default), that answers every frame with `Socket::send`; with `--block-ms N`, a frame whose payload starts
 //! with `BLOCK` first sleeps N ms in `on_frame` (blocking the worker, as a naive handler would).
 //! `--max-buffered` sets `Config::max_buffered`. SIGINT/SIGTERM are taken by a thread with `sigwait`, which calls the
 //! server's `ShutdownHandle`; `run` then returns and the process exits with status 0.
@@ -11,12 +11,11 @@
 #![forbid(unsafe_code)]
 
 use std::io;
-use std::net::{SocketAddr, TcpStream};
 use std::process;
 use std::thread;
 use std::time::Duration;
 
-use hydrogen::{Codec, Config, Framed, Handler, LengthPrefixed, Server, SimpleFrame, Socket};
+use hydrogen::{Config, Handler, LengthPrefixed, Server, SimpleFrame, Socket};
 use hydrogen_bench::server_cli::{self, Framing};
 use nix::sys::signal::{SigSet, Signal};
 
@@ -26,20 +25,15 @@ const NAME: &str = "hydrogen_echo";
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Echoes every frame back to its connection.
-struct Echo<C> {
-    /// Cloned into each connection's stream.
-    codec: C,
+struct Echo {
     /// How long a `BLOCK` frame sleeps before its echo (`--block-ms`).
     block: Duration,
 }
 
-impl<C: Codec + Clone + Sync> Handler<Framed<C>> for Echo<C> {
-    fn on_new_connection(&self, tcp: TcpStream, _peer: SocketAddr) -> io::Result<Framed<C>> {
-        tcp.set_nodelay(true)?;
-        Ok(Framed::new(tcp, self.codec.clone()))
-    }
+impl Handler for Echo {
+    type Session = ();
 
-    fn on_frame(&self, socket: &Socket, frame: &[u8]) {
+    fn on_frame(&self, _: &mut (), socket: &Socket, frame: &[u8]) {
         server_cli::maybe_block(frame, self.block);
         // Fails only once the connection is closing; there is no one left to answer then.
         let _ = socket.send(frame);
@@ -47,12 +41,13 @@ impl<C: Codec + Clone + Sync> Handler<Framed<C>> for Echo<C> {
 }
 
 /// Binds, prints the listening line, and serves until a signal stops the server.
-fn serve<C: Codec + Clone + Sync>(
-    codec: C,
+fn serve(
+    framing: hydrogen::Framing,
     args: &server_cli::ServerArgs,
     signals: SigSet,
 ) -> io::Result<()> {
     let config = Config {
+        framing,
         addr: args.addr.ip().to_string(),
         port: args.addr.port(),
         max_threads: args.threads,
@@ -60,7 +55,7 @@ fn serve<C: Codec + Clone + Sync>(
         max_buffered: args.max_buffered,
         ..Config::default()
     };
-    let server = Server::<Framed<C>, Echo<C>>::bind(config)?;
+    let server = Server::bind(config)?;
     let stop = server.shutdown_handle();
     thread::Builder::new()
         .name("signals".into())
@@ -76,7 +71,7 @@ fn serve<C: Codec + Clone + Sync>(
         })?;
     server_cli::print_listening(server.local_addr()?);
     let block = args.block;
-    server.run(Echo { codec, block }).map(drop)
+    server.run(Echo { block }).map(drop)
 }
 
 fn main() {
@@ -91,8 +86,8 @@ fn main() {
     }
 
     let result = match args.framing {
-        Framing::U32 { max } => serve(LengthPrefixed::new(max), &args, signals),
-        Framing::Simple => serve(SimpleFrame, &args, signals),
+        Framing::U32 { max } => serve(LengthPrefixed::new(max).into(), &args, signals),
+        Framing::Simple => serve(SimpleFrame.into(), &args, signals),
     };
     match result {
         Ok(()) => process::exit(0),
