@@ -63,6 +63,37 @@ impl<C: Codec> Client<C> {
         Ok(Client::from_stream(tcp, codec))
     }
 
+    /// Connects like [`connect`](Client::connect), giving up on each address after
+    /// `timeout`.
+    ///
+    /// A name that resolves to several addresses is tried in turn, each with the whole
+    /// `timeout`; the last error is returned if none answers.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::TimedOut`] if an address did not answer in time (and none other did),
+    /// [`io::ErrorKind::InvalidInput`] for a zero timeout or a name that resolves to nothing,
+    /// or any other error from resolving, connecting or setting the option.
+    pub fn connect_timeout<A: ToSocketAddrs>(
+        addr: A,
+        codec: C,
+        timeout: Duration,
+    ) -> io::Result<Self> {
+        let mut last = None;
+        for addr in addr.to_socket_addrs()? {
+            match TcpStream::connect_timeout(&addr, timeout) {
+                Ok(tcp) => {
+                    tcp.set_nodelay(true)?;
+                    return Ok(Client::from_stream(tcp, codec));
+                }
+                Err(err) => last = Some(err),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing")
+        }))
+    }
+
     /// Wraps a connected socket as it is, without changing any option.
     ///
     /// The socket is expected to be in blocking mode; in non-blocking mode, `recv` and `flush`
@@ -372,6 +403,46 @@ mod tests {
         client.set_read_timeout(None).unwrap();
         assert_eq!(client.recv().unwrap().unwrap(), b"abc");
         assert_eq!(client.recv().unwrap(), None);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn connect_timeout_gives_up_when_the_server_does_not_answer() {
+        // A loopback listener that never accepts, with a backlog of one: once its accept
+        // queue is full the kernel drops further SYNs, so a connect hangs until it times out.
+        let listener =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        listener
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        listener.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        let mut queued = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let err = loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the backlog never filled"
+            );
+            match Client::connect_timeout(addr, SimpleFrame, Duration::from_millis(200)) {
+                Ok(client) => queued.push(client),
+                Err(err) => break err,
+            }
+            assert!(
+                queued.len() < 64,
+                "a backlog of one took {} connections",
+                queued.len()
+            );
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err:?}");
+        let err = Client::connect_timeout("127.0.0.1:9", SimpleFrame, Duration::ZERO).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        let (addr, server) = echo_server();
+        let mut client =
+            Client::connect_timeout(addr, SimpleFrame, Duration::from_secs(5)).unwrap();
+        client.send(b"hi").unwrap();
+        assert_eq!(client.recv().unwrap().as_deref(), Some(&b"hi"[..]));
+        drop(client);
         server.join().unwrap();
     }
 

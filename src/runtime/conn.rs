@@ -683,6 +683,28 @@ mod tests {
             Next::Requeue
         ));
 
+        // Work in flight (pool, hold): neither the peer's close nor the drain closes it yet.
+        let mut s = state(Claim::Running);
+        s.read_closed = true;
+        let busy = Round {
+            busy: true,
+            ..round(false, true, false, true)
+        };
+        assert!(matches!(s.finish_round(busy), Next::Release));
+        // Paused by the application or blocked on a full pool: input left does not requeue.
+        let mut s = state(Claim::Running);
+        s.user_paused = true;
+        assert!(matches!(
+            s.finish_round(round(false, false, true, true)),
+            Next::Release
+        ));
+        let mut s = state(Claim::Running);
+        let blocked = Round {
+            blocked: true,
+            ..round(false, false, true, true)
+        };
+        assert!(matches!(s.finish_round(blocked), Next::Release));
+
         // Closes: a recorded reason first, then the peer's close or the drain once written.
         let mut s = state(Claim::RunningAgain);
         s.closing = Some(CloseReason::Local);
