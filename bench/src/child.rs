@@ -1,4 +1,4 @@
-//! Child processes for the drivers (`suite`, `stalls`): starting an echo server and reading its
+//! Child processes for the drivers (`suite`, `stalls`, `blocking`): starting a server and reading its
 //! `listening on ADDR` line, a guard that kills a child left running on any path, a signal
 //! thread that takes the children down with the driver, and what `/proc` says about a process.
 
@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{self, Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -176,12 +176,28 @@ pub fn start_server(
 ) -> Result<(Guard, SocketAddr), String> {
     let bin = bin_dir.join(format!("{server}_echo"));
     let log = log.try_clone().map_err(|e| format!("log file: {e}"))?;
-    let mut child = Command::new(&bin)
-        .args(["--addr", "127.0.0.1:0", "--framing", "u32"])
+    let mut all = vec!["--addr", "127.0.0.1:0", "--framing", "u32"];
+    all.extend_from_slice(args);
+    start_listening(&bin, &all, Stdio::from(log))
+}
+
+/// Starts the server binary `bin` with exactly `args` (which should make it listen on a free
+/// port, e.g. `--addr 127.0.0.1:0`), its stderr going to `stderr`; waits for its `listening on
+/// ADDR` line and until it accepts a connection, and returns it and its address.
+pub fn start_listening(
+    bin: &Path,
+    args: &[&str],
+    stderr: Stdio,
+) -> Result<(Guard, SocketAddr), String> {
+    let name = bin.file_name().map_or_else(
+        || bin.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let mut child = Command::new(bin)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(log)
+        .stderr(stderr)
         .spawn()
         .map_err(|e| format!("starting {}: {e}", bin.display()))?;
     let stdout = child.stdout.take().expect("piped stdout");
@@ -189,10 +205,18 @@ pub fn start_server(
     let lines = line_reader(stdout);
     let line = match lines.recv_timeout(STARTUP_TIMEOUT) {
         Ok(line) => line,
-        Err(_) => {
+        Err(RecvTimeoutError::Disconnected) => {
+            // Its stdout closed: it has exited, or is about to.
+            let status = guard.wait_for(Duration::from_secs(1)).ok().flatten();
+            return Err(format!(
+                "{name} closed its stdout without a `listening on` line{}",
+                status.map_or(String::new(), |s| format!(" (exited: {s})"))
+            ));
+        }
+        Err(RecvTimeoutError::Timeout) => {
             let status = guard.child.try_wait().ok().flatten();
             return Err(format!(
-                "{server}_echo printed no `listening on` line within {} s{}",
+                "{name} printed no `listening on` line within {} s{}",
                 STARTUP_TIMEOUT.as_secs(),
                 status.map_or(String::new(), |s| format!(" (exited: {s})"))
             ));
@@ -202,7 +226,7 @@ pub fn start_server(
         .strip_prefix("listening on ")
         .and_then(|a| a.trim().parse().ok())
         .ok_or(format!(
-            "{server}_echo: expected `listening on ADDR`, got {line:?}"
+            "{name}: expected `listening on ADDR`, got {line:?}"
         ))?;
     // Keep draining the server's stdout so that it never blocks on a full pipe.
     thread::spawn(move || for _ in lines {});
@@ -211,7 +235,7 @@ pub fn start_server(
         match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
             Ok(_) => break,
             Err(e) if Instant::now() >= deadline => {
-                return Err(format!("{server}_echo does not accept on {addr}: {e}"));
+                return Err(format!("{name} does not accept on {addr}: {e}"));
             }
             Err(_) => thread::sleep(Duration::from_millis(20)),
         }

@@ -1,5 +1,6 @@
 //! Shared pieces of the benchmark suite.
 #![forbid(unsafe_code)]
+pub mod blocking;
 pub mod child;
 pub mod cli;
 pub mod load;
