@@ -51,7 +51,7 @@ struct Inner<S, H: Handler> {
     /// `Config::blocking_queue`.
     bound: usize,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    /// Threads waiting for a job.
+    /// Threads waiting for a job and not yet claimed by a job sent.
     idle: AtomicUsize,
     /// Frames queued in connections' [`Work`] and not yet started, across the server.
     waiting: AtomicUsize,
@@ -109,14 +109,19 @@ impl<S: Stream, H: Handler> Pool<S, H> {
         let inner = &self.inner;
         // Cannot fail: the pool holds the receiver.
         let _ = inner.tx.send(Some(conn));
-        // Enough idle threads for the jobs waiting (the count is a moment's; a job sent as a
-        // thread turns idle may wait for the next one free, never for ever).
-        if inner.tx.len() <= inner.idle.load(Ordering::Acquire) {
+        // Claim an idle thread for the job, or start one. The claim is taken here, not by the
+        // thread when it wakes, so that two jobs sent at once never count on the same idle
+        // thread (the second would wait for a thread to finish its work).
+        let claimed = inner
+            .idle
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok();
+        if claimed {
             return;
         }
         let mut threads = inner.threads.lock();
         if threads.len() >= inner.max_threads || inner.stopping.load(Ordering::Acquire) {
-            return;
+            return; // the job waits for the next thread free
         }
         let shared = inner.clone();
         let spawned = thread::Builder::new()
@@ -172,13 +177,15 @@ fn count<S, H: Handler>(inner: &Inner<S, H>, added: usize, taken: usize) {
     }
 }
 
-/// A pool thread: takes jobs until the pool stops.
+/// A pool thread: takes jobs until the pool stops. It starts for a job, and counts itself
+/// idle each time it is done with one (the sender of the next job claims it).
 fn serve<S: Stream, H: Handler>(inner: &Inner<S, H>) {
+    let mut first = true;
     loop {
-        inner.idle.fetch_add(1, Ordering::AcqRel);
-        let job = inner.rx.recv();
-        inner.idle.fetch_sub(1, Ordering::AcqRel);
-        let Ok(Some(conn)) = job else {
+        if !std::mem::take(&mut first) {
+            inner.idle.fetch_add(1, Ordering::AcqRel);
+        }
+        let Ok(Some(conn)) = inner.rx.recv() else {
             return;
         };
         if inner.stopping.load(Ordering::Acquire) {
