@@ -45,9 +45,10 @@ pub struct Config {
     /// TCP port to listen on. Default `1337`; `0` lets the OS pick one
     /// (see [`Server::local_addr`](crate::Server::local_addr)).
     pub port: u16,
-    /// Number of worker threads, the thread calling [`Server::run`](crate::Server::run) included.
-    /// Default: the number of CPUs. It is also how many callbacks may block at once: while one
-    /// blocks, the other workers go on serving every other connection (see
+    /// Number of I/O worker threads, the thread calling [`Server::run`](crate::Server::run)
+    /// included. Default: the number of CPUs. Blocking work belongs on the blocking pool
+    /// ([`blocking_threads`](Config::blocking_threads)); a callback that blocks on an I/O
+    /// worker all the same stalls only its own connection while another worker is free (see
     /// [`Handler`](crate::Handler#what-callbacks-may-do)); with all of them blocked, the
     /// server waits for one to return.
     pub max_threads: usize,

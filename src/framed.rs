@@ -63,8 +63,9 @@ impl<C> Framed<C> {
 impl<C: Codec> Framed<C> {
     /// Wraps an accepted connection.
     ///
-    /// It does not change any socket option: the library puts the socket in non-blocking mode
-    /// when it takes the stream, and options such as `TCP_NODELAY` are left to the caller.
+    /// It does not change any socket option: the server puts the socket in non-blocking mode
+    /// and sets `TCP_NODELAY` ([`Config::nodelay`](crate::Config::nodelay)) before its
+    /// [`Transport`](crate::Transport) makes the stream.
     pub fn new(tcp: TcpStream, codec: C) -> Self {
         Framed {
             tcp,

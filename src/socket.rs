@@ -93,8 +93,10 @@ impl Socket {
     /// wait, in order, and come first on resuming). The kernel's buffers fill, and TCP flow
     /// control then slows the peer down: read backpressure, for a consumer that cannot keep
     /// up. Sending, closing and the timeouts work as usual; note that an idle timeout counts a
-    /// paused connection whose peer has stopped sending as idle. Pausing a paused connection
-    /// does nothing.
+    /// paused connection whose peer has stopped sending as idle. Frames held back were
+    /// accepted: like work in flight, they keep the connection open after the peer's close
+    /// and through the drain (up to its timeout), until they are delivered. Pausing a paused
+    /// connection does nothing.
     pub fn pause_reading(&self) {
         self.link.pause_reading()
     }

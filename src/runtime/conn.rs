@@ -4,7 +4,7 @@ use std::cell::Cell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, MutexGuard};
@@ -264,6 +264,49 @@ pub(crate) struct Work {
     pub removal: Option<CloseReason>,
 }
 
+impl Work {
+    const EMPTY: Work = Work {
+        frames: VecDeque::new(),
+        offloaded: false,
+        removal: None,
+    };
+
+    fn busy(&self) -> bool {
+        self.offloaded || !self.frames.is_empty() || self.removal.is_some()
+    }
+}
+
+/// A connection's [`Work`], locked ([`Conn::lock_work`]).
+pub(crate) struct WorkGuard<'a> {
+    work: MutexGuard<'a, Option<Box<Work>>>,
+    hint: &'a AtomicBool,
+}
+
+impl std::ops::Deref for WorkGuard<'_> {
+    type Target = Work;
+
+    fn deref(&self) -> &Work {
+        static EMPTY: Work = Work::EMPTY;
+        self.work.as_deref().unwrap_or(&EMPTY)
+    }
+}
+
+impl std::ops::DerefMut for WorkGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Work {
+        self.work.get_or_insert_with(Box::default)
+    }
+}
+
+impl Drop for WorkGuard<'_> {
+    fn drop(&mut self) {
+        let busy = self.work.as_ref().is_some_and(|work| work.busy());
+        if !busy {
+            *self.work = None;
+        }
+        self.hint.store(busy, Ordering::Release);
+    }
+}
+
 /// Per-connection copies of the send limits, so a send needs nothing but the connection.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -281,14 +324,16 @@ pub(crate) struct Conn<S, U> {
     /// The handler's session. Locked only by whoever runs the connection's callbacks (the
     /// owner, or the pool job while `Work::offloaded`), one at a time, so never contended.
     pub session: Mutex<U>,
-    /// Frames waiting for the pool or for reading to resume.
-    pub work: Mutex<Work>,
+    /// Frames waiting for the pool or for reading to resume: allocated only while there are
+    /// some, so a connection that never offloads nor pauses pays a pointer. Use
+    /// [`lock_work`](Conn::lock_work).
+    work: Mutex<Option<Box<Work>>>,
     /// `work` holds frames or is offloaded: read without the lock on every turn.
     work_hint: AtomicBool,
     /// Mirrors `State::user_paused`, read between frames without the lock.
     paused_hint: AtomicBool,
     /// [`Hold`](crate::Hold)s the application keeps on the connection.
-    holds: AtomicUsize,
+    holds: AtomicU32,
     /// Set, besides `State::closing`, once a close is requested: the owner reads it between
     /// frames without taking the lock, to stop delivering a batch to a closed connection.
     closing_hint: AtomicBool,
@@ -324,10 +369,10 @@ impl<S: Stream, U: Default> Conn<S, U> {
             fd: stream.as_fd().as_raw_fd(),
             state: Mutex::new(State::new(stream, Claim::Running)),
             session: Mutex::new(U::default()),
-            work: Mutex::new(Work::default()),
+            work: Mutex::new(None),
             work_hint: AtomicBool::new(false),
             paused_hint: AtomicBool::new(false),
-            holds: AtomicUsize::new(0),
+            holds: AtomicU32::new(0),
             closing_hint: AtomicBool::new(false),
             last_active: AtomicU64::new(clock::now()),
             partial_since: AtomicU64::new(0),
@@ -351,11 +396,14 @@ impl<S: Stream, U> Conn<S, U> {
         self.work_hint.load(Ordering::Acquire)
     }
 
-    /// Sets the hint from `work`, with its lock held.
+    /// Locks the connection's [`Work`]; unlocking updates the hint and frees the queue once
+    /// it holds nothing.
     #[inline]
-    pub fn update_work_hint(&self, work: &Work) {
-        let busy = work.offloaded || !work.frames.is_empty() || work.removal.is_some();
-        self.work_hint.store(busy, Ordering::Release);
+    pub fn lock_work(&self) -> WorkGuard<'_> {
+        WorkGuard {
+            work: self.work.lock(),
+            hint: &self.work_hint,
+        }
     }
 
     /// Whether the application paused reading (a hint, read without the lock).

@@ -7,9 +7,9 @@
 //! | `shared.rs`       | `Settings` (fixed from the `Config`) and `Core` (state every worker shares), the poll-gap counters |
 //! | `lifecycle.rs`    | the server's one lifecycle state: serving, shutdown asked, draining, stopping |
 //! | `worker.rs`       | the worker loop: leader/follower polling, claiming and driving connections, closing them |
-//! | `accept.rs`       | the accept loop and opening a connection                              |
+//! | `accept.rs`       | the accept loop and opening a connection (socket options, the transport, the session) |
 //! | `housekeeping.rs` | the timer tick: timeouts, accept back-off, the drain                  |
-//! | `conn.rs`         | one connection: its claim state and transitions, requests from other threads, `Socket`'s link |
+//! | `conn.rs`         | one connection: its claim state and transitions, its session and queue of frames waiting, requests from other threads, `Socket`'s link |
 //! | `table.rs`        | the slab-indexed, lock-sharded connection table and epoll tokens      |
 //! | `pool.rs`         | the blocking pool: offloaded frames, each connection's in order, off the I/O workers |
 //! | `queue.rs`        | the task channel between workers, and the notifier that wakes the poller |

@@ -152,12 +152,11 @@ impl<S: Stream, H: Handler> Pool<S, H> {
         }
         while let Ok(job) = inner.rx.try_recv() {
             if let Some(conn) = job {
-                let mut work = conn.work.lock();
+                let mut work = conn.lock_work();
                 let dropped = work.frames.len();
                 work.frames.clear();
                 work.offloaded = false;
                 let removal = work.removal.take();
-                conn.update_work_hint(&work);
                 drop(work);
                 count(inner, 0, dropped);
                 if let Some(reason) = removal {
@@ -211,7 +210,7 @@ fn run<S: Stream, H: Handler>(inner: &Inner<S, H>, conn: &Arc<Conn<S, H::Session
     let _span = tracing::trace_span!("offload", conn = conn.id).entered();
     loop {
         let step = {
-            let mut work = conn.work.lock();
+            let mut work = conn.lock_work();
             next_step(inner, conn, &mut work)
         };
         match step {
@@ -230,12 +229,11 @@ fn run<S: Stream, H: Handler>(inner: &Inner<S, H>, conn: &Arc<Conn<S, H::Session
                 }
                 if inner.stopping.load(Ordering::Acquire) {
                     // Done with the callback it was in; the rest is cut off by the stop.
-                    let mut work = conn.work.lock();
+                    let mut work = conn.lock_work();
                     if let Some(reason) = work.removal.take() {
                         work.offloaded = false;
                         let dropped = work.frames.len();
                         work.frames.clear();
-                        conn.update_work_hint(&work);
                         drop(work);
                         count(inner, 0, dropped);
                         removed(&*inner.handler, conn, &reason);
@@ -243,7 +241,6 @@ fn run<S: Stream, H: Handler>(inner: &Inner<S, H>, conn: &Arc<Conn<S, H::Session
                         // With frames left, the final close sees it busy and reports the drain
                         // cut short.
                         work.offloaded = false;
-                        conn.update_work_hint(&work);
                     }
                     return;
                 }
@@ -274,7 +271,6 @@ fn next_step<S: Stream, H: Handler>(
         let dropped = work.frames.len();
         work.frames.clear();
         work.offloaded = false;
-        conn.update_work_hint(work);
         count(inner, 0, dropped);
         return Step::Remove(reason);
     }
@@ -284,14 +280,12 @@ fn next_step<S: Stream, H: Handler>(
         let dropped = work.frames.len();
         work.frames.clear();
         work.offloaded = false;
-        conn.update_work_hint(work);
         count(inner, 0, dropped);
         return Step::Done;
     }
     if conn.reading_paused() {
         // Paused from a callback: the frames wait in order for `resume_reading`.
         work.offloaded = false;
-        conn.update_work_hint(work);
         return Step::Done;
     }
     match work.frames.pop_front() {
@@ -301,7 +295,6 @@ fn next_step<S: Stream, H: Handler>(
         }
         None => {
             work.offloaded = false;
-            conn.update_work_hint(work);
             Step::Done
         }
     }

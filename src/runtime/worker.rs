@@ -337,19 +337,17 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
     fn deliver(&mut self, conn: &Arc<ConnOf<T, H>>, socket: &Socket) {
         let core = self.core;
         let earlier = if conn.has_work() {
-            let mut work = conn.work.lock();
+            let mut work = conn.lock_work();
             if work.offloaded || conn.reading_paused() {
                 // Behind a pool job, or paused: everything waits, in order.
                 let added = self.frames.len();
                 work.frames.extend(self.frames.iter().map(Box::from));
-                conn.update_work_hint(&work);
                 drop(work);
                 core.pool.count(added, 0);
                 self.frames.reset(FRAMES_KEEP);
                 return;
             }
             let earlier = std::mem::take(&mut work.frames);
-            conn.update_work_hint(&work);
             drop(work);
             core.pool.count(0, earlier.len());
             earlier
@@ -396,13 +394,12 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
             return;
         }
         let added = queued.len();
-        let mut work = conn.work.lock();
+        let mut work = conn.lock_work();
         // Frames queued from another thread cannot exist (only the owner adds), but a pool
         // job's leftovers would go first.
         work.frames.extend(queued);
         let submit = route == Route::Pool && !work.offloaded;
         work.offloaded |= submit;
-        conn.update_work_hint(&work);
         drop(work);
         core.pool.count(added, 0);
         if submit {
@@ -568,16 +565,18 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
         tracing::debug!(conn = conn.id, peer = %conn.peer, %reason, "connection removed");
         // Frames not delivered are dropped. If a pool job is in a callback of the connection,
         // it calls `on_connection_removed` once that returns, so the two never overlap.
-        let mut work = conn.work.lock();
+        let mut work = conn.lock_work();
         let dropped = work.frames.len();
-        work.frames.clear();
         let reason = if work.offloaded {
+            work.frames.clear();
             work.removal = Some(reason);
             None
         } else {
+            if dropped > 0 {
+                work.frames.clear();
+            }
             Some(reason)
         };
-        conn.update_work_hint(&work);
         drop(work);
         core.pool.count(0, dropped);
         if let Some(reason) = reason {
@@ -617,11 +616,11 @@ impl<T: Transport, H: Handler> Core<T, H> {
             }
             drop(state);
             shut_and_drop(conn.id, stream);
-            let mut work = conn.work.lock();
-            work.frames.clear();
-            work.offloaded = false;
-            conn.update_work_hint(&work);
-            drop(work);
+            if conn.has_work() {
+                let mut work = conn.lock_work();
+                work.frames.clear();
+                work.offloaded = false;
+            }
             removed(&*self.handler, &conn, &reason);
         }
     }
