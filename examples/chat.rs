@@ -1,10 +1,11 @@
 //! A chat room: every frame a client sends is passed on to every other connected client.
 //!
-//! Shows how to talk to connections other than the one a callback is for: the handler keeps a
-//! `Socket` handle for each open connection in a map, filled in `on_connection_opened` and
-//! emptied in `on_connection_removed`, and sends through those handles. A `Socket` can be
-//! cloned, kept and used from any thread; once its connection is gone, `send` fails with
-//! `SendError::Closed` (and never reaches a later connection that reused the slot).
+//! Shows how to talk to connections other than the one a callback is for: the handler keeps
+//! a `Group` that every connection joins in `on_connection_opened` (and leaves by closing), and
+//! relays each frame with `Group::broadcast_except`. The frame is encoded once and shared by
+//! the members' write queues; the writes are left to the workers and coalesced, so a member
+//! that reads slowly holds nobody up, and one that falls too far behind is disconnected
+//! (its `LagPolicy`).
 //!
 //! ```text
 //! cargo run --release --example chat                       # 127.0.0.1:1337, SimpleFrame
@@ -15,13 +16,11 @@
 //! `hydrogen::client::Client`, or any program that speaks the framing; what one sends, the
 //! others receive. Stops cleanly on SIGINT or SIGTERM, like `echo.rs`.
 
-use std::collections::HashMap;
 use std::io;
 use std::process::ExitCode;
 
 use clap::Parser;
-use hydrogen::{CloseReason, Config, Handler, SendError, Server, Socket};
-use parking_lot::Mutex;
+use hydrogen::{CloseReason, Config, Group, Handler, LagPolicy, OnLag, Server, Socket};
 
 mod support;
 
@@ -34,11 +33,23 @@ struct Cli {
     server: support::ServerArgs,
 }
 
-#[derive(Default)]
 struct Chat {
-    /// Every open connection, by id: the room is shared state, so it lives in the handler
-    /// (what belongs to one connection would go in its session).
-    members: Mutex<HashMap<u64, Socket>>,
+    /// Everyone in the room. The room is shared state, so it lives in the handler (what
+    /// belongs to one connection would go in its session).
+    room: Group,
+}
+
+impl Default for Chat {
+    fn default() -> Chat {
+        Chat {
+            // A member may fall 4 MiB behind the room; past that it is disconnected
+            // (`CloseReason::SlowConsumer`) rather than let its backlog grow or hold anyone up.
+            room: Group::with_policy(LagPolicy {
+                max_lag: 4 * 1024 * 1024,
+                on_lag: OnLag::Disconnect,
+            }),
+        }
+    }
 }
 
 impl Handler for Chat {
@@ -46,31 +57,17 @@ impl Handler for Chat {
 
     fn on_connection_opened(&self, _: &mut (), socket: &Socket) {
         tracing::info!(id = socket.id(), peer = %socket.peer_addr(), "joined");
-        self.members.lock().insert(socket.id(), socket.clone());
+        self.room.join(socket);
     }
 
     fn on_frame(&self, _: &mut (), socket: &Socket, frame: &[u8]) {
-        // Copy the handles out and let go of the lock before sending: a send may write to the
-        // socket, and other workers need the map meanwhile.
-        let others: Vec<Socket> = self
-            .members
-            .lock()
-            .iter()
-            .filter(|&(&id, _)| id != socket.id())
-            .map(|(_, other)| other.clone())
-            .collect();
-        for other in others {
-            match other.send(frame) {
-                Ok(()) => {}
-                // Left (or is leaving) meanwhile; `on_connection_removed` drops it from the map.
-                Err(SendError::Closed) => {}
-                Err(err) => tracing::warn!(to = other.id(), error = %err, "relay failed"),
-            }
-        }
+        // Encoded once, shared by every member's write queue; written by the workers, in
+        // one vectored write per member for whatever is queued by then.
+        self.room.broadcast_except(frame, socket);
     }
 
     fn on_connection_removed(&self, _: (), socket: &Socket, reason: &CloseReason) {
-        self.members.lock().remove(&socket.id());
+        // It has left the room already: a closed connection leaves its groups.
         tracing::info!(id = socket.id(), %reason, "left");
     }
 }

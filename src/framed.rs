@@ -122,6 +122,22 @@ impl<C: Codec> Stream for Framed<C> {
         Ok(())
     }
 
+    /// Queues a reference to the frame's shared encoding (made once for every member with
+    /// the same wire format) instead of encoding a copy.
+    fn send_shared(&mut self, frame: &crate::SharedFrame) -> io::Result<()> {
+        let wire = frame.encoded(self.input.codec_mut())?;
+        self.output.push_shared(wire);
+        Ok(())
+    }
+
+    fn shared_pending(&self) -> usize {
+        self.output.shared_pending()
+    }
+
+    fn drop_shared(&mut self, max: usize) -> usize {
+        self.output.drop_shared(max)
+    }
+
     /// Writes the queue until it is empty or the socket reports `WouldBlock`.
     ///
     /// # Errors

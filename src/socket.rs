@@ -3,7 +3,9 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+
+use crate::group::{LagPolicy, Members, SharedFrame};
 
 /// What a connection handle needs from the connection behind it. Implemented by the
 /// generic connection type, so that [`Socket`] itself is not generic over the stream.
@@ -17,6 +19,12 @@ pub(crate) trait Link: Send + Sync {
     fn resume_reading(&self);
     fn hold(&self);
     fn release(&self);
+    /// Queues a broadcast frame under the member's lag policy: `Ok(false)` if the policy
+    /// dropped it. The write is left to a worker.
+    fn send_shared(&self, frame: &SharedFrame, policy: &LagPolicy) -> Result<bool, SendError>;
+    /// Records a group membership, so that the close leaves the group; `false` if closed.
+    fn join_group(&self, group: Weak<Members>) -> bool;
+    fn leave_group(&self, group: &Arc<Members>);
 }
 
 /// A handle to one connection: cheap to clone, usable from any thread, at any time.
@@ -32,6 +40,10 @@ pub struct Socket {
 impl Socket {
     pub(crate) fn new(link: Arc<dyn Link>) -> Socket {
         Socket { link }
+    }
+
+    pub(crate) fn link(&self) -> &dyn Link {
+        &*self.link
     }
 
     /// This connection's id: unique among all connections of all servers in this process, never

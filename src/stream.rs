@@ -3,7 +3,7 @@
 use std::io;
 use std::os::fd::AsFd;
 
-use crate::Frames;
+use crate::{Frames, SharedFrame};
 
 /// What [`Stream::recv`] saw when it stopped reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +67,33 @@ pub trait Stream: AsFd + Send + 'static {
 
     /// Writes queued bytes until none are left or the socket reports `WouldBlock`.
     fn flush(&mut self) -> io::Result<()>;
+
+    /// Queues a frame broadcast to a [`Group`](crate::Group), after the frames queued before
+    /// it. A stream that can hold shared bytes keeps a reference to the frame's encoding
+    /// ([`SharedFrame::encoded`]) instead of a copy; the default sends a copy of the payload
+    /// with [`send`](Stream::send).
+    ///
+    /// # Errors
+    ///
+    /// As for [`send`](Stream::send): the frame is refused, the connection stays open.
+    fn send_shared(&mut self, frame: &SharedFrame) -> io::Result<()> {
+        self.send(frame.payload())
+    }
+
+    /// Bytes of broadcast frames queued and not yet written, checked against the member's
+    /// [`LagPolicy`](crate::LagPolicy). The default counts all pending output.
+    fn shared_pending(&self) -> usize {
+        self.pending_output()
+    }
+
+    /// Drops queued broadcast frames not yet started, oldest first, until at most `max`
+    /// bytes of them are pending (for [`OnLag::DropOldest`](crate::OnLag::DropOldest));
+    /// returns how many it dropped. The default drops none (the new frame is dropped
+    /// instead).
+    fn drop_shared(&mut self, max: usize) -> usize {
+        let _ = max;
+        0
+    }
 
     /// How many bytes are queued and not yet written (0 when nothing is pending).
     ///

@@ -164,6 +164,13 @@ impl Codec for Framing {
             Framing::LengthPrefixed(c) => c.max_payload(),
         }
     }
+
+    fn encoding_key(&self) -> Option<&'static str> {
+        match self {
+            Framing::Simple(c) => c.encoding_key(),
+            Framing::LengthPrefixed(c) => c.encoding_key(),
+        }
+    }
 }
 
 impl fmt::Display for Framing {

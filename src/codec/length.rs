@@ -76,6 +76,11 @@ impl Codec for LengthPrefixed {
     /// # Errors
     ///
     /// [`FrameError::TooLarge`] if the payload is longer than the bound; `out` is left untouched.
+    /// The bound does not change the encoding, only what is accepted.
+    fn encoding_key(&self) -> Option<&'static str> {
+        Some("hydrogen/u32")
+    }
+
     fn encode(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
         let limit = self.limit();
         if payload.len() > limit {

@@ -95,6 +95,15 @@ pub trait Codec: Send + 'static {
     fn max_payload(&self) -> usize {
         usize::MAX
     }
+
+    /// A name for the wire format, if the encoding of a payload depends on nothing but the
+    /// format: two codecs that give the same `Some(name)` encode every payload they both
+    /// accept to the same bytes. A broadcast ([`Group`](crate::Group)) then encodes each frame
+    /// once and shares the bytes among all members with that format. The default, `None`,
+    /// encodes the frame anew for each member, which is always correct.
+    fn encoding_key(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// Where [`Codec::decode`] found a frame in the buffer it was given.

@@ -43,6 +43,10 @@ impl Codec for SimpleFrame {
         Self::MAX_PAYLOAD
     }
 
+    fn encoding_key(&self) -> Option<&'static str> {
+        Some("hydrogen/simple")
+    }
+
     /// Appends `0x01`, the length, the payload and `0x17` to `out`.
     ///
     /// # Errors

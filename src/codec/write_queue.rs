@@ -1,9 +1,38 @@
 //! [`WriteQueue`]: frames in, bytes out, for any transport.
 
+use std::collections::VecDeque;
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
+
+use bytes::Bytes;
 
 use super::{Codec, FrameError};
+
+/// Buffers one vectored write takes at most (tokio's `Framed` and Linux's `UIO_FASTIOV` use
+/// the same bound).
+pub const MAX_IOVECS: usize = 64;
+
+/// Segments an empty queue keeps room for.
+const FRONT_KEEP: usize = 4;
+
+/// A run of queued bytes that comes before the queue's own tail buffer.
+#[derive(Clone)]
+enum Segment {
+    /// Bytes encoded into the queue's buffer, set aside when a shared frame came after them.
+    Own(Vec<u8>),
+    /// An encoded frame shared with other queues (a broadcast): a reference, not a copy.
+    Shared(Bytes),
+}
+
+impl Segment {
+    #[inline]
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Segment::Own(v) => v,
+            Segment::Shared(b) => b,
+        }
+    }
+}
 
 /// Encoded frames waiting to be written, without the I/O: frames in, bytes out.
 ///
@@ -40,7 +69,15 @@ use super::{Codec, FrameError};
 /// ```
 #[derive(Clone)]
 pub struct WriteQueue {
-    /// Encoded frames; `buf[..pos]` is already written.
+    /// Segments queued before `buf`, in order, once a shared frame is among them; empty (and
+    /// unallocated) otherwise. `front[0].bytes()[..front_pos]` is already written.
+    front: VecDeque<Segment>,
+    front_pos: usize,
+    /// Bytes of `front` not yet written.
+    front_bytes: usize,
+    /// Bytes of shared frames in `front` not yet written.
+    shared: usize,
+    /// Encoded frames after `front`; `buf[..pos]` is already written.
     buf: Vec<u8>,
     pos: usize,
     /// An empty buffer keeps its allocation only up to this capacity.
@@ -61,6 +98,10 @@ impl WriteQueue {
     /// next frames instead of [`DEFAULT_KEEP`](WriteQueue::DEFAULT_KEEP).
     pub const fn with_keep(keep: usize) -> Self {
         WriteQueue {
+            front: VecDeque::new(),
+            front_pos: 0,
+            front_bytes: 0,
+            shared: 0,
             buf: Vec::new(),
             pos: 0,
             keep,
@@ -91,19 +132,102 @@ impl WriteQueue {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// The bytes not yet written, in order (empty when none are).
+    /// Appends a frame already encoded and shared with other queues (a broadcast's, say): the
+    /// queue keeps a reference to it, not a copy. Its bytes count as
+    /// [`shared_pending`](WriteQueue::shared_pending) until written.
+    pub fn push_shared(&mut self, frame: Bytes) {
+        if frame.is_empty() {
+            return;
+        }
+        if self.pos < self.buf.len() {
+            // What is queued in the buffer goes first: set it aside, as it is.
+            let mut own = std::mem::take(&mut self.buf);
+            own.drain(..self.pos);
+            self.pos = 0;
+            self.front_bytes += own.len();
+            self.front.push_back(Segment::Own(own));
+        } else {
+            self.release_buf();
+        }
+        self.front_bytes += frame.len();
+        self.shared += frame.len();
+        self.front.push_back(Segment::Shared(frame));
+    }
+
+    /// Bytes of shared frames ([`push_shared`](WriteQueue::push_shared)) not yet written.
+    pub fn shared_pending(&self) -> usize {
+        self.shared
+    }
+
+    /// Drops shared frames not yet started, oldest first, until at most `max` bytes of shared
+    /// frames are pending or none is left to drop (one partly written stays: dropping it would
+    /// cut a frame). Returns how many frames were dropped.
+    pub fn drop_shared(&mut self, max: usize) -> usize {
+        let mut dropped = 0;
+        let mut i = usize::from(self.front_pos > 0);
+        while self.shared > max && i < self.front.len() {
+            if let Segment::Shared(frame) = &self.front[i] {
+                let len = frame.len();
+                self.shared -= len;
+                self.front_bytes -= len;
+                self.front.remove(i);
+                dropped += 1;
+            } else {
+                i += 1;
+            }
+        }
+        if self.front.is_empty() {
+            self.front_pos = 0;
+        }
+        dropped
+    }
+
+    /// The first run of bytes not yet written, in order (empty when none are). With shared
+    /// frames queued, the bytes are in several runs: this is the first, and
+    /// [`chunks`](WriteQueue::chunks) gives them all.
     pub fn chunk(&self) -> &[u8] {
-        &self.buf[self.pos..]
+        match self.front.front() {
+            Some(first) => &first.bytes()[self.front_pos..],
+            None => &self.buf[self.pos..],
+        }
+    }
+
+    /// Fills `slices` with the runs of bytes not yet written, in order, as many as fit (at
+    /// most [`MAX_IOVECS`] are useful to a vectored write); returns how many it filled.
+    pub fn chunks<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        let runs = self
+            .front
+            .iter()
+            .enumerate()
+            .map(|(i, seg)| {
+                if i == 0 {
+                    &seg.bytes()[self.front_pos..]
+                } else {
+                    seg.bytes()
+                }
+            })
+            .chain(std::iter::once(&self.buf[self.pos..]));
+        for run in runs {
+            if n == slices.len() {
+                break;
+            }
+            if !run.is_empty() {
+                slices[n] = IoSlice::new(run);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// How many bytes are queued and not yet written.
     pub fn pending(&self) -> usize {
-        self.buf.len() - self.pos
+        self.front_bytes + self.buf.len() - self.pos
     }
 
     /// Whether every queued byte is written.
     pub fn is_empty(&self) -> bool {
-        self.pos == self.buf.len()
+        self.pending() == 0
     }
 
     /// Marks the first `n` bytes of [`chunk`](WriteQueue::chunk) as written. Once nothing is
@@ -118,8 +242,27 @@ impl WriteQueue {
             "advanced {n} bytes past the {} pending",
             self.pending()
         );
-        self.pos += n;
-        if self.pos == self.buf.len() {
+        let mut n = n;
+        while n > 0 {
+            let Some(first) = self.front.front() else {
+                self.pos += n;
+                break;
+            };
+            let left = first.bytes().len() - self.front_pos;
+            let take = n.min(left);
+            n -= take;
+            self.front_bytes -= take;
+            if matches!(first, Segment::Shared(_)) {
+                self.shared -= take;
+            }
+            if take == left {
+                self.front.pop_front();
+                self.front_pos = 0;
+            } else {
+                self.front_pos += take;
+            }
+        }
+        if self.is_empty() {
             self.release();
         }
     }
@@ -144,7 +287,15 @@ impl WriteQueue {
     /// [`io::ErrorKind::WriteZero`] if it accepts no bytes. The bytes not written stay queued.
     pub fn write_to<W: Write + ?Sized>(&mut self, writer: &mut W) -> io::Result<()> {
         while !self.is_empty() {
-            match writer.write(self.chunk()) {
+            let written = if self.front.is_empty() {
+                writer.write(self.chunk())
+            } else {
+                // Several runs: one vectored write (`writev`) for up to `MAX_IOVECS` of them.
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let n = self.chunks(&mut slices);
+                writer.write_vectored(&slices[..n])
+            };
+            match written {
                 Ok(0) => {
                     return Err(io::Error::new(
                         io::ErrorKind::WriteZero,
@@ -164,8 +315,20 @@ impl WriteQueue {
         Ok(())
     }
 
-    /// Empties the written-out buffer, freeing it unless it is small enough to keep.
+    /// Empties the written-out queue, freeing the buffer unless it is small enough to keep.
     fn release(&mut self) {
+        // A member of a busy group keeps a small segment list for the next broadcasts.
+        if self.front.capacity() > FRONT_KEEP {
+            self.front = VecDeque::new();
+        } else {
+            self.front.clear();
+        }
+        self.front_pos = 0;
+        self.release_buf();
+    }
+
+    /// Empties the written-out buffer, freeing it unless it is small enough to keep.
+    fn release_buf(&mut self) {
         self.pos = 0;
         if self.buf.capacity() > self.keep {
             self.buf = Vec::new();
@@ -192,6 +355,7 @@ impl fmt::Debug for WriteQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WriteQueue")
             .field("pending", &self.pending())
+            .field("shared", &self.shared)
             .field("keep", &self.keep)
             .finish()
     }
@@ -221,6 +385,126 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    /// A writer that takes at most `room` bytes per call over however many buffers, and
+    /// records how many calls and buffers it saw.
+    struct Vectored {
+        out: Vec<u8>,
+        room: usize,
+        calls: usize,
+        most_slices: usize,
+    }
+
+    impl Write for Vectored {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls += 1;
+            self.most_slices = self.most_slices.max(bufs.len());
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.room - n);
+                self.out.extend_from_slice(&b[..take]);
+                n += take;
+                if n == self.room {
+                    break;
+                }
+            }
+            if n == 0 && bufs.iter().any(|b| !b.is_empty()) {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn shared_frames_keep_their_place_and_go_out_in_one_vectored_write() {
+        let mut queue = WriteQueue::new();
+        queue.push(&mut SimpleFrame, b"own1").unwrap();
+        queue.push_shared(Bytes::from_static(b"[shared1]"));
+        queue.push(&mut SimpleFrame, b"own2").unwrap();
+        queue.push_shared(Bytes::from_static(b"[shared2]"));
+        queue.push_shared(Bytes::from_static(b""));
+        queue.push(&mut SimpleFrame, b"own3").unwrap();
+        let mut want = Vec::new();
+        for part in [&b"own1"[..], b"[shared1]", b"own2", b"[shared2]", b"own3"] {
+            if part.starts_with(b"[") {
+                want.extend_from_slice(part);
+            } else {
+                SimpleFrame.encode(part, &mut want).unwrap();
+            }
+        }
+        assert_eq!(queue.pending(), want.len());
+        assert_eq!(queue.shared_pending(), 18);
+        let mut w = Vectored {
+            out: Vec::new(),
+            room: usize::MAX,
+            calls: 0,
+            most_slices: 0,
+        };
+        queue.write_to(&mut w).unwrap();
+        assert_eq!(w.out, want);
+        assert_eq!((w.calls, w.most_slices), (1, 5), "one writev of five runs");
+        assert!(queue.is_empty());
+        assert_eq!(queue.shared_pending(), 0);
+    }
+
+    #[test]
+    fn short_vectored_writes_resume_in_the_middle_of_a_run() {
+        let mut want = Vec::new();
+        let mut queue = WriteQueue::new();
+        for i in 0..200u8 {
+            if i % 3 == 0 {
+                let frame = Bytes::from(vec![i; 1 + usize::from(i % 7)]);
+                want.extend_from_slice(&frame);
+                queue.push_shared(frame);
+            } else {
+                queue.push(&mut SimpleFrame, &[i; 5]).unwrap();
+                SimpleFrame.encode(&[i; 5], &mut want).unwrap();
+            }
+        }
+        let mut w = Vectored {
+            out: Vec::new(),
+            room: 0,
+            calls: 0,
+            most_slices: 0,
+        };
+        // Three bytes a call: every run boundary is crossed in the middle of a write.
+        for room in (0..10_000).map(|i| [3, 0, 11][i % 3]) {
+            w.room = room;
+            queue.write_to(&mut w).unwrap();
+            if queue.is_empty() {
+                break;
+            }
+            assert_eq!(queue.pending(), want.len() - w.out.len());
+        }
+        assert!(queue.is_empty());
+        assert_eq!(w.out, want);
+        assert!(w.most_slices <= MAX_IOVECS);
+    }
+
+    #[test]
+    fn dropping_shared_frames_keeps_own_frames_and_a_started_one() {
+        let mut queue = WriteQueue::new();
+        queue.push_shared(Bytes::from_static(b"AAAA"));
+        queue.push(&mut SimpleFrame, b"reply").unwrap();
+        queue.push_shared(Bytes::from_static(b"BBBB"));
+        queue.push_shared(Bytes::from_static(b"CCCC"));
+        queue.advance(2); // AAAA started
+        assert_eq!(queue.shared_pending(), 10);
+        assert_eq!(queue.drop_shared(6), 1, "BBBB goes; AAAA is started");
+        assert_eq!(queue.shared_pending(), 6);
+        assert_eq!(queue.drop_shared(0), 1, "CCCC goes; AAAA stays");
+        let mut out = Vec::new();
+        queue.write_to(&mut out).unwrap();
+        let mut want = b"AA".to_vec();
+        SimpleFrame.encode(b"reply", &mut want).unwrap();
+        assert_eq!(out, want);
     }
 
     #[test]
@@ -339,6 +623,9 @@ mod tests {
     fn debug_output() {
         let mut queue = WriteQueue::new();
         queue.push_bytes(b"abc");
-        assert_eq!(format!("{queue:?}"), "WriteQueue { pending: 3, keep: 512 }");
+        assert_eq!(
+            format!("{queue:?}"),
+            "WriteQueue { pending: 3, shared: 0, keep: 512 }"
+        );
     }
 }

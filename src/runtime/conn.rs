@@ -11,6 +11,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use crate::Stream;
 use crate::config::OutboundPolicy;
+use crate::group::{LagPolicy, Members, OnLag, SharedFrame};
 use crate::handler::CloseReason;
 use crate::runtime::buffers::{Buffers, PAUSE_FLOOR};
 use crate::runtime::clock;
@@ -92,7 +93,14 @@ pub(crate) struct State<S> {
     /// Set when the connection must close at the owner's next look (a local close, or an
     /// error seen by a thread that was not the owner).
     pub closing: Option<CloseReason>,
+    /// The groups the connection is in, to leave them when it closes (allocated on the first
+    /// join).
+    pub groups: Option<Box<Memberships>>,
 }
+
+/// The groups a connection is in (boxed in [`State`], which most connections leave empty).
+#[derive(Debug, Default)]
+pub(crate) struct Memberships(pub Vec<Weak<Members>>);
 
 /// What the owner of a connection does once a round of its turn is over
 /// ([`State::finish_round`]).
@@ -122,6 +130,7 @@ impl<S> State<S> {
             read_paused: false,
             user_paused: false,
             closing: None,
+            groups: None,
         }
     }
 
@@ -334,6 +343,8 @@ pub(crate) struct Conn<S, U> {
     paused_hint: AtomicBool,
     /// [`Hold`](crate::Hold)s the application keeps on the connection.
     holds: AtomicU32,
+    /// A flush task is queued for broadcast frames ([`Task::Flush`]): later ones ride on it.
+    flush_wanted: AtomicBool,
     /// Set, besides `State::closing`, once a close is requested: the owner reads it between
     /// frames without taking the lock, to stop delivering a batch to a closed connection.
     closing_hint: AtomicBool,
@@ -373,6 +384,7 @@ impl<S: Stream, U: Default> Conn<S, U> {
             work_hint: AtomicBool::new(false),
             paused_hint: AtomicBool::new(false),
             holds: AtomicU32::new(0),
+            flush_wanted: AtomicBool::new(false),
             closing_hint: AtomicBool::new(false),
             last_active: AtomicU64::new(clock::now()),
             partial_since: AtomicU64::new(0),
@@ -485,6 +497,12 @@ impl<S: Stream, U> Conn<S, U> {
                 id: self.id,
             });
         }
+    }
+
+    /// A queued flush is about to run: broadcasts from now on queue another.
+    #[inline]
+    pub fn flush_taken(&self) {
+        self.flush_wanted.store(false, Ordering::Release);
     }
 
     /// Queues a turn for a connection its owner just marked `Queued` ([`Next::Requeue`]).
@@ -603,6 +621,73 @@ impl<S: Stream, U: Send + 'static> Link for Conn<S, U> {
         if self.holds.fetch_sub(1, Ordering::AcqRel) == 1 {
             // The last hold: a turn decides whether the connection closes now.
             self.request(|_, _| true);
+        }
+    }
+
+    fn send_shared(&self, frame: &SharedFrame, policy: &LagPolicy) -> Result<bool, SendError> {
+        let mut state = self.state.lock();
+        if state.closing.is_some() {
+            return Err(SendError::Closed);
+        }
+        let Some(stream) = state.stream.as_mut() else {
+            return Err(SendError::Closed);
+        };
+        let len = frame.payload().len();
+        let over = |lagging: usize| lagging > 0 && lagging + len > policy.max_lag;
+        if over(stream.shared_pending()) {
+            match policy.on_lag {
+                OnLag::DropOldest => {
+                    let dropped = stream.drop_shared(policy.max_lag.saturating_sub(len));
+                    tracing::trace!(
+                        conn = self.id,
+                        dropped,
+                        "lagging group member: oldest frames dropped"
+                    );
+                    if over(stream.shared_pending()) {
+                        return Ok(false); // nothing left to drop: this one goes
+                    }
+                }
+                OnLag::Disconnect => {
+                    tracing::debug!(
+                        conn = self.id,
+                        lag = stream.shared_pending(),
+                        "lagging group member: closing"
+                    );
+                    self.close_locked(state, CloseReason::SlowConsumer);
+                    return Err(SendError::Closed);
+                }
+            }
+        }
+        stream.send_shared(frame).map_err(SendError::Rejected)?;
+        if RUNNING.get() == self.id {
+            return Ok(true); // its own callback: the owner writes when it returns
+        }
+        // Written by a worker, not here: a broadcast never waits on a member's socket, and
+        // frames broadcast before that flush runs go out with it, in one vectored write.
+        let schedule = !self.flush_wanted.swap(true, Ordering::AcqRel);
+        drop(state);
+        if schedule && let Some(queue) = self.queue.upgrade() {
+            queue.push(Task::Flush {
+                slot: self.slot,
+                id: self.id,
+            });
+        }
+        Ok(true)
+    }
+
+    fn join_group(&self, group: Weak<Members>) -> bool {
+        let mut state = self.state.lock();
+        if state.stream.is_none() || state.closing.is_some() {
+            return false;
+        }
+        state.groups.get_or_insert_default().0.push(group);
+        true
+    }
+
+    fn leave_group(&self, group: &Arc<Members>) {
+        let mut state = self.state.lock();
+        if let Some(groups) = state.groups.as_mut() {
+            groups.0.retain(|g| !std::ptr::eq(g.as_ptr(), Arc::as_ptr(group)));
         }
     }
 }

@@ -18,6 +18,8 @@ pub(crate) enum Task {
     /// Give this connection a turn: a close was requested, a send from another thread failed, a
     /// timeout expired, or its last turn stopped early to let others run.
     Conn { slot: usize, id: u64 },
+    /// Write what broadcasts queued for this connection.
+    Flush { slot: usize, id: u64 },
     /// Keep accepting: the last accept loop stopped at its budget.
     Accept,
     /// Take over the polling: nobody is waiting in `epoll_wait` and the leader is busy

@@ -150,6 +150,7 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
         match task {
             Task::Event(event) => self.on_any_event(event),
             Task::Conn { slot, id } => self.on_turn(slot, table::tag(id)),
+            Task::Flush { slot, id } => self.on_flush(slot, id),
             Task::Accept => self.accept(),
             Task::Poll | Task::Stop => {}
         }
@@ -195,6 +196,36 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
         };
         if conn.state.lock().claim_for_turn() {
             self.drive_guarded(&conn, true);
+        }
+    }
+
+    /// Writes what broadcasts queued for a connection: under its lock, like a send from
+    /// another thread, whoever owns its turn. What the socket does not take waits for its
+    /// next writable edge, which drives the connection as usual.
+    fn on_flush(&mut self, slot: usize, id: u64) {
+        let Some(conn) = self.core.table.get_id(slot, id) else {
+            return;
+        };
+        let mut state = conn.state.lock();
+        conn.flush_taken();
+        if state.closing.is_some() {
+            return;
+        }
+        let Some(stream) = state.stream.as_mut() else {
+            return;
+        };
+        if !stream.has_pending_output() {
+            return;
+        }
+        match stream.flush() {
+            Ok(()) => {
+                conn.touch();
+                conn.account(&mut state);
+            }
+            Err(err) => {
+                tracing::debug!(conn = conn.id, error = %err, "write failed");
+                conn.close_locked(state, CloseReason::from_io(err));
+            }
         }
     }
 
@@ -557,7 +588,11 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
             tracing::debug!(conn = conn.id, error = %err, "epoll delete failed");
         }
         core.buffers.set(&mut state.held, 0);
+        let groups = state.groups.take();
         drop(state);
+        if let Some(groups) = groups {
+            crate::group::leave_all(conn.id, groups.0);
+        }
         shut_and_drop(conn.id, stream);
         core.table.remove(conn.slot, conn.id);
         core.open.fetch_sub(1, Ordering::AcqRel);
@@ -614,7 +649,11 @@ impl<T: Transport, H: Handler> Core<T, H> {
             if let Err(err) = self.poller.delete(stream.as_fd()) {
                 tracing::debug!(conn = conn.id, error = %err, "epoll delete failed");
             }
+            let groups = state.groups.take();
             drop(state);
+            if let Some(groups) = groups {
+                crate::group::leave_all(conn.id, groups.0);
+            }
             shut_and_drop(conn.id, stream);
             if conn.has_work() {
                 let mut work = conn.lock_work();
