@@ -5,6 +5,8 @@ use std::io;
 use std::sync::Arc;
 
 use crate::Socket;
+#[cfg(doc)]
+use crate::Stream;
 
 /// The application's side of the server: callbacks the worker threads make.
 ///
@@ -176,6 +178,43 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every [`kind`](CloseReason::kind), in declaration order.
+    pub const KINDS: &'static [&'static str] = &[
+        "peer_closed",
+        "reset",
+        "protocol",
+        "io",
+        "local",
+        "idle_timeout",
+        "frame_timeout",
+        "slow_consumer",
+        "shutdown",
+        "shutdown_unflushed",
+        "panicked",
+        "max_buffered",
+    ];
+
+    /// A short, stable name for the reason, without its details: `"peer_closed"`, `"reset"`,
+    /// `"protocol"`, `"io"`, `"local"`, `"idle_timeout"`, `"frame_timeout"`,
+    /// `"slow_consumer"`, `"shutdown"` (flushed), `"shutdown_unflushed"`, `"panicked"` or
+    /// `"max_buffered"`: the `reason` label of the close counter, for instance.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::Reset => "reset",
+            CloseReason::Protocol(_) => "protocol",
+            CloseReason::Io(_) => "io",
+            CloseReason::Local => "local",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::FrameTimeout => "frame_timeout",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Shutdown { flushed: true } => "shutdown",
+            CloseReason::Shutdown { flushed: false } => "shutdown_unflushed",
+            CloseReason::Panicked(_) => "panicked",
+            CloseReason::MaxBuffered => "max_buffered",
+        }
+    }
+
     /// Sorts an error returned by a [`Stream`] into a reason.
     pub(crate) fn from_io(err: io::Error) -> CloseReason {
         match err.kind() {
@@ -246,5 +285,16 @@ mod tests {
         assert!(r.is_error());
         assert!(!CloseReason::Local.is_error());
         assert_eq!(CloseReason::PeerClosed.to_string(), "closed by the peer");
+        for (reason, kind) in [
+            (CloseReason::Local, "local"),
+            (
+                CloseReason::Shutdown { flushed: false },
+                "shutdown_unflushed",
+            ),
+            (CloseReason::MaxBuffered, "max_buffered"),
+        ] {
+            assert_eq!(reason.kind(), kind);
+            assert!(CloseReason::KINDS.contains(&kind));
+        }
     }
 }

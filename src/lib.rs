@@ -86,7 +86,7 @@ pub use framed::{Framed, LengthPrefixedStream, SimpleStream};
 pub use frames::{Frames, Iter};
 pub use group::{Group, LagPolicy, OnLag, SharedFrame};
 pub use handler::{CloseReason, Handler};
-pub use server::{RunSummary, Server, ShutdownHandle};
+pub use server::{ConnectionInfo, RunSummary, Server, ShutdownHandle};
 pub use socket::{Hold, SendError, Socket};
 pub use stream::{RecvStatus, Stream};
 pub use transport::{Accepted, Framing, Transport, UnknownFraming};

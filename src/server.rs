@@ -149,13 +149,16 @@ impl Server {
             &self.config,
             transport,
             handler,
-            Table::new(shards, self.config.pre_allocated),
+            Arc::new(Table::new(shards, self.config.pre_allocated)),
             self.poller,
             self.listener,
             self.queue,
             self.ticker,
         );
         crate::runtime::clock::advance();
+        let inspector: Arc<dyn crate::runtime::table::Inspect> = core.table.clone();
+        core.queue.set_inspector(Some(Arc::downgrade(&inspector)));
+        drop(inspector);
         Worker::new(&core).retime();
 
         let result = thread::scope(|scope| {
@@ -213,6 +216,7 @@ impl Server {
         });
         // Callbacks running on the pool finish first: their sessions go to the final close.
         core.pool.stop();
+        core.queue.set_inspector(None);
         core.close_all();
         let summary = core.stats.summary();
         tracing::info!(?summary, "server stopped");
@@ -250,7 +254,31 @@ pub struct RunSummary {
     pub longest_poll_gap: u64,
 }
 
-/// Stops a [`Server`] from any thread; cheap to clone.
+/// One open connection, as [`ShutdownHandle::connections`] saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionInfo {
+    /// Its id ([`Socket::id`](crate::Socket::id)).
+    pub id: u64,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// Bytes queued for it and not yet written.
+    pub queued_bytes: usize,
+    /// How long since bytes last moved either way (to the housekeeping clock's millisecond).
+    pub idle: std::time::Duration,
+    /// Frames handed to the handler.
+    pub frames_in: u64,
+    /// Frames queued to it: sends and broadcasts.
+    pub frames_out: u64,
+    /// The [`Group`](crate::Group)s it is in.
+    pub groups: usize,
+    /// Reading is paused by the application ([`Socket::pause_reading`](crate::Socket::pause_reading)).
+    pub reading_paused: bool,
+    /// A close is under way.
+    pub closing: bool,
+}
+
+/// Stops a [`Server`] from any thread, and looks at it; cheap to clone.
 ///
 /// Shutting down a server that has not started running makes its `run` return at once; a
 /// handle to a server that has stopped does nothing.
@@ -267,6 +295,19 @@ impl ShutdownHandle {
         if let Some(queue) = self.queue.upgrade() {
             queue.shut_down();
         }
+    }
+
+    /// The open connections of the running server, in the order they were accepted: a
+    /// snapshot, for an admin endpoint or a periodic log line. Empty before
+    /// [`Server::run`] starts and after it returns.
+    ///
+    /// It locks each connection briefly in turn (as a send does), so it is meant for
+    /// occasional looks, not for every frame.
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        self.queue
+            .upgrade()
+            .map(|queue| queue.connections())
+            .unwrap_or_default()
     }
 
     /// Shuts the server down when the process receives SIGINT (Ctrl-C) or SIGTERM.

@@ -50,6 +50,7 @@ impl<T: Transport, H: Handler> Worker<'_, T, H> {
                     let limit = core.settings.max_connections;
                     if core.open.load(Ordering::Acquire) >= limit {
                         core.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        core.telemetry.refused.increment(1);
                         tracing::debug!(%peer, limit, "connection refused: at max_connections");
                         drop(tcp);
                         continue;
@@ -65,6 +66,7 @@ impl<T: Transport, H: Handler> Worker<'_, T, H> {
                         | libc_errno::ENOMEM,
                     ) => {
                         if !core.accept_paused.swap(true, Ordering::AcqRel) {
+                            core.telemetry.accept_pauses.increment(1);
                             tracing::warn!(error = %err, "accept failed; pausing accept until descriptors free up");
                             self.retime();
                         }
@@ -120,6 +122,8 @@ impl<T: Transport, H: Handler> Worker<'_, T, H> {
         };
         core.open.fetch_add(1, Ordering::AcqRel);
         core.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        core.telemetry.accepted.increment(1);
+        core.telemetry.open.increment(1.0);
         let now = clock::now();
         if let Some(due) = core.settings.timeouts.next_check(now, now, 0) {
             core.deadlines.arm(due, id, conn.slot);
@@ -139,6 +143,7 @@ impl<T: Transport, H: Handler> Worker<'_, T, H> {
             drop(stream);
             core.table.remove(conn.slot, id);
             core.open.fetch_sub(1, Ordering::AcqRel);
+            core.telemetry.open.decrement(1.0);
             return;
         }
         tracing::debug!(conn = id, %peer, fd = conn.fd, "connection opened");

@@ -9,6 +9,7 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, MutexGuard};
 
+use crate::ConnectionInfo;
 use crate::Stream;
 use crate::config::OutboundPolicy;
 use crate::group::{LagPolicy, Members, OnLag, SharedFrame};
@@ -17,6 +18,7 @@ use crate::runtime::buffers::{Buffers, PAUSE_FLOOR};
 use crate::runtime::clock;
 use crate::runtime::queue::{Queue, Task};
 use crate::runtime::table::Keyed;
+use crate::runtime::telemetry;
 use crate::socket::{Link, SendError};
 
 thread_local! {
@@ -343,6 +345,10 @@ pub(crate) struct Conn<S, U> {
     paused_hint: AtomicBool,
     /// [`Hold`](crate::Hold)s the application keeps on the connection.
     holds: AtomicU32,
+    /// Frames handed to the handler, and frames queued to the connection (sends and
+    /// broadcasts), for introspection.
+    pub frames_in: AtomicU64,
+    frames_out: AtomicU64,
     /// A flush task is queued for broadcast frames ([`Task::Flush`]): later ones ride on it.
     flush_wanted: AtomicBool,
     /// Set, besides `State::closing`, once a close is requested: the owner reads it between
@@ -385,6 +391,8 @@ impl<S: Stream, U: Default> Conn<S, U> {
             paused_hint: AtomicBool::new(false),
             holds: AtomicU32::new(0),
             flush_wanted: AtomicBool::new(false),
+            frames_in: AtomicU64::new(0),
+            frames_out: AtomicU64::new(0),
             closing_hint: AtomicBool::new(false),
             last_active: AtomicU64::new(clock::now()),
             partial_since: AtomicU64::new(0),
@@ -511,6 +519,27 @@ impl<S: Stream, U> Conn<S, U> {
     }
 }
 
+impl<S: Stream, U> Conn<S, U> {
+    /// A snapshot of the connection for [`ShutdownHandle::connections`](crate::ShutdownHandle::connections);
+    /// `None` once closed.
+    pub fn info(&self, now: u64) -> Option<ConnectionInfo> {
+        let state = self.state.lock();
+        let stream = state.stream.as_ref()?;
+        let idle = now.saturating_sub(self.last_active.load(Ordering::Relaxed));
+        Some(ConnectionInfo {
+            id: self.id,
+            peer: self.peer,
+            queued_bytes: stream.pending_output(),
+            idle: std::time::Duration::from_millis(idle),
+            frames_in: self.frames_in.load(Ordering::Relaxed),
+            frames_out: self.frames_out.load(Ordering::Relaxed),
+            groups: state.groups.as_ref().map_or(0, |g| g.0.len()),
+            reading_paused: state.user_paused,
+            closing: state.closing.is_some(),
+        })
+    }
+}
+
 impl<S, U> Keyed for Conn<S, U> {
     fn id(&self) -> u64 {
         self.id
@@ -552,6 +581,10 @@ impl<S: Stream, U: Send + 'static> Link for Conn<S, U> {
             }
         }
         stream.send(frame).map_err(SendError::Rejected)?;
+        self.frames_out.fetch_add(1, Ordering::Relaxed);
+        let telemetry = telemetry::get();
+        telemetry.frames_out.increment(1);
+        telemetry.bytes_out.increment(frame.len() as u64);
         if RUNNING.get() == self.id {
             // Our own callback: the owner flushes when the callback returns.
             return Ok(());
@@ -659,6 +692,10 @@ impl<S: Stream, U: Send + 'static> Link for Conn<S, U> {
             }
         }
         stream.send_shared(frame).map_err(SendError::Rejected)?;
+        self.frames_out.fetch_add(1, Ordering::Relaxed);
+        let telemetry = telemetry::get();
+        telemetry.frames_out.increment(1);
+        telemetry.bytes_out.increment(len as u64);
         if RUNNING.get() == self.id {
             return Ok(true); // its own callback: the owner writes when it returns
         }
@@ -687,7 +724,9 @@ impl<S: Stream, U: Send + 'static> Link for Conn<S, U> {
     fn leave_group(&self, group: &Arc<Members>) {
         let mut state = self.state.lock();
         if let Some(groups) = state.groups.as_mut() {
-            groups.0.retain(|g| !std::ptr::eq(g.as_ptr(), Arc::as_ptr(group)));
+            groups
+                .0
+                .retain(|g| !std::ptr::eq(g.as_ptr(), Arc::as_ptr(group)));
         }
     }
 }

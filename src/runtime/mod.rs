@@ -16,6 +16,7 @@
 //! | `monitor.rs`      | the watch thread that hands the polling on while the leader runs a callback |
 //! | `timeouts.rs`     | idle and frame timeouts: when each connection must next be checked    |
 //! | `buffers.rs`      | the server-wide byte count behind `Config::max_buffered`              |
+//! | `telemetry.rs`    | the metrics (through the `metrics` facade) and what each one counts   |
 //! | `clock.rs`        | the coarse millisecond clock and saturating deadlines                 |
 
 pub(crate) mod accept;
@@ -29,5 +30,6 @@ pub(crate) mod pool;
 pub(crate) mod queue;
 pub(crate) mod shared;
 pub(crate) mod table;
+pub(crate) mod telemetry;
 pub(crate) mod timeouts;
 pub(crate) mod worker;

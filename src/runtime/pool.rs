@@ -215,10 +215,16 @@ fn run<S: Stream, H: Handler>(inner: &Inner<S, H>, conn: &Arc<Conn<S, H::Session
         };
         match step {
             Step::Frame(frame) => {
+                let telemetry = crate::runtime::telemetry::get();
+                telemetry.frames_in.increment(1);
+                conn.frames_in.fetch_add(1, Ordering::Relaxed);
+                telemetry.bytes_in.increment(frame.len() as u64);
+                let started = std::time::Instant::now();
                 let ran = panic::catch_unwind(AssertUnwindSafe(|| {
                     let mut session = conn.session.lock();
                     inner.handler.on_frame(&mut session, &socket, &frame);
                 }));
+                telemetry.callbacks.record(started.elapsed().as_secs_f64());
                 if let Err(payload) = ran {
                     let message = panic_message(payload.as_ref());
                     tracing::error!(conn = conn.id, %message, "panic in an offloaded on_frame; closing the connection");

@@ -2,11 +2,13 @@
 //! not deliver (turns asked for from other threads, shutdown), over one channel.
 
 use std::io;
+use std::sync::Weak;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::runtime::lifecycle::{Lifecycle, Phase};
+use crate::runtime::table::Inspect;
 use crate::sys::epoll::Event;
 use crate::sys::eventfd::Notifier;
 
@@ -43,6 +45,8 @@ pub(crate) struct Queue {
     lifecycle: Lifecycle,
     /// How many workers block on the channel at most (one `Stop` each on stopping).
     workers: AtomicUsize,
+    /// The running server's connection table, for introspection.
+    inspector: parking_lot::Mutex<Option<Weak<dyn Inspect>>>,
 }
 
 impl Queue {
@@ -54,6 +58,7 @@ impl Queue {
             notifier: Notifier::new()?,
             lifecycle: Lifecycle::default(),
             workers: AtomicUsize::new(0),
+            inspector: parking_lot::Mutex::new(None),
         })
     }
 
@@ -63,6 +68,17 @@ impl Queue {
 
     pub fn lifecycle(&self) -> &Lifecycle {
         &self.lifecycle
+    }
+
+    /// Registers the table the server runs with (`None` once it stopped).
+    pub fn set_inspector(&self, table: Option<Weak<dyn Inspect>>) {
+        *self.inspector.lock() = table;
+    }
+
+    /// The open connections of the running server (none if it is not running).
+    pub fn connections(&self) -> Vec<crate::ConnectionInfo> {
+        let table = self.inspector.lock().as_ref().and_then(Weak::upgrade);
+        table.map(|t| t.connections()).unwrap_or_default()
     }
 
     pub fn set_workers(&self, n: usize) {

@@ -17,6 +17,7 @@ use crate::runtime::monitor::Monitor;
 use crate::runtime::pool::Pool;
 use crate::runtime::queue::Queue;
 use crate::runtime::table::Table;
+use crate::runtime::telemetry::{self, Telemetry};
 use crate::runtime::timeouts;
 use crate::sys::epoll::Poller;
 use crate::sys::timer::Ticker;
@@ -81,7 +82,8 @@ pub(crate) struct Core<T: Transport, H: Handler> {
     pub transport: T,
     /// Runs the frames the handler offloads.
     pub pool: Pool<T::Stream, H>,
-    pub table: Table<ConnOf<T, H>>,
+    /// Shared with the queue's inspector, for [`ShutdownHandle::connections`](crate::ShutdownHandle::connections).
+    pub table: Arc<Table<ConnOf<T, H>>>,
     pub poller: Poller,
     pub listener: TcpListener,
     /// The work queue; it also holds the server's [`Lifecycle`].
@@ -106,6 +108,8 @@ pub(crate) struct Core<T: Transport, H: Handler> {
     pub monitor: Monitor,
     /// The bytes held across all connections, against `max_buffered`.
     pub buffers: Arc<Buffers>,
+    /// The metrics handles.
+    pub telemetry: &'static Telemetry,
 }
 
 impl<T: Transport, H: Handler> Core<T, H> {
@@ -115,7 +119,7 @@ impl<T: Transport, H: Handler> Core<T, H> {
         config: &Config,
         transport: T,
         handler: H,
-        table: Table<ConnOf<T, H>>,
+        table: Arc<Table<ConnOf<T, H>>>,
         poller: Poller,
         listener: TcpListener,
         queue: Arc<Queue>,
@@ -148,6 +152,7 @@ impl<T: Transport, H: Handler> Core<T, H> {
             idle_workers: AtomicUsize::new(0),
             monitor: Monitor::default(),
             buffers: Arc::new(Buffers::new(config.max_buffered)),
+            telemetry: telemetry::get(),
         }
     }
 

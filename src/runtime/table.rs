@@ -163,6 +163,23 @@ impl<T: Keyed> Table<T> {
     }
 }
 
+/// What a [`ShutdownHandle`](crate::ShutdownHandle) can ask of a running server's table,
+/// whatever its connection type.
+pub(crate) trait Inspect: Send + Sync {
+    fn connections(&self) -> Vec<crate::ConnectionInfo>;
+}
+
+impl<S: crate::Stream, U: Send + 'static> Inspect for Table<crate::runtime::conn::Conn<S, U>> {
+    fn connections(&self) -> Vec<crate::ConnectionInfo> {
+        let mut conns = Vec::new();
+        self.for_each(|conn| conns.push(conn.clone()));
+        let now = crate::runtime::clock::advance();
+        let mut infos: Vec<_> = conns.iter().filter_map(|c| c.info(now)).collect();
+        infos.sort_by_key(|info| info.id);
+        infos
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

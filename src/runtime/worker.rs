@@ -388,6 +388,9 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
             Default::default()
         };
         let _running = RunningGuard::enter(conn.id);
+        let telemetry = core.telemetry;
+        let started = std::time::Instant::now();
+        let (mut delivered, mut delivered_bytes) = (0u64, 0usize);
         let mut session = None;
         let mut route = Route::Here;
         let mut queued: Vec<Box<[u8]>> = Vec::new();
@@ -407,6 +410,8 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
             match route {
                 Route::Here => {
                     let session = session.get_or_insert_with(|| conn.session.lock());
+                    delivered += 1;
+                    delivered_bytes += frame.bytes().len();
                     core.handler.on_frame(session, socket, frame.bytes());
                 }
                 Route::Wait | Route::Pool => queued.push(frame.into_owned()),
@@ -418,6 +423,12 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
         }
         for frame in &self.frames {
             step(Pending::Borrowed(frame));
+        }
+        if session.is_some() {
+            conn.frames_in.fetch_add(delivered, Ordering::Relaxed);
+            telemetry.callbacks.record(started.elapsed().as_secs_f64());
+            telemetry.frames_in.increment(delivered);
+            telemetry.bytes_in.increment(delivered_bytes as u64);
         }
         drop(session);
         self.frames.reset(FRAMES_KEEP);
@@ -504,6 +515,7 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
     /// limit.
     pub(crate) fn relieve(&self) {
         let buffers = &self.core.buffers;
+        self.core.telemetry.buffered.set(buffers.total() as f64);
         if buffers.may_resume() {
             self.resume_paused();
         } else if buffers.over_hard() && buffers.start_shedding() {
@@ -597,6 +609,8 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
         core.table.remove(conn.slot, conn.id);
         core.open.fetch_sub(1, Ordering::AcqRel);
         core.stats.count_shutdown(&reason);
+        core.telemetry.open.decrement(1.0);
+        core.telemetry.closed(&reason);
         tracing::debug!(conn = conn.id, peer = %conn.peer, %reason, "connection removed");
         // Frames not delivered are dropped. If a pool job is in a callback of the connection,
         // it calls `on_connection_removed` once that returns, so the two never overlap.
@@ -646,6 +660,8 @@ impl<T: Transport, H: Handler> Core<T, H> {
             });
             discard_input(&mut stream);
             self.stats.count_shutdown(&reason);
+            self.telemetry.open.decrement(1.0);
+            self.telemetry.closed(&reason);
             if let Err(err) = self.poller.delete(stream.as_fd()) {
                 tracing::debug!(conn = conn.id, error = %err, "epoll delete failed");
             }
