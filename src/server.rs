@@ -297,6 +297,11 @@ impl ShutdownHandle {
         }
     }
 
+    /// Whether the server has stopped (or is stopping): `run` has returned or is about to.
+    pub fn is_stopped(&self) -> bool {
+        self.queue.upgrade().is_none_or(|queue| queue.must_stop())
+    }
+
     /// The open connections of the running server, in the order they were accepted: a
     /// snapshot, for an admin endpoint or a periodic log line. Empty before
     /// [`Server::run`] starts and after it returns.

@@ -14,6 +14,7 @@ fn connections_lists_each_open_connection_with_its_traffic() {
     let handler = Arc::new(Recorder::echo(SimpleFrame));
     let server = TestServer::start(config(2), handler.clone());
     assert!(server.shutdown.connections().is_empty());
+    assert!(!server.shutdown.is_stopped());
 
     let mut busy = Client::connect(server.addr, SimpleFrame).unwrap();
     busy.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -53,4 +54,5 @@ fn connections_lists_each_open_connection_with_its_traffic() {
     let handle = server.shutdown.clone();
     server.stop().unwrap();
     assert!(handle.connections().is_empty(), "nothing once stopped");
+    assert!(handle.is_stopped());
 }
