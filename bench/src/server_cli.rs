@@ -323,9 +323,19 @@ fn command(name: &'static str) -> clap::Command {
 /// Parses the command line. `--help` prints the usage and exits with status 0; an error
 /// prints it on stderr and exits with status 2.
 pub fn parse_args(name: &'static str) -> ServerArgs {
-    let matches = command(name).get_matches();
+    parse_with(command(name))
+}
+
+/// [`parse_args`] for a server that does another job than the echo (the chat servers of the
+/// fan-out benchmark): the same flags, with `about` as the description in `--help`.
+pub fn parse_args_about(name: &'static str, about: &'static str) -> ServerArgs {
+    parse_with(command(name).about(about))
+}
+
+fn parse_with(mut command: clap::Command) -> ServerArgs {
+    let matches = command.get_matches_mut();
     ServerCli::from_arg_matches(&matches)
-        .unwrap_or_else(|err| err.format(&mut command(name)).exit())
+        .unwrap_or_else(|err| err.format(&mut command).exit())
         .into()
 }
 
