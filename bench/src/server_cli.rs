@@ -11,7 +11,10 @@
 //!   (hydrogen only: `Config::max_buffered`; the other servers refuse it); anything else prints
 //!   the usage on stderr and exits with status 2. [`ServerCli`] is the clap definition.
 //! - Once bound, exactly one line `listening on ADDR` goes to stdout, and nothing else.
-//! - Every frame is echoed on its connection, in order, in the same framing.
+//! - Every frame is echoed on its connection, in order, in the same framing. (The chat servers
+//!   of the fan-out benchmark, `hydrogen_chat` and `tokio_chat`, take the same command line and
+//!   relay every frame, unchanged, to every other connection instead;
+//!   [`parse_args_about`] gives them their own `--help` text.)
 //! - SIGINT and SIGTERM end the process with status 0.
 
 use std::io::{self, Write};
