@@ -174,7 +174,18 @@ pub fn start_server(
     args: &[&str],
     log: &File,
 ) -> Result<(Guard, SocketAddr), String> {
-    let bin = bin_dir.join(format!("{server}_echo"));
+    start_binary(bin_dir, &format!("{server}_echo"), args, log)
+}
+
+/// [`start_server`] for the binary `bin_dir/BIN` of any name (`hydrogen_chat`, ...) that takes
+/// the echo servers' command line: `--addr 127.0.0.1:0 --framing u32` followed by `args`.
+pub fn start_binary(
+    bin_dir: &Path,
+    bin: &str,
+    args: &[&str],
+    log: &File,
+) -> Result<(Guard, SocketAddr), String> {
+    let bin = bin_dir.join(bin);
     let log = log.try_clone().map_err(|e| format!("log file: {e}"))?;
     let mut all = vec!["--addr", "127.0.0.1:0", "--framing", "u32"];
     all.extend_from_slice(args);

@@ -3,6 +3,7 @@
 pub mod blocking;
 pub mod child;
 pub mod cli;
+pub mod fanout;
 pub mod load;
 pub mod report;
 pub mod server_cli;

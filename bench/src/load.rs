@@ -67,7 +67,7 @@ const READ_CHUNK: usize = 64 * 1024;
 const READ_BUDGET: usize = 16;
 
 /// Histogram range: 1 ns to 1 hour, 3 significant digits.
-fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")
 }
 
@@ -186,7 +186,7 @@ pub struct LoadCli {
 }
 
 /// `--addr`: the first address `HOST:PORT` resolves to.
-fn resolve(v: &str) -> Result<SocketAddr, String> {
+pub(crate) fn resolve(v: &str) -> Result<SocketAddr, String> {
     v.to_socket_addrs()
         .map_err(|e| e.to_string())?
         .next()
@@ -252,7 +252,7 @@ where
 /// A description of the first failure: a reply that differs from its frame, a lost connection, a
 /// stall, or a connection that could not be opened.
 pub fn run(opts: &Options) -> Result<(), String> {
-    raise_nofile_limit(opts.conns)?;
+    raise_nofile_limit("loadgen", opts.conns)?;
     match opts.mode {
         Mode::Echo => run_echo(opts),
         Mode::Idle => run_idle(opts),
@@ -261,7 +261,7 @@ pub fn run(opts: &Options) -> Result<(), String> {
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit, and checks that `conns` sockets fit.
-fn raise_nofile_limit(conns: usize) -> Result<(), String> {
+pub(crate) fn raise_nofile_limit(name: &str, conns: usize) -> Result<(), String> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (soft, hard) =
         getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| format!("getrlimit(NOFILE): {e}"))?;
@@ -269,7 +269,7 @@ fn raise_nofile_limit(conns: usize) -> Result<(), String> {
     if soft < hard {
         match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
             Ok(()) => limit = hard,
-            Err(e) => eprintln!("loadgen: warning: cannot raise RLIMIT_NOFILE to {hard}: {e}"),
+            Err(e) => eprintln!("{name}: warning: cannot raise RLIMIT_NOFILE to {hard}: {e}"),
         }
     }
     // A few descriptors for stdio, the polls and the eventfds of mio.
@@ -283,7 +283,7 @@ fn raise_nofile_limit(conns: usize) -> Result<(), String> {
     Ok(())
 }
 
-fn print_line(line: &str) {
+pub(crate) fn print_line(line: &str) {
     let mut out = io::stdout().lock();
     // If stdout is gone there is no one to tell.
     let _ = writeln!(out, "{line}");
@@ -295,7 +295,7 @@ fn us(ns: u64) -> f64 {
 }
 
 /// `p50_us=.. p99_us=.. p999_us=.. max_us=..` of a histogram in nanoseconds.
-fn quantiles(h: &Histogram<u64>) -> String {
+pub(crate) fn quantiles(h: &Histogram<u64>) -> String {
     format!(
         "p50_us={:.2} p99_us={:.2} p999_us={:.2} max_us={:.2}",
         us(h.value_at_quantile(0.50)),
@@ -620,7 +620,10 @@ fn check_connected(s: &TcpStream) -> io::Result<bool> {
 
 /// Opens `n` connections with at most [`CONNECT_IN_FLIGHT`] connects pending at once, retrying
 /// refused or timed-out ones. Returns non-blocking streams in index order and the retry count.
-fn connect_all(addr: SocketAddr, n: usize) -> Result<(Vec<std::net::TcpStream>, u64), String> {
+pub(crate) fn connect_all(
+    addr: SocketAddr,
+    n: usize,
+) -> Result<(Vec<std::net::TcpStream>, u64), String> {
     let mut poll = Poll::new().map_err(|e| format!("creating a poll: {e}"))?;
     let mut events = Events::with_capacity(1024);
     let mut pending: Vec<Option<(TcpStream, Instant)>> = (0..n).map(|_| None).collect();
@@ -766,7 +769,7 @@ fn sleep_until(deadline: Instant, shared: &Shared) -> bool {
     }
 }
 
-fn secs(s: f64) -> Duration {
+pub(crate) fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }
 
@@ -862,7 +865,11 @@ impl PhaseView {
     }
 }
 
-fn poll_once(poll: &mut Poll, events: &mut Events, timeout: Duration) -> Result<(), String> {
+pub(crate) fn poll_once(
+    poll: &mut Poll,
+    events: &mut Events,
+    timeout: Duration,
+) -> Result<(), String> {
     match poll.poll(events, Some(timeout)) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::Interrupted => {

@@ -1,5 +1,8 @@
 //! Results of the benchmark suite: one [`Run`] per server process, summarized over rounds into a
 //! Markdown report, a raw CSV file and an SVG chart of the connection sweep.
+//!
+//! A case is either a `loadgen` load against the echo servers or a fan-out room of
+//! `fanout_load` against the chat servers ([`Kind`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,37 +14,113 @@ use procfs::Current as _;
 
 use crate::load::Mode;
 
+/// A fan-out room: members that only receive, and members that send `rate` frames per second
+/// each (and receive the other senders' frames).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Room {
+    /// Members that only receive.
+    pub receivers: usize,
+    /// Members that send.
+    pub senders: usize,
+    /// Frames per second per sender.
+    pub rate: u32,
+}
+
+impl Room {
+    /// Members of the room.
+    pub fn members(&self) -> usize {
+        self.receivers + self.senders
+    }
+
+    /// Deliveries per second the senders offer: every frame goes to every other member.
+    pub fn offered(&self) -> f64 {
+        self.senders as f64 * f64::from(self.rate) * (self.members() - 1) as f64
+    }
+}
+
+/// What drives a case, and so which server binaries it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `loadgen` in this mode, against the echo servers (`NAME_echo`).
+    Loadgen(Mode),
+    /// `fanout_load` in this room, against the chat servers (`NAME_chat`).
+    Fanout(Room),
+}
+
+impl Kind {
+    /// The mode's name: loadgen's (`echo`, `idle`, `churn`), or `fanout`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Loadgen(mode) => mode.name(),
+            Kind::Fanout(_) => "fanout",
+        }
+    }
+}
+
 /// One load configuration, run against every server in every round.
 #[derive(Debug, Clone)]
 pub struct Case {
-    /// The scenario it belongs to (`latency`, `c100`, ..., `sweep`).
+    /// The scenario it belongs to (`latency`, `c100`, ..., `sweep`, `fanout`).
     pub scenario: &'static str,
-    /// Unique name: the scenario, or `sweep-N` for a point of the sweep.
+    /// Unique name: the scenario, `sweep-N` for a point of the sweep, `fanout-...` for a room.
     pub name: String,
-    /// Loadgen mode.
-    pub mode: Mode,
-    /// Connections (concurrent loops for churn).
+    /// The load generator and its mode.
+    pub kind: Kind,
+    /// Connections (concurrent loops for churn, members for a room).
     pub conns: usize,
-    /// Frames in flight per connection.
+    /// Frames in flight per connection (0 for a room: it is open loop).
     pub depth: usize,
     /// Payload bytes.
     pub size: usize,
 }
 
 impl Case {
-    /// `100 × 16 × 64 B`, or a description of the idle and churn loads.
+    /// `100 × 16 × 64 B`, or a description of the idle and churn loads and of a room.
     pub fn load(&self) -> String {
-        match self.mode {
-            Mode::Echo => format!(
+        match self.kind {
+            Kind::Loadgen(Mode::Echo) => format!(
                 "{} × {} × {}",
                 thousands(self.conns as f64),
                 self.depth,
                 bytes(self.size)
             ),
-            Mode::Idle => format!("{} idle conns", thousands(self.conns as f64)),
-            Mode::Churn => format!("{} loops × {}", self.conns, bytes(self.size)),
+            Kind::Loadgen(Mode::Idle) => format!("{} idle conns", thousands(self.conns as f64)),
+            Kind::Loadgen(Mode::Churn) => format!("{} loops × {}", self.conns, bytes(self.size)),
+            Kind::Fanout(room) => format!(
+                "{} receivers + {} senders × {}/s",
+                thousands(room.receivers as f64),
+                room.senders,
+                thousands(f64::from(room.rate)),
+            ),
         }
     }
+
+    /// Whether this case is loadgen in `mode`.
+    pub fn is(&self, mode: Mode) -> bool {
+        self.kind == Kind::Loadgen(mode)
+    }
+}
+
+/// What `fanout_load` reports besides the deliveries and their latency.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FanoutFigures {
+    /// Members that only receive.
+    pub receivers: usize,
+    /// Members that send.
+    pub senders: usize,
+    /// Frames per second per sender asked for.
+    pub rate: f64,
+    /// Frames sent in the window.
+    pub sent: u64,
+    /// Deliveries per second offered: frames sent in the window × (members − 1) / window.
+    pub offered: f64,
+    /// Frames skipped (a gap in a sender's sequence) from the window's opening to the end of
+    /// the drain.
+    pub lost: u64,
+    /// Frames not delivered by the end of the drain.
+    pub undelivered: u64,
+    /// How late the load generator sent a frame after its deadline at most, ms.
+    pub behind_max_ms: f64,
 }
 
 /// One server process under one load: what the suite measured, or why it failed.
@@ -65,12 +144,13 @@ pub struct Run {
     pub size: usize,
     /// Measured window as reported by loadgen, seconds.
     pub window_secs: f64,
-    /// Frames (echo), cycles (churn) or check pings (idle) counted in the window.
+    /// Frames (echo), cycles (churn), check pings (idle) or deliveries (fanout) counted in the
+    /// window.
     pub ops: u64,
-    /// Frames/s or cycles/s.
+    /// Frames/s, cycles/s or deliveries/s.
     pub rate: f64,
     /// Latency quantiles in microseconds: per frame (echo), per cycle (churn), per check ping
-    /// (idle).
+    /// (idle), per delivery (fanout: receive time − send time).
     pub p50_us: f64,
     /// 99th percentile.
     pub p99_us: f64,
@@ -94,10 +174,12 @@ pub struct Run {
     pub server_exit: String,
     /// Why the run failed; such runs are left out of the summaries.
     pub error: Option<String>,
+    /// The fan-out figures, for a room.
+    pub fanout: Option<FanoutFigures>,
 }
 
 impl Run {
-    /// Server CPU microseconds per frame (echo) or per cycle (churn).
+    /// Server CPU microseconds per frame (echo), per cycle (churn) or per delivery (fanout).
     pub fn cpu_us_per_op(&self) -> Option<f64> {
         let ticks = self.cpu_ticks?;
         if self.ops == 0 || self.clk_tck == 0 || self.mode == "idle" {
@@ -134,8 +216,21 @@ impl Run {
         (self.ops, self.rate) = match self.mode.as_str() {
             "echo" => (get("frames")? as u64, get("fps")?),
             "churn" => (get("cycles")? as u64, get("cps")?),
+            "fanout" => (get("deliveries")? as u64, get("dps")?),
             _ => (get("pings")? as u64, 0.0),
         };
+        if self.mode == "fanout" {
+            self.fanout = Some(FanoutFigures {
+                receivers: get("receivers")? as usize,
+                senders: get("senders")? as usize,
+                rate: get("rate")?,
+                sent: get("sent")? as u64,
+                offered: get("offered_dps")?,
+                lost: get("lost")? as u64,
+                undelivered: get("undelivered")? as u64,
+                behind_max_ms: get("behind_max_ms")?,
+            });
+        }
         self.p50_us = get("p50_us")?;
         self.p99_us = get("p99_us")?;
         self.p999_us = get("p999_us")?;
@@ -288,7 +383,7 @@ pub fn tables(cases: &[Case], runs: &[Run], settings: &Settings) -> String {
         "One round: no spread.".to_string()
     };
 
-    let echo: Vec<&Case> = cases.iter().filter(|c| c.mode == Mode::Echo).collect();
+    let echo: Vec<&Case> = cases.iter().filter(|c| c.is(Mode::Echo)).collect();
     if !echo.is_empty() {
         let _ = writeln!(md, "### Echo throughput and latency\n");
         let _ = writeln!(
@@ -337,7 +432,7 @@ pub fn tables(cases: &[Case], runs: &[Run], settings: &Settings) -> String {
         md.push('\n');
     }
 
-    for c in cases.iter().filter(|c| c.mode == Mode::Churn) {
+    for c in cases.iter().filter(|c| c.is(Mode::Churn)) {
         let _ = writeln!(md, "### Connection churn ({})\n", c.load());
         let _ = writeln!(
             md,
@@ -375,7 +470,7 @@ pub fn tables(cases: &[Case], runs: &[Run], settings: &Settings) -> String {
         md.push('\n');
     }
 
-    for c in cases.iter().filter(|c| c.mode == Mode::Idle) {
+    for c in cases.iter().filter(|c| c.is(Mode::Idle)) {
         let _ = writeln!(md, "### Idle connections ({})\n", c.load());
         let _ = writeln!(
             md,
@@ -411,6 +506,8 @@ pub fn tables(cases: &[Case], runs: &[Run], settings: &Settings) -> String {
         md.push('\n');
     }
 
+    fanout_table(&mut md, cases, runs, settings, &rounds_note);
+
     let failed: Vec<&Run> = runs.iter().filter(|r| r.error.is_some()).collect();
     if !failed.is_empty() {
         let _ = writeln!(md, "### Failed runs (left out of the tables above)\n");
@@ -444,6 +541,84 @@ pub fn tables(cases: &[Case], runs: &[Run], settings: &Settings) -> String {
     md
 }
 
+/// The fan-out table, if there are rooms.
+fn fanout_table(md: &mut String, cases: &[Case], runs: &[Run], settings: &Settings, note: &str) {
+    let rooms: Vec<&Case> = cases
+        .iter()
+        .filter(|c| matches!(c.kind, Kind::Fanout(_)))
+        .collect();
+    if rooms.is_empty() {
+        return;
+    }
+    let x = "x tokio";
+    let _ = writeln!(md, "### Fan-out (chat room)\n");
+    let _ = writeln!(
+        md,
+        "Every frame a member sends is relayed to every other member (u32 framing, 64 B \
+         payloads); the senders send open loop at a fixed rate each. Offered = frames sent in \
+         the window × (members − 1) / window; delivered = frames received by all the members in \
+         the window / window. Latency is per delivery, from the sender's write to the \
+         receiver's read (CLOCK_MONOTONIC). Server CPU per delivery = server CPU over the window \
+         / deliveries. Lost: frames skipped in a sender's sequence (window and drain); \
+         undelivered: frames still missing 3 s after the senders stopped. {note} `{x}`: ratio \
+         of medians to tokio.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| Room | Server | offered/s | delivered/s | {x} | CPU µs/delivery | {x} | p50 µs \
+         | p99 µs | {x} | lost | undelivered |"
+    );
+    let _ = writeln!(md, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let fig = |r: &Run, f: fn(&FanoutFigures) -> f64| r.fanout.as_ref().map(f);
+    let mut not_run = Vec::new();
+    for c in &rooms {
+        let tokio = ok_runs(runs, &c.name, "tokio");
+        let t_rate = stat_of(&tokio, |r| Some(r.rate));
+        let t_p99 = stat_of(&tokio, |r| Some(r.p99_us));
+        let t_cpu = stat_of(&tokio, Run::cpu_us_per_op);
+        for s in &settings.servers {
+            if !runs.iter().any(|r| r.case == c.name && r.server == *s) {
+                if !not_run.contains(s) {
+                    not_run.push(s.clone());
+                }
+                continue;
+            }
+            let rs = ok_runs(runs, &c.name, s);
+            let rate = stat_of(&rs, |r| Some(r.rate));
+            let p99 = stat_of(&rs, |r| Some(r.p99_us));
+            let cpu = stat_of(&rs, Run::cpu_us_per_op);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                c.load(),
+                s,
+                cell(stat_of(&rs, |r| fig(r, |f| f.offered)), thousands, false),
+                cell(rate, thousands, true),
+                ratio(rate, t_rate),
+                cell(cpu, sig3, true),
+                ratio(cpu, t_cpu),
+                cell(stat_of(&rs, |r| Some(r.p50_us)), sig3, false),
+                cell(p99, sig3, true),
+                ratio(p99, t_p99),
+                cell(stat_of(&rs, |r| fig(r, |f| f.lost as f64)), thousands, true),
+                cell(
+                    stat_of(&rs, |r| fig(r, |f| f.undelivered as f64)),
+                    thousands,
+                    true
+                ),
+            );
+        }
+    }
+    if !not_run.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nNot run: {} (no chat server `NAME_chat` next to the suite).",
+            not_run.join(", ")
+        );
+    }
+    md.push('\n');
+}
+
 /// The whole `results.md`: header with the machine and settings, the tables, the method.
 pub fn markdown(cases: &[Case], runs: &[Run], settings: &Settings, chart: bool) -> String {
     let mut md = String::new();
@@ -462,7 +637,7 @@ pub fn markdown(cases: &[Case], runs: &[Run], settings: &Settings, chart: bool) 
     let _ = writeln!(
         md,
         "- Servers, run in this order within each round: {}; each run a fresh process with \
-         `--threads 2`; loadgen with `--threads 2`, on the same machine",
+         `--threads 2`; loadgen and fanout_load with `--threads 2`, on the same machine",
         settings.servers.join(", ")
     );
     let _ = writeln!(
@@ -500,17 +675,36 @@ fn opt_f(v: Option<f64>, decimals: usize) -> String {
     v.map_or(String::new(), |v| format!("{v:.decimals$}"))
 }
 
+/// The 8 fan-out columns of a CSV row, empty for the other modes.
+fn fanout_fields(f: Option<&FanoutFigures>) -> String {
+    match f {
+        None => ",,,,,,,".to_string(),
+        Some(f) => format!(
+            "{},{},{},{},{:.1},{},{},{:.3}",
+            f.receivers,
+            f.senders,
+            f.rate,
+            f.sent,
+            f.offered,
+            f.lost,
+            f.undelivered,
+            f.behind_max_ms
+        ),
+    }
+}
+
 /// `results.csv`: one row per run, raw.
 pub fn csv(runs: &[Run]) -> String {
     let mut out = String::from(
         "case,scenario,server,round,mode,conns,depth,size,window_secs,ops,rate,p50_us,p99_us,\
          p999_us,max_us,retries,server_cpu_ticks,clk_tck,server_cpu_us_per_op,server_cpu_ms,\
-         rss_base_kib,rss_start_kib,rss_end_kib,rss_per_conn_bytes,server_exit,error\n",
+         rss_base_kib,rss_start_kib,rss_end_kib,rss_per_conn_bytes,receivers,senders,\
+         rate_per_sender,sent,offered_dps,lost,undelivered,behind_max_ms,server_exit,error\n",
     );
     for r in runs {
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{},{},{:.3},{},{:.1},{:.2},{:.2},{:.2},{:.2},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{:.3},{},{:.1},{:.2},{:.2},{:.2},{:.2},{},{},{},{},{},{},{},{},{},{},{},{}",
             csv_field(&r.case),
             csv_field(&r.scenario),
             csv_field(&r.server),
@@ -535,6 +729,7 @@ pub fn csv(runs: &[Run]) -> String {
             opt(r.rss_start_kib),
             opt(r.rss_end_kib),
             opt_f(r.rss_per_conn(), 0),
+            fanout_fields(r.fanout.as_ref()),
             csv_field(&r.server_exit),
             csv_field(r.error.as_deref().unwrap_or("")),
         );
@@ -905,6 +1100,92 @@ mod tests {
         assert!(parse_result("MEASURE_START").is_none());
     }
 
+    #[test]
+    fn fanout_results() {
+        let line = "RESULT mode=fanout receivers=100 senders=10 rate=1000 payload=64 secs=3.00 \
+                    sent=30000 offered_dps=1089970.0 deliveries=3000000 dps=1000000.0 \
+                    p50_us=1500.00 p99_us=8400.00 p999_us=9000.00 max_us=9500.00 lost=3 \
+                    undelivered=7 behind_max_ms=8.900 retries=0 errors=0";
+        let room = Room {
+            receivers: 100,
+            senders: 10,
+            rate: 1000,
+        };
+        assert_eq!(room.offered(), 1_090_000.0);
+        let case = Case {
+            scenario: "fanout",
+            name: "fanout-100".into(),
+            kind: Kind::Fanout(room),
+            conns: 110,
+            depth: 0,
+            size: 64,
+        };
+        assert_eq!(case.load(), "100 receivers + 10 senders × 1,000/s");
+        let mut runs = Vec::new();
+        for (server, ticks) in [("hydrogen", 600), ("tokio", 300)] {
+            let mut run = Run {
+                case: case.name.clone(),
+                scenario: "fanout".into(),
+                server: server.into(),
+                round: 1,
+                mode: case.kind.name().into(),
+                conns: 110,
+                size: 64,
+                clk_tck: 100,
+                cpu_ticks: Some(ticks),
+                server_exit: "0".into(),
+                ..Run::default()
+            };
+            run.set_result(&parse_result(line).unwrap()).unwrap();
+            runs.push(run);
+        }
+        let r = &runs[1];
+        assert_eq!((r.ops, r.rate, r.p99_us), (3_000_000, 1_000_000.0, 8400.0));
+        assert_eq!(r.cpu_us_per_op(), Some(1.0));
+        let f = r.fanout.unwrap();
+        assert_eq!(
+            (f.receivers, f.senders, f.rate, f.sent),
+            (100, 10, 1000.0, 30_000)
+        );
+        assert_eq!((f.offered, f.lost, f.undelivered), (1_089_970.0, 3, 7));
+        assert_eq!(f.behind_max_ms, 8.9);
+
+        let settings = Settings {
+            rounds: 1,
+            secs: 3.0,
+            warmup: 1.0,
+            servers: vec!["hydrogen".into(), "tokio".into(), "mio".into()],
+            clk_tck: 100,
+            smoke: false,
+        };
+        let md = tables(std::slice::from_ref(&case), &runs, &settings);
+        assert!(md.contains("### Fan-out (chat room)"), "{md}");
+        assert!(
+            md.contains(
+                "| 100 receivers + 10 senders × 1,000/s | hydrogen | 1,089,970 | 1,000,000 | \
+                 1.00 | 2.00 | 2.00 | 1,500 | 8,400 | 1.00 | 3 | 7 |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("Not run: mio"), "{md}");
+        assert!(!md.contains("| mio |"), "{md}");
+
+        let text = csv(&runs);
+        let lines: Vec<&str> = text.lines().collect();
+        let columns = lines[0].split(',').count();
+        assert!(
+            lines.iter().all(|l| l.split(',').count() == columns),
+            "{text}"
+        );
+        assert!(
+            lines[2].contains(",100,10,1000,30000,1089970.0,3,7,8.900,0,"),
+            "{text}"
+        );
+        // The other modes leave the fan-out columns empty.
+        let echo = csv(&[Run::default()]);
+        assert_eq!(echo.lines().nth(1).unwrap().split(',').count(), columns);
+    }
+
     /// The sweep of BENCHMARKS.md's last full run, three rounds around each median.
     fn sweep_runs() -> (Vec<Case>, Vec<Run>, Settings) {
         let data = [
@@ -930,7 +1211,7 @@ mod tests {
             .map(|&n| Case {
                 scenario: "sweep",
                 name: format!("sweep-{n}"),
-                mode: Mode::Echo,
+                kind: Kind::Loadgen(Mode::Echo),
                 conns: n,
                 depth: 1,
                 size: 64,

@@ -11,7 +11,10 @@
 //!   (hydrogen only: `Config::max_buffered`; the other servers refuse it); anything else prints
 //!   the usage on stderr and exits with status 2. [`ServerCli`] is the clap definition.
 //! - Once bound, exactly one line `listening on ADDR` goes to stdout, and nothing else.
-//! - Every frame is echoed on its connection, in order, in the same framing.
+//! - Every frame is echoed on its connection, in order, in the same framing. (The chat servers
+//!   of the fan-out benchmark, `hydrogen_chat` and `tokio_chat`, take the same command line and
+//!   relay every frame, unchanged, to every other connection instead;
+//!   [`parse_args_about`] gives them their own `--help` text.)
 //! - SIGINT and SIGTERM end the process with status 0.
 
 use std::io::{self, Write};
@@ -323,9 +326,19 @@ fn command(name: &'static str) -> clap::Command {
 /// Parses the command line. `--help` prints the usage and exits with status 0; an error
 /// prints it on stderr and exits with status 2.
 pub fn parse_args(name: &'static str) -> ServerArgs {
-    let matches = command(name).get_matches();
+    parse_with(command(name))
+}
+
+/// [`parse_args`] for a server that does another job than the echo (the chat servers of the
+/// fan-out benchmark): the same flags, with `about` as the description in `--help`.
+pub fn parse_args_about(name: &'static str, about: &'static str) -> ServerArgs {
+    parse_with(command(name).about(about))
+}
+
+fn parse_with(mut command: clap::Command) -> ServerArgs {
+    let matches = command.get_matches_mut();
     ServerCli::from_arg_matches(&matches)
-        .unwrap_or_else(|err| err.format(&mut command(name)).exit())
+        .unwrap_or_else(|err| err.format(&mut command).exit())
         .into()
 }
 

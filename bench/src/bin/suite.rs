@@ -1,6 +1,7 @@
-//! `suite`: runs loadgen against the hydrogen, tokio and mio echo servers, scenario by scenario,
-//! round by round, each run on a fresh server process, and writes a Markdown report, a CSV file
-//! and an SVG chart. See `bench/README.md`.
+//! `suite`: runs loadgen against the hydrogen, tokio and mio echo servers (and fanout_load
+//! against the hydrogen and tokio chat servers), scenario by scenario, round by round, each run
+//! on a fresh server process, and writes a Markdown report, a CSV file and an SVG chart. See
+//! `bench/README.md`.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -15,16 +16,54 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use hydrogen_bench::child::{
     Guard, cpu_ticks, describe, kill_children_on_signals, line_reader, rss_kib, sibling_binaries,
-    start_server,
+    start_binary,
 };
 use hydrogen_bench::cli::{self, List};
 use hydrogen_bench::load::Mode;
-use hydrogen_bench::report::{self, Case, Run, Settings};
+use hydrogen_bench::report::{self, Case, Kind, Room, Run, Settings};
 
 const ALL_SERVERS: [&str; 3] = ["hydrogen", "tokio", "mio"];
-const ALL_SCENARIOS: [&str; 7] = [
-    "latency", "c100", "c1000", "large", "idle", "churn", "sweep",
+const ALL_SCENARIOS: [&str; 8] = [
+    "latency", "c100", "c1000", "large", "idle", "churn", "sweep", "fanout",
 ];
+/// The servers that must have a chat server (`NAME_chat`) for the fanout scenario; any other
+/// name runs it only if it has one (mio has none).
+const CHAT_SERVERS: [&str; 2] = ["hydrogen", "tokio"];
+/// The fanout scenario's rooms: (name, room). `--smoke` runs [`SMOKE_ROOM`] instead.
+const ROOMS: [(&str, Room); 3] = [
+    (
+        "fanout-1000",
+        Room {
+            receivers: 1000,
+            senders: 4,
+            rate: 200,
+        },
+    ),
+    (
+        "fanout-100",
+        Room {
+            receivers: 100,
+            senders: 10,
+            rate: 1000,
+        },
+    ),
+    (
+        "fanout-burst",
+        Room {
+            receivers: 100,
+            senders: 10,
+            rate: 5000,
+        },
+    ),
+];
+const SMOKE_ROOM: (&str, Room) = (
+    "fanout-50",
+    Room {
+        receivers: 50,
+        senders: 2,
+        rate: 200,
+    },
+);
 /// How long a server may take to exit after SIGTERM before it gets SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Slack on top of warm-up and window for loadgen (opening 10,000 connections, checks).
@@ -36,10 +75,11 @@ const LOADGEN_SLACK: Duration = Duration::from_secs(90);
     // A flag given twice: the last one counts, as with the hand-written parsers before.
     args_override_self = true,
     name = "suite",
-    about = "Runs loadgen against each echo server (fresh process per run, servers rotated \
-             within each round) and writes OUT/results.md, OUT/results.csv and OUT/chart.svg.",
-    after_help = "The server binaries and loadgen must sit next to this executable:\n\
-                  build with `cargo build --release -p hydrogen-bench`."
+    about = "Runs loadgen against each echo server, and fanout_load against each chat server \
+             (fresh process per run, servers rotated within each round), and writes \
+             OUT/results.md, OUT/results.csv and OUT/chart.svg.",
+    after_help = "The server binaries, loadgen and fanout_load must sit next to this \
+                  executable:\nbuild with `cargo build --release -p hydrogen-bench`."
 )]
 struct Cli {
     /// Rounds per scenario (default 3; --smoke: 1)
@@ -52,16 +92,16 @@ struct Cli {
     #[arg(long, value_name = "W", value_parser = cli::secs(0.0, 600.0))]
     warmup: Option<f64>,
     /// Comma-separated, from hydrogen,tokio,mio, in run order; any other NAME runs the binary
-    /// NAME_echo found next to the suite
+    /// NAME_echo found next to the suite (and NAME_chat for fanout, if there is one)
     #[arg(long, value_name = "LIST", default_value_t = List::of(&ALL_SERVERS),
           value_parser = cli::list_of_names)]
     servers: List,
-    /// Comma-separated, from latency,c100,c1000,large,idle,churn,sweep
+    /// Comma-separated, from latency,c100,c1000,large,idle,churn,sweep,fanout
     #[arg(long, value_name = "LIST", default_value_t = List::of(&ALL_SCENARIOS),
           value_parser = cli::list_of(&ALL_SCENARIOS))]
     scenarios: List,
     /// A quick check: 1 round, 1 s windows, 0.5 s warm-up, at most 100 connections (idle: 500),
-    /// sweep 1/10/100; explicit flags still win
+    /// sweep 1/10/100, one small fan-out room; explicit flags still win
     #[arg(long)]
     smoke: bool,
     /// Output directory
@@ -104,7 +144,7 @@ fn cases(args: &Args) -> Vec<Case> {
     let echo = |scenario: &'static str, name: String, conns, depth, size| Case {
         scenario,
         name,
-        mode: Mode::Echo,
+        kind: Kind::Loadgen(Mode::Echo),
         conns,
         depth,
         size,
@@ -119,7 +159,7 @@ fn cases(args: &Args) -> Vec<Case> {
             "idle" => out.push(Case {
                 scenario: "idle",
                 name: s.clone(),
-                mode: Mode::Idle,
+                kind: Kind::Loadgen(Mode::Idle),
                 conns: if args.smoke { 500 } else { 10_000 },
                 depth: 1,
                 size: 64,
@@ -127,7 +167,7 @@ fn cases(args: &Args) -> Vec<Case> {
             "churn" => out.push(Case {
                 scenario: "churn",
                 name: s.clone(),
-                mode: Mode::Churn,
+                kind: Kind::Loadgen(Mode::Churn),
                 conns: 8,
                 depth: 1,
                 size: 64,
@@ -144,6 +184,19 @@ fn cases(args: &Args) -> Vec<Case> {
                         continue;
                     }
                     out.push(echo("sweep", format!("sweep-{n}"), n, 1, 64));
+                }
+            }
+            "fanout" => {
+                let rooms: &[(&str, Room)] = if args.smoke { &[SMOKE_ROOM] } else { &ROOMS };
+                for &(name, room) in rooms {
+                    out.push(Case {
+                        scenario: "fanout",
+                        name: name.to_string(),
+                        kind: Kind::Fanout(room),
+                        conns: room.members(),
+                        depth: 0,
+                        size: 64,
+                    });
                 }
             }
             _ => unreachable!("validated scenario"),
@@ -168,13 +221,23 @@ fn raise_nofile_limit() {
 struct Ctx {
     bin_dir: PathBuf,
     loadgen: PathBuf,
+    fanout_load: PathBuf,
     secs: f64,
     warmup: f64,
     clk_tck: u64,
     logs: PathBuf,
 }
 
-/// One run: a fresh server, loadgen against it, the server's CPU and memory around the window.
+/// The server binary a case runs for `server`: `SERVER_echo`, or `SERVER_chat` for a room.
+fn server_binary(case: &Case, server: &str) -> String {
+    match case.kind {
+        Kind::Loadgen(_) => format!("{server}_echo"),
+        Kind::Fanout(_) => format!("{server}_chat"),
+    }
+}
+
+/// One run: a fresh server, the load generator against it, the server's CPU and memory around
+/// the window.
 fn measure(ctx: &Ctx, case: &Case, run: &mut Run, log: &mut File) -> Result<(), String> {
     let _ = writeln!(
         log,
@@ -183,20 +246,40 @@ fn measure(ctx: &Ctx, case: &Case, run: &mut Run, log: &mut File) -> Result<(), 
         run.round,
         report::utc_now()
     );
-    let (mut server, addr) = start_server(&ctx.bin_dir, &run.server, &["--threads", "2"], log)?;
+    let bin = server_binary(case, &run.server);
+    let (mut server, addr) = start_binary(&ctx.bin_dir, &bin, &["--threads", "2"], log)?;
     let pid = server.pid();
     run.rss_base_kib = Some(rss_kib(pid)?);
 
-    let idle = case.mode == Mode::Idle;
+    let idle = case.is(Mode::Idle);
     // Idle: at least 1 s of hold, for the memory to settle before it is sampled.
     let secs = if idle { ctx.secs.max(1.0) } else { ctx.secs };
     let warmup = if idle { 0.0 } else { ctx.warmup };
-    let mut child = Command::new(&ctx.loadgen)
-        .args(["--addr", &addr.to_string(), "--framing", "u32"])
-        .args(["--mode", case.mode.name()])
-        .args(["--conns", &case.conns.to_string()])
-        .args(["--depth", &case.depth.to_string()])
-        .args(["--size", &case.size.to_string()])
+    let (load, mut command) = match case.kind {
+        Kind::Loadgen(mode) => {
+            let mut c = Command::new(&ctx.loadgen);
+            c.args(["--addr", &addr.to_string(), "--framing", "u32"])
+                .args(["--mode", mode.name()])
+                .args(["--conns", &case.conns.to_string()])
+                .args(["--depth", &case.depth.to_string()])
+                .args(["--size", &case.size.to_string()]);
+            (&ctx.loadgen, c)
+        }
+        Kind::Fanout(room) => {
+            let mut c = Command::new(&ctx.fanout_load);
+            c.args(["--addr", &addr.to_string()])
+                .args(["--receivers", &room.receivers.to_string()])
+                .args(["--senders", &room.senders.to_string()])
+                .args(["--rate", &room.rate.to_string()])
+                .args(["--payload", &case.size.to_string()]);
+            (&ctx.fanout_load, c)
+        }
+    };
+    let load_name = load.file_name().map_or_else(
+        || load.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let mut child = command
         .args(["--secs", &secs.to_string()])
         .args(["--warmup", &warmup.to_string()])
         .args(["--threads", "2"])
@@ -204,7 +287,7 @@ fn measure(ctx: &Ctx, case: &Case, run: &mut Run, log: &mut File) -> Result<(), 
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("starting {}: {e}", ctx.loadgen.display()))?;
+        .map_err(|e| format!("starting {}: {e}", load.display()))?;
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
     let mut loadgen = Guard::new(child);
@@ -244,7 +327,7 @@ fn measure(ctx: &Ctx, case: &Case, run: &mut Run, log: &mut File) -> Result<(), 
             Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {
                 return Err(format!(
-                    "loadgen did not finish within {:.0} s; killed",
+                    "{load_name} did not finish within {:.0} s; killed",
                     (Duration::from_secs_f64(secs + warmup) + LOADGEN_SLACK).as_secs_f64()
                 ));
             }
@@ -252,8 +335,8 @@ fn measure(ctx: &Ctx, case: &Case, run: &mut Run, log: &mut File) -> Result<(), 
     }
     let status = loadgen
         .wait_for(Duration::from_secs(10))?
-        .ok_or("loadgen closed its stdout but did not exit")?;
-    // loadgen has exited: its stderr reaches EOF promptly.
+        .ok_or(format!("{load_name} closed its stdout but did not exit"))?;
+    // It has exited: its stderr reaches EOF promptly.
     let mut stderr_text = Vec::new();
     let stderr_deadline = Instant::now() + Duration::from_secs(2);
     while let Ok(line) =
@@ -263,34 +346,45 @@ fn measure(ctx: &Ctx, case: &Case, run: &mut Run, log: &mut File) -> Result<(), 
     }
     if !status.success() {
         let msg = stderr_text.last().cloned().unwrap_or_default();
-        return Err(format!("loadgen failed ({}): {msg}", describe(status)));
+        return Err(format!("{load_name} failed ({}): {msg}", describe(status)));
     }
     if let Ok(Some(status)) = server.child.try_wait() {
         return Err(format!(
-            "{}_echo exited during the run ({})",
-            run.server,
+            "{bin} exited during the run ({})",
             describe(status)
         ));
     }
     let (Some(t0), Some(t1)) = (ticks_start, ticks_end) else {
-        return Err("loadgen did not print MEASURE_START and MEASURE_END".to_string());
+        return Err(format!(
+            "{load_name} did not print MEASURE_START and MEASURE_END"
+        ));
     };
     run.cpu_ticks = Some(t1.saturating_sub(t0));
-    let result = result.ok_or("loadgen printed no RESULT line")?;
+    let result = result.ok_or(format!("{load_name} printed no RESULT line"))?;
     run.set_result(&result)?;
     run.server_exit = server.stop(STOP_TIMEOUT);
     Ok(())
 }
 
-fn locate_binaries(servers: &[String]) -> Result<(PathBuf, PathBuf), String> {
-    let names: Vec<String> = servers
-        .iter()
-        .map(|s| format!("{s}_echo"))
-        .chain(["loadgen".to_string()])
-        .collect();
-    let dir = sibling_binaries(&names)?;
-    let loadgen = dir.join("loadgen");
-    Ok((dir, loadgen))
+/// The directory of the binaries, checked to hold every one the cases need: loadgen and
+/// `NAME_echo` of every server for the echo cases; fanout_load and the chat servers of
+/// [`CHAT_SERVERS`] for the rooms.
+fn locate_binaries(servers: &[String], cases: &[Case]) -> Result<PathBuf, String> {
+    let mut names = Vec::new();
+    if cases.iter().any(|c| matches!(c.kind, Kind::Loadgen(_))) {
+        names.extend(servers.iter().map(|s| format!("{s}_echo")));
+        names.push("loadgen".to_string());
+    }
+    if cases.iter().any(|c| matches!(c.kind, Kind::Fanout(_))) {
+        names.extend(
+            servers
+                .iter()
+                .filter(|s| CHAT_SERVERS.contains(&s.as_str()))
+                .map(|s| format!("{s}_chat")),
+        );
+        names.push("fanout_load".to_string());
+    }
+    sibling_binaries(&names)
 }
 
 fn write(path: &Path, text: &str) -> Result<(), String> {
@@ -312,14 +406,36 @@ fn main() -> ExitCode {
 
 /// Runs everything; `Ok(false)` if some run failed.
 fn run_suite(args: &Args) -> Result<bool, String> {
-    let (bin_dir, loadgen) = locate_binaries(&args.servers)?;
+    let cases = cases(args);
+    let bin_dir = locate_binaries(&args.servers, &cases)?;
+    // The servers without a chat server sit the rooms out.
+    let no_chat: Vec<&String> = args
+        .servers
+        .iter()
+        .filter(|s| !bin_dir.join(format!("{s}_chat")).is_file())
+        .collect();
+    let rooms = cases
+        .iter()
+        .filter(|c| matches!(c.kind, Kind::Fanout(_)))
+        .count();
+    if rooms > 0 && !no_chat.is_empty() {
+        eprintln!(
+            "suite: note: no chat server for {}: left out of the fanout scenario",
+            no_chat
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     raise_nofile_limit();
     kill_children_on_signals("suite");
     let logs = args.out.join("logs");
     fs::create_dir_all(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
     let ctx = Ctx {
+        loadgen: bin_dir.join("loadgen"),
+        fanout_load: bin_dir.join("fanout_load"),
         bin_dir,
-        loadgen,
         secs: args.secs,
         warmup: args.warmup,
         clk_tck: procfs::ticks_per_second(),
@@ -337,7 +453,6 @@ fn run_suite(args: &Args) -> Result<bool, String> {
         log_files.insert(s.clone(), f);
     }
 
-    let cases = cases(args);
     let settings = Settings {
         rounds: args.rounds,
         secs: args.secs,
@@ -346,12 +461,21 @@ fn run_suite(args: &Args) -> Result<bool, String> {
         clk_tck: ctx.clk_tck,
         smoke: args.smoke,
     };
-    let total = cases.len() * args.rounds as usize * args.servers.len();
+    let runs_per_round = |case: &Case| match case.kind {
+        Kind::Loadgen(_) => args.servers.len(),
+        Kind::Fanout(_) => args.servers.len() - no_chat.len(),
+    };
+    let total = cases.iter().map(runs_per_round).sum::<usize>() * args.rounds as usize;
     eprintln!(
-        "suite: {} cases x {} rounds x {} servers = {total} runs; results in {}",
+        "suite: {} cases x {} rounds x {} servers{} = {total} runs; results in {}",
         cases.len(),
         args.rounds,
         args.servers.len(),
+        if rooms > 0 && !no_chat.is_empty() {
+            " (fewer in the rooms)"
+        } else {
+            ""
+        },
         args.out.display()
     );
     let csv_path = args.out.join("results.csv");
@@ -360,12 +484,15 @@ fn run_suite(args: &Args) -> Result<bool, String> {
     for case in &cases {
         for round in 1..=args.rounds {
             for server in &args.servers {
+                if matches!(case.kind, Kind::Fanout(_)) && no_chat.contains(&server) {
+                    continue;
+                }
                 let mut run = Run {
                     case: case.name.clone(),
                     scenario: case.scenario.to_string(),
                     server: server.clone(),
                     round,
-                    mode: case.mode.name().to_string(),
+                    mode: case.kind.name().to_string(),
                     conns: case.conns,
                     depth: case.depth,
                     size: case.size,
@@ -374,7 +501,7 @@ fn run_suite(args: &Args) -> Result<bool, String> {
                 };
                 let log = log_files.get_mut(server).expect("log file per server");
                 eprint!(
-                    "[{:>3}/{total}] {:<11} round {round} {:<9} ",
+                    "[{:>3}/{total}] {:<12} round {round} {:<9} ",
                     runs.len() + 1,
                     case.name,
                     server
@@ -421,7 +548,7 @@ fn run_suite(args: &Args) -> Result<bool, String> {
             .unwrap_or(0);
         if noisy > 0 {
             eprintln!(
-                "suite: note: {s}_echo wrote {noisy} line(s) to stderr, see {}",
+                "suite: note: {s}'s servers wrote {noisy} line(s) to stderr, see {}",
                 path.display()
             );
         }
@@ -454,6 +581,14 @@ fn progress(run: &Run) -> String {
             run.p99_us
         ),
         "churn" => format!("cps={:.0} p99={:.0}us{cpu}{exit}", run.rate, run.p99_us),
+        "fanout" => {
+            let f = run.fanout.unwrap_or_default();
+            format!(
+                "dps={:.0} of {:.0} p50={:.0}us p99={:.0}us{cpu} lost={} undelivered={} \
+                 behind={:.1}ms{exit}",
+                run.rate, f.offered, run.p50_us, run.p99_us, f.lost, f.undelivered, f.behind_max_ms
+            )
+        }
         _ => format!(
             "fps={:.0} p50={:.1}us p99={:.1}us{cpu}{exit}",
             run.rate, run.p50_us, run.p99_us
@@ -518,5 +653,44 @@ mod tests {
         ] {
             assert!(args(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn fanout_rooms() {
+        let rooms = |v: &[&str]| -> Vec<(String, Kind, usize)> {
+            cases(&args(v).unwrap())
+                .into_iter()
+                .map(|c| (c.name, c.kind, c.conns))
+                .collect()
+        };
+        let room = |receivers, senders, rate| {
+            Kind::Fanout(Room {
+                receivers,
+                senders,
+                rate,
+            })
+        };
+        assert_eq!(
+            rooms(&["--scenarios", "fanout"]),
+            [
+                ("fanout-1000".to_string(), room(1000, 4, 200), 1004),
+                ("fanout-100".to_string(), room(100, 10, 1000), 110),
+                ("fanout-burst".to_string(), room(100, 10, 5000), 110),
+            ]
+        );
+        assert_eq!(
+            rooms(&["--scenarios", "fanout", "--smoke"]),
+            [("fanout-50".to_string(), room(50, 2, 200), 52)]
+        );
+        // Last in the canonical order, and in the default run.
+        let all = rooms(&["--smoke"]);
+        assert_eq!(all.last().unwrap().0, "fanout-50");
+        let c = &cases(&args(&["--scenarios", "fanout,c100"]).unwrap())[1];
+        assert_eq!(
+            (server_binary(c, "tokio"), c.kind.name()),
+            ("tokio_chat".into(), "fanout")
+        );
+        let c = &cases(&args(&["--scenarios", "c100"]).unwrap())[0];
+        assert_eq!(server_binary(c, "mio"), "mio_echo");
     }
 }
