@@ -1,10 +1,12 @@
 //! The hydrogen chat server of the fan-out benchmark: every frame a client sends is relayed,
 //! unchanged, to every other connected client, as in `examples/chat.rs`.
 //!
-//! The handler keeps a `Socket` for every member in a map, filled in `on_connection_opened` and
-//! emptied in `on_connection_removed`; for each frame it copies the other members' handles out
-//! of the map and sends the frame to each with `Socket::send`. `Config::max_outbound` is 64 MiB,
-//! so that a member is not disconnected as a slow consumer during a burst.
+//! Every connection joins one `Group` in `on_connection_opened` (and leaves it by closing);
+//! each frame is relayed with `Group::broadcast_except`: encoded once, shared by the members'
+//! write queues, written by the workers in coalesced `writev`s. A member may fall 64 MiB behind
+//! (`LagPolicy`, `OnLag::Disconnect`) before it is dropped as a slow consumer, as much as
+//! `sendloop_chat` (the same server written with a loop of `Socket::send`) allows with
+//! `Config::max_outbound`.
 //!
 //! Same command line as the echo servers (`hydrogen_bench::server_cli`): `--addr`, `--threads`,
 //! `--framing`, `--max-frame`; `--block-ms N` makes a `BLOCK` frame sleep N ms before it is
@@ -12,23 +14,23 @@
 //! (`ShutdownHandle::shutdown_on_signals`) stops the server and the process exits with status 0.
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
 use std::io;
 use std::process;
 use std::time::Duration;
 
-use hydrogen::{CloseReason, Config, Handler, LengthPrefixed, Server, SimpleFrame, Socket};
+use hydrogen::{
+    Config, Group, Handler, LagPolicy, LengthPrefixed, OnLag, Server, SimpleFrame, Socket,
+};
 use hydrogen_bench::server_cli::{self, Framing};
-use parking_lot::Mutex;
 
 const NAME: &str = "hydrogen_chat";
 
-/// Bytes a member may have queued for writing before it is dropped as a slow consumer.
-const MAX_OUTBOUND: usize = 64 << 20;
+/// Bytes of room traffic a member may have unsent before it is dropped as a slow consumer.
+const MAX_LAG: usize = 64 << 20;
 
-/// The room: every open connection, by id.
+/// The room.
 struct Chat {
-    members: Mutex<HashMap<u64, Socket>>,
+    room: Group,
     /// How long a `BLOCK` frame sleeps before it is relayed (`--block-ms`).
     block: Duration,
 }
@@ -37,27 +39,12 @@ impl Handler for Chat {
     type Session = ();
 
     fn on_connection_opened(&self, _: &mut (), socket: &Socket) {
-        self.members.lock().insert(socket.id(), socket.clone());
+        self.room.join(socket);
     }
 
     fn on_frame(&self, _: &mut (), socket: &Socket, frame: &[u8]) {
         server_cli::maybe_block(frame, self.block);
-        // Copy the handles out and let go of the lock before sending.
-        let others: Vec<Socket> = self
-            .members
-            .lock()
-            .iter()
-            .filter(|&(&id, _)| id != socket.id())
-            .map(|(_, other)| other.clone())
-            .collect();
-        for other in others {
-            // Fails only for a member that is leaving; `on_connection_removed` drops it.
-            let _ = other.send(frame);
-        }
-    }
-
-    fn on_connection_removed(&self, _: (), socket: &Socket, _: &CloseReason) {
-        self.members.lock().remove(&socket.id());
+        self.room.broadcast_except(frame, socket);
     }
 }
 
@@ -68,7 +55,6 @@ fn serve(framing: hydrogen::Framing, args: &server_cli::ServerArgs) -> io::Resul
         port: args.addr.port(),
         max_threads: args.threads,
         backlog: server_cli::BACKLOG as u32,
-        max_outbound: MAX_OUTBOUND,
         ..Config::default()
     };
     let server = Server::bind(config)?;
@@ -76,7 +62,10 @@ fn serve(framing: hydrogen::Framing, args: &server_cli::ServerArgs) -> io::Resul
     server.shutdown_handle().shutdown_on_signals()?;
     server_cli::print_listening(server.local_addr()?);
     let chat = Chat {
-        members: Mutex::new(HashMap::new()),
+        room: Group::with_policy(LagPolicy {
+            max_lag: MAX_LAG,
+            on_lag: OnLag::Disconnect,
+        }),
         block: args.block,
     };
     server.run(chat).map(drop)
