@@ -13,7 +13,7 @@ use super::{Codec, FrameError};
 pub const MAX_IOVECS: usize = 64;
 
 /// Segments an empty queue keeps room for.
-const FRONT_KEEP: usize = 4;
+const FRONT_KEEP: usize = 32;
 
 /// A run of queued bytes that comes before the queue's own tail buffer.
 #[derive(Clone)]

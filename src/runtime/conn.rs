@@ -1,6 +1,6 @@
 //! One connection: its stream, its claim state, and the [`Link`] behind its [`Socket`](crate::Socket)s.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -25,6 +25,30 @@ thread_local! {
     /// Id of the connection whose callbacks this thread is running (0: none). A send to that
     /// connection is only queued: its owner flushes every reply at once when the callback returns.
     static RUNNING: Cell<u64> = const { Cell::new(0) };
+    /// The queue of the server whose worker this thread is (its address; 0: not a worker),
+    /// and the flushes that broadcasts from its callbacks asked for, sent when the batch of
+    /// callbacks is over ([`send_deferred_flushes`]): the members' writes then carry the whole
+    /// batch's frames, and the other workers are woken once, not once per member.
+    static WORKER_QUEUE: Cell<usize> = const { Cell::new(0) };
+    static DEFERRED_FLUSHES: RefCell<Vec<Task>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Marks this thread as a worker of the server with `queue`.
+pub(crate) fn set_worker_queue(queue: &Arc<Queue>) {
+    WORKER_QUEUE.set(Arc::as_ptr(queue) as usize);
+}
+
+/// Queues the flushes the last batch of callbacks deferred.
+pub(crate) fn send_deferred_flushes(queue: &Queue) {
+    DEFERRED_FLUSHES.with_borrow_mut(|tasks| {
+        if tasks.is_empty() {
+            return;
+        }
+        for task in tasks.drain(..) {
+            queue.push_local(task);
+        }
+        queue.notifier().notify();
+    });
 }
 
 /// Marks this thread as running callbacks of connection `id` until the guard drops.
@@ -703,11 +727,18 @@ impl<S: Stream, U: Send + 'static> Link for Conn<S, U> {
         // frames broadcast before that flush runs go out with it, in one vectored write.
         let schedule = !self.flush_wanted.swap(true, Ordering::AcqRel);
         drop(state);
-        if schedule && let Some(queue) = self.queue.upgrade() {
-            queue.push(Task::Flush {
-                slot: self.slot,
-                id: self.id,
-            });
+        if !schedule {
+            return Ok(true);
+        }
+        let task = Task::Flush {
+            slot: self.slot,
+            id: self.id,
+        };
+        if RUNNING.get() != 0 && WORKER_QUEUE.get() == Weak::as_ptr(&self.queue) as usize {
+            // From a callback on a worker of this member's server: at the batch's end.
+            DEFERRED_FLUSHES.with_borrow_mut(|tasks| tasks.push(task));
+        } else if let Some(queue) = self.queue.upgrade() {
+            queue.push(task);
         }
         Ok(true)
     }

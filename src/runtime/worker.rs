@@ -32,6 +32,8 @@ const EVENT_BATCH: usize = 32;
 const MAX_ROUNDS: usize = 8;
 /// A worker keeps at most this much frame buffer between turns.
 const FRAMES_KEEP: usize = 256 * 1024;
+/// Frames delivered between two hand-offs of the writes their broadcasts asked for.
+const FLUSH_EVERY: u64 = 16;
 /// Extra reads a round may make after a short one, when a short read does not mean drained
 /// (after a hang-up or urgent data).
 const EXTRA_READS: usize = 4;
@@ -44,6 +46,7 @@ pub(crate) struct Worker<'a, T: Transport, H: Handler> {
 
 impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
     pub fn new(core: &'a Core<T, H>) -> Self {
+        crate::runtime::conn::set_worker_queue(&core.queue);
         Worker {
             core,
             frames: Frames::new(),
@@ -243,6 +246,8 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
 
     /// Closes a connection whose owner's turn was cut short by a panic.
     pub(super) fn recover(&self, conn: &Arc<ConnOf<T, H>>, payload: Box<dyn Any + Send>) {
+        // Broadcasts made before the panic still get written.
+        crate::runtime::conn::send_deferred_flushes(&self.core.queue);
         let message = panic_message(payload.as_ref());
         tracing::error!(conn = conn.id, %message, "panic while serving a connection; closing it");
         let state = conn.state.lock();
@@ -267,6 +272,7 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
                 Ok(RecvStatus::Drained)
             };
             self.deliver(conn, &socket);
+            crate::runtime::conn::send_deferred_flushes(&self.core.queue);
             let mut state = conn.state.lock();
             let more = self.write(conn, &mut state, status);
             let round = Round {
@@ -413,6 +419,11 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
                     delivered += 1;
                     delivered_bytes += frame.bytes().len();
                     core.handler.on_frame(session, socket, frame.bytes());
+                    if delivered % FLUSH_EVERY == 0 {
+                        // A long batch hands its broadcasts' writes on as it goes, so the
+                        // other workers write while this one reads.
+                        crate::runtime::conn::send_deferred_flushes(&core.queue);
+                    }
                 }
                 Route::Wait | Route::Pool => queued.push(frame.into_owned()),
                 Route::Drop => {}
