@@ -86,14 +86,5 @@ fn serve(config: Config) -> io::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     support::init_logging();
-    match serve(cli.server.config()) {
-        Ok(()) => {
-            println!("shut down");
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    support::exit(serve(cli.server.config()))
 }

@@ -174,16 +174,7 @@ fn serve(config: Config) -> io::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     support::init_logging();
-    match serve(cli.server.config()) {
-        Ok(()) => {
-            println!("shut down");
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    support::exit(serve(cli.server.config()))
 }
 
 #[cfg(test)]
@@ -193,25 +184,7 @@ mod tests {
     use std::thread;
     use std::time::{Duration, Instant};
 
-    use hydrogen::SimpleFrame;
-    use hydrogen::client::Client;
-
-    fn client(addr: std::net::SocketAddr) -> Client<SimpleFrame> {
-        let client = Client::connect(addr, SimpleFrame).unwrap();
-        client
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        client
-    }
-
-    fn ask(client: &mut Client<SimpleFrame>, request: &str) -> String {
-        client.send(request.as_bytes()).unwrap();
-        next(client)
-    }
-
-    fn next(client: &mut Client<SimpleFrame>) -> String {
-        String::from_utf8(client.recv().unwrap().expect("a frame")).unwrap()
-    }
+    use crate::support::TextClient;
 
     #[test]
     fn subscriptions_live_in_the_session() {
@@ -229,27 +202,23 @@ mod tests {
             thread::spawn(move || server.run(kv))
         };
 
-        let mut alice = client(addr);
-        let mut bob = client(addr);
-        assert_eq!(ask(&mut alice, "SUB user:"), "OK");
-        assert_eq!(ask(&mut alice, "SUB user:b"), "OK");
-        assert_eq!(ask(&mut bob, "SET user:bob 42"), "OK");
+        let mut alice = TextClient::connect(addr);
+        let mut bob = TextClient::connect(addr);
+        assert_eq!(alice.ask("SUB user:"), "OK");
+        assert_eq!(alice.ask("SUB user:b"), "OK");
+        assert_eq!(bob.ask("SET user:bob 42"), "OK");
         // Subscribed twice over, told once.
-        assert_eq!(next(&mut alice), "PUB user:bob 42");
-        assert_eq!(ask(&mut bob, "SET other 1"), "OK");
-        assert_eq!(
-            ask(&mut alice, "GET user:bob"),
-            "VAL 42",
-            "nothing for `other`"
-        );
-        assert_eq!(ask(&mut alice, "GET nobody"), "NIL");
-        assert_eq!(ask(&mut alice, "UNSUB user:b"), "OK");
-        assert_eq!(ask(&mut alice, "UNSUB user:b"), "NIL");
-        assert_eq!(ask(&mut bob, "DEL user:bob"), "OK");
-        assert_eq!(next(&mut alice), "DEL user:bob");
-        assert_eq!(ask(&mut alice, "FROB"), "ERR unknown command \"FROB\"");
-        assert_eq!(ask(&mut alice, "STATS"), "SUBS 1 COMMANDS 8");
-        assert_eq!(ask(&mut bob, "STATS"), "SUBS 0 COMMANDS 4");
+        assert_eq!(alice.next(), "PUB user:bob 42");
+        assert_eq!(bob.ask("SET other 1"), "OK");
+        assert_eq!(alice.ask("GET user:bob"), "VAL 42", "nothing for `other`");
+        assert_eq!(alice.ask("GET nobody"), "NIL");
+        assert_eq!(alice.ask("UNSUB user:b"), "OK");
+        assert_eq!(alice.ask("UNSUB user:b"), "NIL");
+        assert_eq!(bob.ask("DEL user:bob"), "OK");
+        assert_eq!(alice.next(), "DEL user:bob");
+        assert_eq!(alice.ask("FROB"), "ERR unknown command \"FROB\"");
+        assert_eq!(alice.ask("STATS"), "SUBS 1 COMMANDS 8");
+        assert_eq!(bob.ask("STATS"), "SUBS 0 COMMANDS 4");
 
         // Leaving unsubscribes: the index forgets alice.
         drop(alice);
@@ -258,7 +227,7 @@ mod tests {
             assert!(Instant::now() < deadline, "the index still holds alice");
             thread::sleep(Duration::from_millis(2));
         }
-        assert_eq!(ask(&mut bob, "SET user:carol 7"), "OK");
+        assert_eq!(bob.ask("SET user:carol 7"), "OK");
 
         stop.shutdown();
         running.join().unwrap().unwrap();

@@ -174,16 +174,7 @@ fn serve(config: Config, cli: &Cli) -> io::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     support::init_logging();
-    match serve(cli.server.config(), &cli) {
-        Ok(()) => {
-            println!("shut down");
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    support::exit(serve(cli.server.config(), &cli))
 }
 
 #[cfg(test)]
@@ -192,25 +183,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Instant;
 
-    use hydrogen::SimpleFrame;
-    use hydrogen::client::Client;
-
-    fn client(addr: std::net::SocketAddr) -> Client<SimpleFrame> {
-        let client = Client::connect(addr, SimpleFrame).unwrap();
-        client
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        client
-    }
-
-    fn ask(client: &mut Client<SimpleFrame>, request: &str) -> String {
-        client.send(request.as_bytes()).unwrap();
-        next(client)
-    }
-
-    fn next(client: &mut Client<SimpleFrame>) -> String {
-        String::from_utf8(client.recv().unwrap().expect("a frame")).unwrap()
-    }
+    use crate::support::TextClient;
 
     #[test]
     fn topics_are_groups() {
@@ -228,25 +201,25 @@ mod tests {
             thread::spawn(move || server.run(feed))
         };
 
-        let mut alice = client(addr);
-        let mut bob = client(addr);
-        let mut publisher = client(addr);
-        assert_eq!(ask(&mut alice, "SUB news"), "OK");
-        assert_eq!(ask(&mut bob, "SUB news"), "OK");
-        assert_eq!(ask(&mut bob, "SUB sport"), "OK");
+        let mut alice = TextClient::connect(addr);
+        let mut bob = TextClient::connect(addr);
+        let mut publisher = TextClient::connect(addr);
+        assert_eq!(alice.ask("SUB news"), "OK");
+        assert_eq!(bob.ask("SUB news"), "OK");
+        assert_eq!(bob.ask("SUB sport"), "OK");
         for i in 0..20 {
-            assert_eq!(ask(&mut publisher, &format!("PUB news item{i}")), "OK 2");
+            assert_eq!(publisher.ask(&format!("PUB news item{i}")), "OK 2");
         }
-        assert_eq!(ask(&mut publisher, "PUB sport goal"), "OK 1");
-        assert_eq!(ask(&mut publisher, "PUB weather rain"), "OK 0");
+        assert_eq!(publisher.ask("PUB sport goal"), "OK 1");
+        assert_eq!(publisher.ask("PUB weather rain"), "OK 0");
         for i in 0..20 {
-            assert_eq!(next(&mut alice), format!("MSG news item{i}"));
-            assert_eq!(next(&mut bob), format!("MSG news item{i}"));
+            assert_eq!(alice.next(), format!("MSG news item{i}"));
+            assert_eq!(bob.next(), format!("MSG news item{i}"));
         }
-        assert_eq!(next(&mut bob), "MSG sport goal");
-        assert_eq!(ask(&mut alice, "UNSUB news"), "OK");
-        assert_eq!(ask(&mut publisher, "PUB news late"), "OK 1");
-        assert_eq!(next(&mut bob), "MSG news late");
+        assert_eq!(bob.next(), "MSG sport goal");
+        assert_eq!(alice.ask("UNSUB news"), "OK");
+        assert_eq!(publisher.ask("PUB news late"), "OK 1");
+        assert_eq!(bob.next(), "MSG news late");
 
         // Bob leaves: his topics forget him, and `sport` goes with its last subscriber.
         drop(bob);
@@ -259,7 +232,7 @@ mod tests {
             );
             thread::sleep(Duration::from_millis(2));
         }
-        assert_eq!(ask(&mut publisher, "PUB news gone"), "OK 0");
+        assert_eq!(publisher.ask("PUB news gone"), "OK 0");
         assert_eq!(stop.connections().len(), 2, "alice and the publisher");
 
         stop.shutdown();

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use std::io;
+use std::process::ExitCode;
 
 use clap::Args;
 use hydrogen::{Config, Framing};
@@ -68,4 +69,44 @@ pub fn init_logging() {
         )
         .with_writer(io::stderr)
         .init();
+}
+
+/// The exit of an example server: `shut down` after a clean stop, or the error.
+pub fn exit(result: io::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => {
+            println!("shut down");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A text client for the examples' tests: SimpleFrame, a 10 s read timeout.
+#[cfg(test)]
+pub struct TextClient(hydrogen::client::Client<hydrogen::SimpleFrame>);
+
+#[cfg(test)]
+impl TextClient {
+    pub fn connect(addr: std::net::SocketAddr) -> TextClient {
+        let client = hydrogen::client::Client::connect(addr, hydrogen::SimpleFrame).unwrap();
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        TextClient(client)
+    }
+
+    /// Sends `request` and returns the next frame.
+    pub fn ask(&mut self, request: &str) -> String {
+        self.0.send(request.as_bytes()).unwrap();
+        self.next()
+    }
+
+    /// The next frame, as text.
+    pub fn next(&mut self) -> String {
+        String::from_utf8(self.0.recv().unwrap().expect("a frame")).unwrap()
+    }
 }

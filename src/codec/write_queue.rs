@@ -12,6 +12,18 @@ use super::{Codec, FrameError};
 /// the same bound).
 pub const MAX_IOVECS: usize = 64;
 
+/// Segments queued before a [`WriteQueue`]'s own buffer, in order.
+#[derive(Clone, Default)]
+struct Front {
+    segs: VecDeque<Segment>,
+    /// `segs[0].bytes()[..pos]` is already written.
+    pos: usize,
+    /// Bytes of `segs` not yet written.
+    bytes: usize,
+    /// Bytes of shared frames in `segs` not yet written.
+    shared: usize,
+}
+
 /// Segments an empty queue keeps room for.
 const FRONT_KEEP: usize = 32;
 
@@ -69,14 +81,9 @@ impl Segment {
 /// ```
 #[derive(Clone)]
 pub struct WriteQueue {
-    /// Segments queued before `buf`, in order, once a shared frame is among them; empty (and
-    /// unallocated) otherwise. `front[0].bytes()[..front_pos]` is already written.
-    front: VecDeque<Segment>,
-    front_pos: usize,
-    /// Bytes of `front` not yet written.
-    front_bytes: usize,
-    /// Bytes of shared frames in `front` not yet written.
-    shared: usize,
+    /// What is queued before `buf` once shared frames are among it: allocated on the first
+    /// shared frame, so a queue that never gets one pays a pointer.
+    front: Option<Box<Front>>,
     /// Encoded frames after `front`; `buf[..pos]` is already written.
     buf: Vec<u8>,
     pos: usize,
@@ -98,10 +105,7 @@ impl WriteQueue {
     /// next frames instead of [`DEFAULT_KEEP`](WriteQueue::DEFAULT_KEEP).
     pub const fn with_keep(keep: usize) -> Self {
         WriteQueue {
-            front: VecDeque::new(),
-            front_pos: 0,
-            front_bytes: 0,
-            shared: 0,
+            front: None,
             buf: Vec::new(),
             pos: 0,
             keep,
@@ -139,45 +143,53 @@ impl WriteQueue {
         if frame.is_empty() {
             return;
         }
-        if self.pos < self.buf.len() {
+        let own = if self.pos < self.buf.len() {
             // What is queued in the buffer goes first: set it aside, as it is.
             let mut own = std::mem::take(&mut self.buf);
             own.drain(..self.pos);
             self.pos = 0;
-            self.front_bytes += own.len();
-            self.front.push_back(Segment::Own(own));
+            Some(own)
         } else {
             self.release_buf();
+            None
+        };
+        let front = self.front.get_or_insert_default();
+        if let Some(own) = own {
+            front.bytes += own.len();
+            front.segs.push_back(Segment::Own(own));
         }
-        self.front_bytes += frame.len();
-        self.shared += frame.len();
-        self.front.push_back(Segment::Shared(frame));
+        front.bytes += frame.len();
+        front.shared += frame.len();
+        front.segs.push_back(Segment::Shared(frame));
     }
 
     /// Bytes of shared frames ([`push_shared`](WriteQueue::push_shared)) not yet written.
     pub fn shared_pending(&self) -> usize {
-        self.shared
+        self.front.as_ref().map_or(0, |f| f.shared)
     }
 
     /// Drops shared frames not yet started, oldest first, until at most `max` bytes of shared
     /// frames are pending or none is left to drop (one partly written stays: dropping it would
     /// cut a frame). Returns how many frames were dropped.
     pub fn drop_shared(&mut self, max: usize) -> usize {
+        let Some(front) = self.front.as_mut() else {
+            return 0;
+        };
         let mut dropped = 0;
-        let mut i = usize::from(self.front_pos > 0);
-        while self.shared > max && i < self.front.len() {
-            if let Segment::Shared(frame) = &self.front[i] {
+        let mut i = usize::from(front.pos > 0);
+        while front.shared > max && i < front.segs.len() {
+            if let Segment::Shared(frame) = &front.segs[i] {
                 let len = frame.len();
-                self.shared -= len;
-                self.front_bytes -= len;
-                self.front.remove(i);
+                front.shared -= len;
+                front.bytes -= len;
+                front.segs.remove(i);
                 dropped += 1;
             } else {
                 i += 1;
             }
         }
-        if self.front.is_empty() {
-            self.front_pos = 0;
+        if front.segs.is_empty() {
+            front.pos = 0;
         }
         dropped
     }
@@ -186,8 +198,12 @@ impl WriteQueue {
     /// frames queued, the bytes are in several runs: this is the first, and
     /// [`chunks`](WriteQueue::chunks) gives them all.
     pub fn chunk(&self) -> &[u8] {
-        match self.front.front() {
-            Some(first) => &first.bytes()[self.front_pos..],
+        match self
+            .front
+            .as_ref()
+            .and_then(|f| f.segs.front().map(|s| (s, f.pos)))
+        {
+            Some((first, pos)) => &first.bytes()[pos..],
             None => &self.buf[self.pos..],
         }
     }
@@ -196,13 +212,17 @@ impl WriteQueue {
     /// most [`MAX_IOVECS`] are useful to a vectored write); returns how many it filled.
     pub fn chunks<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;
-        let runs = self
-            .front
-            .iter()
+        let (segs, pos) = match self.front.as_deref() {
+            Some(front) => (Some(&front.segs), front.pos),
+            None => (None, 0),
+        };
+        let runs = segs
+            .into_iter()
+            .flatten()
             .enumerate()
             .map(|(i, seg)| {
                 if i == 0 {
-                    &seg.bytes()[self.front_pos..]
+                    &seg.bytes()[pos..]
                 } else {
                     seg.bytes()
                 }
@@ -222,7 +242,7 @@ impl WriteQueue {
 
     /// How many bytes are queued and not yet written.
     pub fn pending(&self) -> usize {
-        self.front_bytes + self.buf.len() - self.pos
+        self.front.as_ref().map_or(0, |f| f.bytes) + self.buf.len() - self.pos
     }
 
     /// Whether every queued byte is written.
@@ -243,25 +263,27 @@ impl WriteQueue {
             self.pending()
         );
         let mut n = n;
-        while n > 0 {
-            let Some(first) = self.front.front() else {
-                self.pos += n;
-                break;
-            };
-            let left = first.bytes().len() - self.front_pos;
-            let take = n.min(left);
-            n -= take;
-            self.front_bytes -= take;
-            if matches!(first, Segment::Shared(_)) {
-                self.shared -= take;
-            }
-            if take == left {
-                self.front.pop_front();
-                self.front_pos = 0;
-            } else {
-                self.front_pos += take;
+        if let Some(front) = self.front.as_mut() {
+            while n > 0 {
+                let Some(first) = front.segs.front() else {
+                    break;
+                };
+                let left = first.bytes().len() - front.pos;
+                let take = n.min(left);
+                n -= take;
+                front.bytes -= take;
+                if matches!(first, Segment::Shared(_)) {
+                    front.shared -= take;
+                }
+                if take == left {
+                    front.segs.pop_front();
+                    front.pos = 0;
+                } else {
+                    front.pos += take;
+                }
             }
         }
+        self.pos += n;
         if self.is_empty() {
             self.release();
         }
@@ -287,7 +309,7 @@ impl WriteQueue {
     /// [`io::ErrorKind::WriteZero`] if it accepts no bytes. The bytes not written stay queued.
     pub fn write_to<W: Write + ?Sized>(&mut self, writer: &mut W) -> io::Result<()> {
         while !self.is_empty() {
-            let written = if self.front.is_empty() {
+            let written = if self.front.as_ref().is_none_or(|f| f.segs.is_empty()) {
                 writer.write(self.chunk())
             } else {
                 // Several runs: one vectored write (`writev`) for up to `MAX_IOVECS` of them.
@@ -318,12 +340,14 @@ impl WriteQueue {
     /// Empties the written-out queue, freeing the buffer unless it is small enough to keep.
     fn release(&mut self) {
         // A member of a busy group keeps a small segment list for the next broadcasts.
-        if self.front.capacity() > FRONT_KEEP {
-            self.front = VecDeque::new();
-        } else {
-            self.front.clear();
+        if let Some(front) = self.front.as_mut() {
+            if front.segs.capacity() > FRONT_KEEP {
+                self.front = None;
+            } else {
+                front.segs.clear();
+                front.pos = 0;
+            }
         }
-        self.front_pos = 0;
         self.release_buf();
     }
 
@@ -355,7 +379,7 @@ impl fmt::Debug for WriteQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WriteQueue")
             .field("pending", &self.pending())
-            .field("shared", &self.shared)
+            .field("shared", &self.shared_pending())
             .field("keep", &self.keep)
             .finish()
     }
