@@ -5,7 +5,8 @@
 //! connections, watches them with epoll, reads and decodes frames, runs your callbacks on a pool
 //! of worker threads, and writes replies, queuing what the socket cannot take yet.
 //!
-//! - [`Server`] binds and runs; a [`ShutdownHandle`] stops it.
+//! - [`Server`] binds and runs; a [`ShutdownHandle`] stops it and lists the open connections
+//!   ([`ShutdownHandle::connections`]).
 //! - [`Handler`] receives the callbacks, with a per-connection [`Handler::Session`];
 //!   [`Socket`] is a handle to one connection that sends from any thread.
 //! - [`Stream`] is one connection's transport and framing, and a [`Transport`] makes one for
@@ -13,6 +14,11 @@
 //!   (compatible with the `simple-stream` crate) and [`LengthPrefixed`] (u32 big-endian
 //!   length), chosen at run time with [`Config::framing`], so most servers never implement
 //!   either.
+//! - [`Group`] broadcasts a frame to many connections, encoded once and shared, with a
+//!   [`LagPolicy`] per member.
+//! - [`Handler::offload`] runs blocking work on a pool, each connection's frames in order.
+//! - Metrics go through the [`metrics`](https://docs.rs/metrics) crate's facade (see
+//!   [Metrics](#metrics)).
 //! - [`client::Client`] is a small blocking client for the same framings.
 //!
 //! # Guarantees
@@ -23,6 +29,26 @@
 //! closed fails with [`SendError::Closed`]; it never reaches a later connection. Every opened
 //! connection gets exactly one [`Handler::on_connection_removed`], with a [`CloseReason`].
 //! Frames the peer sent just before closing are delivered, and replies to them are written.
+//! Frames broadcast to a [`Group`] from one thread reach every member in that order, and a
+//! broadcast never waits for a member's socket.
+//!
+//! # Metrics
+//!
+//! Install a recorder of the [`metrics`](https://docs.rs/metrics) facade (Prometheus, StatsD,
+//! anything) before the first [`Server::run`] of the process: the handles are registered then,
+//! once, and shared by every server of the process. Without a recorder they do nothing.
+//!
+//! | metric | kind | what |
+//! |---|---|---|
+//! | `hydrogen_connections_open` | gauge | connections open now |
+//! | `hydrogen_connections_accepted_total` | counter | connections accepted and opened |
+//! | `hydrogen_connections_refused_total` | counter | connections refused at `max_connections` |
+//! | `hydrogen_connections_closed_total{reason}` | counter | closes, by [`CloseReason::kind`] |
+//! | `hydrogen_frames_received_total`, `hydrogen_frame_bytes_received_total` | counter | frames (and their payload bytes) delivered to the handler |
+//! | `hydrogen_frames_sent_total`, `hydrogen_frame_bytes_sent_total` | counter | frames (and payload bytes) queued to connections, broadcasts counted per member |
+//! | `hydrogen_buffered_bytes` | gauge | bytes held in outbound queues and incomplete inbound frames |
+//! | `hydrogen_accept_pauses_total` | counter | times accepting paused for lack of descriptors or memory |
+//! | `hydrogen_callback_seconds` | histogram | time in the handler's `on_frame` calls, per batch of one connection's frames (per frame on the blocking pool) |
 //!
 //! # Example
 //!

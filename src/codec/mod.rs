@@ -36,7 +36,7 @@ mod write_queue;
 pub use deframer::Deframer;
 pub use length::LengthPrefixed;
 pub use simple::SimpleFrame;
-pub use write_queue::WriteQueue;
+pub use write_queue::{MAX_IOVECS, WriteQueue};
 
 /// A wire format: how one payload is written as a frame, and how a frame is recognized in a byte
 /// stream.

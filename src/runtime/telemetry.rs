@@ -5,17 +5,7 @@
 //! The handles are registered once per process, at the first [`Server::run`](crate::Server::run),
 //! and shared by every server of the process: install the recorder before that.
 //!
-//! | metric | kind | what |
-//! |---|---|---|
-//! | `hydrogen_connections_open` | gauge | connections open now |
-//! | `hydrogen_connections_accepted_total` | counter | connections accepted and opened |
-//! | `hydrogen_connections_refused_total` | counter | connections refused at `max_connections` |
-//! | `hydrogen_connections_closed_total{reason}` | counter | closes, by [`CloseReason::kind`] |
-//! | `hydrogen_frames_received_total`, `hydrogen_frame_bytes_received_total` | counter | frames (and their payload bytes) delivered to the handler |
-//! | `hydrogen_frames_sent_total`, `hydrogen_frame_bytes_sent_total` | counter | frames (and payload bytes) queued to connections, broadcasts counted per member |
-//! | `hydrogen_buffered_bytes` | gauge | bytes held in outbound queues and incomplete inbound frames |
-//! | `hydrogen_accept_pauses_total` | counter | times accepting paused for lack of descriptors or memory |
-//! | `hydrogen_callback_seconds` | histogram | time in the handler's `on_frame` calls, per batch of one connection's frames (per frame on the blocking pool) |
+//! The metrics and what each counts are listed in the crate documentation ("Metrics").
 
 use std::sync::OnceLock;
 
