@@ -25,6 +25,10 @@ pub enum OnLag {
 
 /// How far behind a member may fall: the bytes of group traffic it may hold queued and
 /// unsent, and what happens past that. Never unbounded, and never blocking the broadcaster.
+///
+/// Group frames are bounded by this, not by [`Config::max_outbound`](crate::Config::max_outbound);
+/// but a member's own sends ([`Socket::send`]) count everything it has queued, group frames
+/// included, against `max_outbound`, so keep `max_lag` below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LagPolicy {
     /// Bytes of group frames (from every group it is in) a member may have queued unsent.
