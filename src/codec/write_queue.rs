@@ -24,6 +24,13 @@ struct Front {
     shared: usize,
 }
 
+/// Segments of at most this many bytes are copied together before a write
+/// ([`WriteQueue::coalesce_small`]), once at least [`COALESCE_MIN`] of them lead the queue, into
+/// runs of at most [`COALESCE_MAX`] bytes.
+const COALESCE_SEGMENT: usize = 512;
+const COALESCE_MIN: usize = 8;
+const COALESCE_MAX: usize = 64 * 1024;
+
 /// Segments an empty queue keeps room for.
 const FRONT_KEEP: usize = 32;
 
@@ -312,7 +319,10 @@ impl WriteQueue {
             let written = if self.front.as_ref().is_none_or(|f| f.segs.is_empty()) {
                 writer.write(self.chunk())
             } else {
-                // Several runs: one vectored write (`writev`) for up to `MAX_IOVECS` of them.
+                // Several runs: one vectored write (`writev`) for up to `MAX_IOVECS` of them,
+                // with runs of small frames copied together first so that one write carries
+                // many of them (a long queue of small broadcast frames, say).
+                self.coalesce_small();
                 let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
                 let n = self.chunks(&mut slices);
                 writer.write_vectored(&slices[..n])
@@ -335,6 +345,39 @@ impl WriteQueue {
         }
         self.release();
         Ok(())
+    }
+
+    /// Copies the small segments at the front (up to [`COALESCE_MAX`] bytes in all) into one,
+    /// once there are more than a few: a write then carries many small frames without a
+    /// buffer each. Shared frames copied stop counting as shared: they are being written.
+    fn coalesce_small(&mut self) {
+        let Some(front) = self.front.as_mut() else {
+            return;
+        };
+        let small = front
+            .segs
+            .iter()
+            .take_while(|seg| seg.bytes().len() <= COALESCE_SEGMENT)
+            .count();
+        if small < COALESCE_MIN {
+            return;
+        }
+        let mut merged = Vec::with_capacity(COALESCE_MAX.min(front.bytes));
+        while let Some(seg) = front.segs.front() {
+            let run = &seg.bytes()[front.pos..];
+            if seg.bytes().len() > COALESCE_SEGMENT || merged.len() + run.len() > COALESCE_MAX {
+                break;
+            }
+            merged.extend_from_slice(run);
+            if matches!(seg, Segment::Shared(_)) {
+                front.shared -= run.len();
+            }
+            front.pos = 0;
+            front.segs.pop_front();
+        }
+        if !merged.is_empty() {
+            front.segs.push_front(Segment::Own(merged));
+        }
     }
 
     /// Empties the written-out queue, freeing the buffer unless it is small enough to keep.
@@ -475,6 +518,36 @@ mod tests {
         assert_eq!(w.out, want);
         assert_eq!((w.calls, w.most_slices), (1, 5), "one writev of five runs");
         assert!(queue.is_empty());
+        assert_eq!(queue.shared_pending(), 0);
+    }
+
+    #[test]
+    fn many_small_frames_are_copied_together_into_one_run() {
+        let mut queue = WriteQueue::new();
+        let mut want = Vec::new();
+        for i in 0..100u8 {
+            let frame = Bytes::from(vec![i; 64]);
+            want.extend_from_slice(&frame);
+            queue.push_shared(frame);
+        }
+        let big = Bytes::from(vec![0xee; 4096]);
+        want.extend_from_slice(&big);
+        queue.push_shared(big);
+        queue.push(&mut SimpleFrame, b"reply").unwrap();
+        SimpleFrame.encode(b"reply", &mut want).unwrap();
+        let mut w = Vectored {
+            out: Vec::new(),
+            room: usize::MAX,
+            calls: 0,
+            most_slices: 0,
+        };
+        queue.write_to(&mut w).unwrap();
+        assert_eq!(w.out, want);
+        assert_eq!(
+            (w.calls, w.most_slices),
+            (1, 3),
+            "the hundred small frames in one run, then the big one and the reply"
+        );
         assert_eq!(queue.shared_pending(), 0);
     }
 
