@@ -190,7 +190,7 @@ impl fmt::Display for UnknownFraming {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "unknown framing {:?}: expected \"simple\" or \"length\"",
+            "unknown framing {:?}: expected \"simple\" or \"length\" (also \"u32\")",
             self.0
         )
     }
