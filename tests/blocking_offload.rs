@@ -36,6 +36,8 @@ struct Seen {
 /// Offloads `B` frames, which sleep `work` on the pool; echoes every frame.
 struct Work {
     work: Duration,
+    /// `offload` calls: each is made on the I/O worker just before a frame goes to the pool.
+    asked: AtomicU64,
     /// `B` frames that ran on a pool thread (by its name), and that started.
     on_pool: AtomicU64,
     started: AtomicU64,
@@ -47,6 +49,7 @@ impl Work {
     fn new(work: Duration) -> Arc<Work> {
         Arc::new(Work {
             work,
+            asked: AtomicU64::new(0),
             on_pool: AtomicU64::new(0),
             started: AtomicU64::new(0),
             removed: Mutex::new(Vec::new()),
@@ -66,6 +69,7 @@ impl Handler for Work {
     type Session = Seen;
 
     fn offload(&self, frame: &[u8]) -> bool {
+        self.asked.fetch_add(1, Ordering::AcqRel);
         frame[0] == b'B'
     }
 
@@ -234,6 +238,49 @@ fn drain_timeout_counts_cut_off_work_as_abandoned() {
         1,
         "run returned with no callback left running"
     );
+}
+
+/// Regression: a job still waiting for a pool thread when the drain's deadline passed had
+/// its frames dropped silently, and its connection was counted as drained.
+#[test]
+fn drain_timeout_counts_a_job_not_started_as_abandoned() {
+    let handler = Work::new(Duration::from_millis(300));
+    let server = TestServer::start_with(
+        Config {
+            blocking_threads: 1,
+            drain_timeout: Duration::from_millis(50),
+            ..length_config(2)
+        },
+        LengthPrefixed::default(),
+        handler.clone(),
+    );
+    let mut running = connect(&server);
+    running.send(&frame(b'B', 0)).unwrap();
+    wait_until("the first job to start", || {
+        handler.started.load(Ordering::Acquire) == 1
+    });
+    // The only pool thread is busy: this one's job waits in the pool's queue.
+    let mut waiting = connect(&server);
+    waiting.send(&frame(b'B', 0)).unwrap();
+    wait_until("the second frame to go to the pool", || {
+        handler.asked.load(Ordering::Acquire) == 2
+    });
+    let summary = server.stop().unwrap();
+    assert_eq!(
+        handler.started.load(Ordering::Acquire),
+        1,
+        "the second never ran"
+    );
+    assert_eq!(
+        (summary.drained, summary.abandoned),
+        (1, 1),
+        "the finished one drained, the cut-off one abandoned"
+    );
+    let removed = handler.removed.lock();
+    let never_ran = removed.iter().find(|r| r.2 == 0).expect("its removal");
+    assert_eq!(never_ran.1, "shutdown_unflushed");
+    drop(removed);
+    drop((running, waiting));
 }
 
 /// A [`Socket::hold`] taken for work on threads of the application's own holds a half-closed

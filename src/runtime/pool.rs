@@ -135,9 +135,7 @@ impl<S: Stream, H: Handler> Pool<S, H> {
     }
 
     /// Stops the pool: every thread finishes the callback it is in, then exits, and is
-    /// joined. Jobs not started are finished here: a connection closed meanwhile gets its
-    /// `on_connection_removed`; the others stay in the table for the final close, their
-    /// frames unhandled.
+    /// joined. Jobs not started are ended here ([`cut_off`]).
     pub fn stop(&self) {
         let inner = &self.inner;
         inner.stopping.store(true, Ordering::Release);
@@ -152,19 +150,33 @@ impl<S: Stream, H: Handler> Pool<S, H> {
         }
         while let Ok(job) = inner.rx.try_recv() {
             if let Some(conn) = job {
-                let mut work = conn.lock_work();
-                let dropped = work.frames.len();
-                work.frames.clear();
-                work.offloaded = false;
-                let removal = work.removal.take();
-                drop(work);
-                count(inner, 0, dropped);
-                if let Some(reason) = removal {
-                    removed(&*inner.handler, &conn, &reason);
-                }
+                cut_off(inner, &conn);
             }
         }
     }
+}
+
+/// Ends a job the stop cut off. A connection closed meanwhile gets its
+/// `on_connection_removed` here; an open one keeps its frames, so the final close sees the
+/// work cut off and reports the drain as unfinished.
+fn cut_off<S: Stream, H: Handler>(inner: &Inner<S, H>, conn: &Arc<Conn<S, H::Session>>) {
+    let mut work = conn.lock_work();
+    work.offloaded = false;
+    let removal = work.removal.take();
+    if removal.is_some() {
+        discard(inner, &mut work);
+    }
+    drop(work);
+    if let Some(reason) = removal {
+        removed(&*inner.handler, conn, &reason);
+    }
+}
+
+/// Drops a connection's waiting frames (it is closing) and ends its job.
+fn discard<S, H: Handler>(inner: &Inner<S, H>, work: &mut Work) {
+    count(inner, 0, work.frames.len());
+    work.frames.clear();
+    work.offloaded = false;
 }
 
 fn count<S, H: Handler>(inner: &Inner<S, H>, added: usize, taken: usize) {
@@ -235,19 +247,7 @@ fn run<S: Stream, H: Handler>(inner: &Inner<S, H>, conn: &Arc<Conn<S, H::Session
                 }
                 if inner.stopping.load(Ordering::Acquire) {
                     // Done with the callback it was in; the rest is cut off by the stop.
-                    let mut work = conn.lock_work();
-                    if let Some(reason) = work.removal.take() {
-                        work.offloaded = false;
-                        let dropped = work.frames.len();
-                        work.frames.clear();
-                        drop(work);
-                        count(inner, 0, dropped);
-                        removed(&*inner.handler, conn, &reason);
-                    } else {
-                        // With frames left, the final close sees it busy and reports the drain
-                        // cut short.
-                        work.offloaded = false;
-                    }
+                    cut_off(inner, conn);
                     return;
                 }
             }
@@ -274,19 +274,13 @@ fn next_step<S: Stream, H: Handler>(
 ) -> Step {
     if let Some(reason) = work.removal.take() {
         // Closed while the last callback ran: the rest is never delivered.
-        let dropped = work.frames.len();
-        work.frames.clear();
-        work.offloaded = false;
-        count(inner, 0, dropped);
+        discard(inner, work);
         return Step::Remove(reason);
     }
     if conn.closing_requested() {
         // Closing: undelivered frames are dropped, as on the I/O workers; the owner's close
         // calls `on_connection_removed`.
-        let dropped = work.frames.len();
-        work.frames.clear();
-        work.offloaded = false;
-        count(inner, 0, dropped);
+        discard(inner, work);
         return Step::Done;
     }
     if conn.reading_paused() {
