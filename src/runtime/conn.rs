@@ -114,8 +114,6 @@ pub(crate) struct State<S> {
     pub held: usize,
     /// Not read while the server is over `max_buffered`: this connection held too much.
     pub read_paused: bool,
-    /// Not read because the application asked so ([`Socket::pause_reading`](crate::Socket::pause_reading)).
-    pub user_paused: bool,
     /// Set when the connection must close at the owner's next look (a local close, or an
     /// error seen by a thread that was not the owner).
     pub closing: Option<CloseReason>,
@@ -154,7 +152,6 @@ impl<S> State<S> {
             urgent: false,
             held: 0,
             read_paused: false,
-            user_paused: false,
             closing: None,
             groups: None,
         }
@@ -256,7 +253,7 @@ impl<S> State<S> {
         if let Some(reason) = self.closing.take() {
             return Next::Close(reason);
         }
-        let more = more && !blocked && !self.user_paused && (self.hangup || !self.read_paused);
+        let more = more && !blocked && (self.hangup || !self.read_paused);
         if self.claim == Claim::RunningAgain && may_go_again && !more {
             self.claim = Claim::Running;
             return Next::Again;
@@ -365,7 +362,8 @@ pub(crate) struct Conn<S, U> {
     work: Mutex<Option<Box<Work>>>,
     /// `work` holds frames or is offloaded: read without the lock on every turn.
     work_hint: AtomicBool,
-    /// Mirrors `State::user_paused`, read between frames without the lock.
+    /// The application paused reading ([`Socket::pause_reading`](crate::Socket::pause_reading)):
+    /// set and cleared under the state lock, read between frames without it.
     paused_hint: AtomicBool,
     /// [`Hold`](crate::Hold)s the application keeps on the connection.
     holds: AtomicU32,
@@ -558,7 +556,7 @@ impl<S: Stream, U> Conn<S, U> {
             frames_in: self.frames_in.load(Ordering::Relaxed),
             frames_out: self.frames_out.load(Ordering::Relaxed),
             groups: state.groups.as_ref().map_or(0, |g| g.0.len()),
-            reading_paused: state.user_paused,
+            reading_paused: self.reading_paused(),
             closing: state.closing.is_some(),
         })
     }
@@ -656,18 +654,16 @@ impl<S: Stream, U: Send + 'static> Link for Conn<S, U> {
     }
 
     fn pause_reading(&self) {
-        let mut state = self.state.lock();
-        state.user_paused = true;
+        // Read under the state lock by the owner (before a read, and at the round's end), so
+        // a pause is seen by the next round at the latest.
+        let _state = self.state.lock();
         self.paused_hint.store(true, Ordering::Release);
     }
 
     fn resume_reading(&self) {
         // A turn, which reads: what arrived while paused raised no new edge, and frames read
         // before the pause may wait in `work`.
-        self.request(|conn, state| {
-            conn.paused_hint.store(false, Ordering::Release);
-            std::mem::take(&mut state.user_paused) || conn.has_work()
-        });
+        self.request(|conn, _| conn.paused_hint.swap(false, Ordering::AcqRel) || conn.has_work());
     }
 
     fn hold(&self) {
@@ -894,13 +890,8 @@ mod tests {
             ..round(false, true, false, true)
         };
         assert!(matches!(s.finish_round(busy), Next::Release));
-        // Paused by the application or blocked on a full pool: input left does not requeue.
-        let mut s = state(Claim::Running);
-        s.user_paused = true;
-        assert!(matches!(
-            s.finish_round(round(false, false, true, true)),
-            Next::Release
-        ));
+        // Paused by the application or blocked on a full pool (the owner passes either as
+        // `blocked`): input left does not requeue.
         let mut s = state(Claim::Running);
         let blocked = Round {
             blocked: true,

@@ -252,8 +252,7 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
         tracing::error!(conn = conn.id, %message, "panic while serving a connection; closing it");
         let state = conn.state.lock();
         if state.stream.is_some() {
-            let socket = Socket::new(conn.clone());
-            self.finalize(conn, state, &socket, CloseReason::Panicked(message));
+            self.finalize(conn, state, CloseReason::Panicked(message));
         }
     }
 
@@ -280,7 +279,7 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
                 busy: conn.busy(),
                 draining: self.core.lifecycle().draining(),
                 more,
-                blocked: self.pool_blocked(conn),
+                blocked: self.read_blocked(conn),
                 may_go_again: round < MAX_ROUNDS,
             };
             match state.finish_round(round) {
@@ -297,7 +296,7 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
                     return;
                 }
                 Next::Close(reason) => {
-                    self.finalize(conn, state, &socket, reason);
+                    self.finalize(conn, state, reason);
                     return;
                 }
             }
@@ -318,8 +317,7 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
         if state.closing.is_some()
             || state.read_closed
             || (state.read_paused && !state.hangup)
-            || state.user_paused
-            || self.pool_blocked(conn)
+            || self.read_blocked(conn)
         {
             return Ok(RecvStatus::Drained);
         }
@@ -362,6 +360,13 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
     #[inline]
     fn pool_blocked(&self, conn: &ConnOf<T, H>) -> bool {
         conn.has_work() && self.core.pool.over()
+    }
+
+    /// Whether the connection is not to be read: paused by the application, or blocked on a
+    /// full pool.
+    #[inline]
+    fn read_blocked(&self, conn: &ConnOf<T, H>) -> bool {
+        conn.reading_paused() || self.pool_blocked(conn)
     }
 
     /// Hands the round's frames to the handler, with no lock of the library held, until the
@@ -597,7 +602,6 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
         &self,
         conn: &Arc<ConnOf<T, H>>,
         mut state: parking_lot::MutexGuard<'_, State<T::Stream>>,
-        socket: &Socket,
         reason: CloseReason,
     ) {
         let core = self.core;
@@ -627,23 +631,19 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
         // it calls `on_connection_removed` once that returns, so the two never overlap.
         let mut work = conn.lock_work();
         let dropped = work.frames.len();
-        let reason = if work.offloaded {
+        if dropped > 0 {
             work.frames.clear();
+        }
+        let reason = if work.offloaded {
             work.removal = Some(reason);
             None
         } else {
-            if dropped > 0 {
-                work.frames.clear();
-            }
             Some(reason)
         };
         drop(work);
         core.pool.count(0, dropped);
         if let Some(reason) = reason {
-            let session = conn.take_session();
-            guarded(conn.id, "on_connection_removed", || {
-                core.handler.on_connection_removed(session, socket, &reason)
-            });
+            removed(&*core.handler, conn, &reason);
         }
         if core.lifecycle().draining() {
             self.check_drained();
