@@ -8,11 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use hydrogen::client::Client;
 use hydrogen::{CloseReason, Config, Handler, LengthPrefixed, Socket};
 use parking_lot::Mutex;
 
-use common::{DEADLINE, TestServer, config, reason_kind, wait_until};
+use common::{DEADLINE, TestServer, length_config, reason_kind, wait_until};
 
 /// A frame: a kind byte (`B`: blocking, offloaded; anything else: inline), then a u64 sequence
 /// number, big-endian.
@@ -99,19 +98,6 @@ impl Handler for Work {
     }
 }
 
-fn length_config(threads: usize) -> Config {
-    Config {
-        framing: LengthPrefixed::default().into(),
-        ..config(threads)
-    }
-}
-
-fn connect(server: &TestServer) -> Client<LengthPrefixed> {
-    let client = Client::connect(server.addr, LengthPrefixed::default()).unwrap();
-    client.set_read_timeout(Some(DEADLINE)).unwrap();
-    client
-}
-
 #[test]
 fn offloaded_and_inline_frames_keep_their_order() {
     const CLIENTS: u64 = 4;
@@ -121,7 +107,7 @@ fn offloaded_and_inline_frames_keep_their_order() {
         TestServer::start_with(length_config(2), LengthPrefixed::default(), handler.clone());
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
-            let mut client = connect(&server);
+            let mut client = server.connect_length();
             thread::spawn(move || {
                 // Every frame pipelined at once: inline frames queue behind offloaded ones.
                 for seq in 0..FRAMES {
@@ -164,7 +150,7 @@ fn half_close_with_offloaded_work_gets_its_reply() {
     let handler = Work::new(Duration::from_millis(100));
     let server =
         TestServer::start_with(length_config(2), LengthPrefixed::default(), handler.clone());
-    let mut client = connect(&server);
+    let mut client = server.connect_length();
     client.send(&frame(b'B', 0)).unwrap();
     client.send(&frame(b'I', 1)).unwrap();
     client.shutdown_write().unwrap();
@@ -195,7 +181,7 @@ fn drain_waits_for_work_in_flight() {
         LengthPrefixed::default(),
         handler.clone(),
     );
-    let mut client = connect(&server);
+    let mut client = server.connect_length();
     client.send(&frame(b'B', 0)).unwrap();
     wait_until("the work to start", || {
         handler.started.load(Ordering::Acquire) == 1
@@ -221,7 +207,7 @@ fn drain_timeout_counts_cut_off_work_as_abandoned() {
         LengthPrefixed::default(),
         handler.clone(),
     );
-    let mut client = connect(&server);
+    let mut client = server.connect_length();
     client.feed(&frame(b'B', 0)).unwrap();
     client.feed(&frame(b'B', 1)).unwrap();
     client.flush().unwrap();
@@ -254,13 +240,13 @@ fn drain_timeout_counts_a_job_not_started_as_abandoned() {
         LengthPrefixed::default(),
         handler.clone(),
     );
-    let mut running = connect(&server);
+    let mut running = server.connect_length();
     running.send(&frame(b'B', 0)).unwrap();
     wait_until("the first job to start", || {
         handler.started.load(Ordering::Acquire) == 1
     });
     // The only pool thread is busy: this one's job waits in the pool's queue.
-    let mut waiting = connect(&server);
+    let mut waiting = server.connect_length();
     waiting.send(&frame(b'B', 0)).unwrap();
     wait_until("the second frame to go to the pool", || {
         handler.asked.load(Ordering::Acquire) == 2
@@ -301,7 +287,7 @@ fn a_hold_keeps_a_half_closed_connection_until_released() {
         }
     }
     let server = TestServer::start_with(length_config(2), LengthPrefixed::default(), Later);
-    let mut client = connect(&server);
+    let mut client = server.connect_length();
     client.send(b"later").unwrap();
     client.shutdown_write().unwrap();
     assert_eq!(client.recv().unwrap().as_deref(), Some(&b"later"[..]));
@@ -322,7 +308,7 @@ fn no_pool_runs_offloaded_frames_inline() {
         LengthPrefixed::default(),
         handler.clone(),
     );
-    let mut client = connect(&server);
+    let mut client = server.connect_length();
     for seq in 0..10 {
         client.feed(&frame(b'B', seq)).unwrap();
     }

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::thread;
 
 use hydrogen::client::Client;
-use hydrogen::{CloseReason, Config, Group, Handler, LagPolicy, LengthPrefixed, OnLag, Socket};
+use hydrogen::{CloseReason, Group, Handler, LagPolicy, LengthPrefixed, OnLag, Socket};
 use parking_lot::Mutex;
 
-use common::{DEADLINE, TestServer, config, reason_kind, wait_until};
+use common::{DEADLINE, TestServer, length_config, reason_kind, wait_until};
 
 /// Every connection joins the group (with the policy a first frame `lag:drop` or
 /// `lag:close` asks for, or the group's); a frame `say:...` is broadcast to the others.
@@ -52,26 +52,13 @@ impl Handler for Room {
     }
 }
 
-fn length_config(threads: usize) -> Config {
-    Config {
-        framing: LengthPrefixed::default().into(),
-        ..config(threads)
-    }
-}
-
-fn connect(server: &TestServer) -> Client<LengthPrefixed> {
-    let client = Client::connect(server.addr, LengthPrefixed::default()).unwrap();
-    client.set_read_timeout(Some(DEADLINE)).unwrap();
-    client
-}
-
 #[test]
 fn broadcasts_reach_every_other_member_in_order() {
     const MEMBERS: usize = 5;
     const FRAMES: u32 = 300;
     let room = Room::new(Group::new());
     let server = TestServer::start_with(length_config(2), LengthPrefixed::default(), room.clone());
-    let mut clients: Vec<_> = (0..MEMBERS).map(|_| connect(&server)).collect();
+    let mut clients: Vec<_> = (0..MEMBERS).map(|_| server.connect_length()).collect();
     wait_until("every member joined", || room.group.len() == MEMBERS);
 
     // Two senders at once; each receiver sees each sender's frames in order, all of them.
@@ -145,8 +132,8 @@ fn a_member_past_its_lag_budget_is_disconnected_and_holds_nobody_up() {
     let server = TestServer::start_with(length_config(2), LengthPrefixed::default(), room.clone());
     // Never reads: once the kernel's buffers are full, its backlog grows past the budget.
     let stalled = TcpStream::connect(server.addr).unwrap();
-    let mut reader = connect(&server);
-    let mut sender = connect(&server);
+    let mut reader = server.connect_length();
+    let mut sender = server.connect_length();
     wait_until("three members", || room.group.len() == 3);
     let stalled_id = room.opened.lock()[0].id();
 
@@ -196,7 +183,7 @@ fn a_lagging_member_under_drop_oldest_keeps_the_newest_frames() {
     // Reads nothing until the end is sent: 32 MiB of broadcasts against a few MiB of kernel
     // buffers and a 1 MiB budget.
     let lagging = TcpStream::connect(server.addr).unwrap();
-    let mut sender = connect(&server);
+    let mut sender = server.connect_length();
     wait_until("two members", || room.group.len() == 2);
 
     let payload = vec![9u8; 4096];

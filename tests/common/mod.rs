@@ -85,6 +85,28 @@ pub fn config(threads: usize) -> Config {
     }
 }
 
+/// Config for tests over u32 length-prefixed frames: `threads` workers.
+pub fn length_config(threads: usize) -> Config {
+    Config {
+        framing: hydrogen::LengthPrefixed::default().into(),
+        ..config(threads)
+    }
+}
+
+impl TestServer {
+    /// A u32 length-prefixed client of this server, with a read timeout of [`DEADLINE`].
+    #[track_caller]
+    pub fn connect_length(&self) -> hydrogen::client::Client<hydrogen::LengthPrefixed> {
+        let client =
+            hydrogen::client::Client::connect(self.addr, hydrogen::LengthPrefixed::default())
+                .expect("connect");
+        client
+            .set_read_timeout(Some(DEADLINE))
+            .expect("read timeout");
+        client
+    }
+}
+
 /// Polls `cond` until it holds, panicking with `what` after [`DEADLINE`].
 #[track_caller]
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
