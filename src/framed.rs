@@ -8,6 +8,11 @@ use std::os::fd::{AsFd, BorrowedFd};
 use crate::codec::{Codec, Deframer, LengthPrefixed, SimpleFrame, WriteQueue};
 use crate::{Frames, RecvStatus, Stream};
 
+/// Broadcast frames of at most this many bytes (encoded) are copied into the write queue's
+/// buffer rather than queued by reference: copying a few dozen bytes costs less than a
+/// segment of its own and keeps a run of them in one contiguous write.
+const SHARED_COPY: usize = 512;
+
 /// A [`Stream`] over an accepted TCP connection, framed by a [`Codec`].
 ///
 /// This is the stream to use unless you need a transport of your own: give it the accepted
@@ -122,20 +127,17 @@ impl<C: Codec> Stream for Framed<C> {
         Ok(())
     }
 
-    /// Queues a reference to the frame's shared encoding (made once for every member with
-    /// the same wire format) instead of encoding a copy.
+    /// Queues the frame's shared encoding (made once for every member with the same wire
+    /// format): a small frame is copied into the queue's buffer, which one write carries
+    /// with its neighbours; a larger one is queued as a reference, not a copy.
     fn send_shared(&mut self, frame: &crate::SharedFrame) -> io::Result<()> {
-        let wire = frame.encoded(self.input.codec_mut())?;
-        self.output.push_shared(wire);
+        let wire = frame.wire(self.input.codec_mut())?;
+        if wire.len() <= SHARED_COPY {
+            self.output.push_bytes(&wire);
+        } else {
+            self.output.push_shared(wire.into_owned());
+        }
         Ok(())
-    }
-
-    fn shared_pending(&self) -> usize {
-        self.output.shared_pending()
-    }
-
-    fn drop_shared(&mut self, max: usize) -> usize {
-        self.output.drop_shared(max)
     }
 
     /// Writes the queue until it is empty or the socket reports `WouldBlock`.

@@ -3,9 +3,9 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
-use crate::group::{LagPolicy, Members, SharedFrame};
+use crate::group::{Members, Membership};
 
 /// What a connection handle needs from the connection behind it. Implemented by the
 /// generic connection type, so that [`Socket`] itself is not generic over the stream.
@@ -19,11 +19,12 @@ pub(crate) trait Link: Send + Sync {
     fn resume_reading(&self);
     fn hold(&self);
     fn release(&self);
-    /// Queues a broadcast frame under the member's lag policy: `Ok(false)` if the policy
-    /// dropped it. The write is left to a worker.
-    fn send_shared(&self, frame: &SharedFrame, policy: &LagPolicy) -> Result<bool, SendError>;
+    /// A group the connection is in has a new frame: makes sure a worker takes it.
+    fn group_ready(&self);
+    /// Closes the connection as a member that fell too far behind.
+    fn close_slow(&self);
     /// Records a group membership, so that the close leaves the group; `false` if closed.
-    fn join_group(&self, group: Weak<Members>) -> bool;
+    fn join_group(&self, membership: Membership) -> bool;
     fn leave_group(&self, group: &Arc<Members>);
 }
 

@@ -69,7 +69,8 @@ pub trait Stream: AsFd + Send + 'static {
     fn flush(&mut self) -> io::Result<()>;
 
     /// Queues a frame broadcast to a [`Group`](crate::Group), after the frames queued before
-    /// it. A stream that can hold shared bytes keeps a reference to the frame's encoding
+    /// it. The library hands a member its group frames when it writes to it, as many as keep
+    /// [`pending_output`](Stream::pending_output) under 64 KiB; the rest wait in the group. A stream that can hold shared bytes keeps a reference to the frame's encoding
     /// ([`SharedFrame::encoded`]) instead of a copy; the default sends a copy of the payload
     /// with [`send`](Stream::send).
     ///
@@ -78,21 +79,6 @@ pub trait Stream: AsFd + Send + 'static {
     /// As for [`send`](Stream::send): the frame is refused, the connection stays open.
     fn send_shared(&mut self, frame: &SharedFrame) -> io::Result<()> {
         self.send(frame.payload())
-    }
-
-    /// Bytes of broadcast frames queued and not yet written, checked against the member's
-    /// [`LagPolicy`](crate::LagPolicy). The default counts all pending output.
-    fn shared_pending(&self) -> usize {
-        self.pending_output()
-    }
-
-    /// Drops queued broadcast frames not yet started, oldest first, until at most `max`
-    /// bytes of them are pending (for [`OnLag::DropOldest`](crate::OnLag::DropOldest));
-    /// returns how many it dropped. The default drops none (the new frame is dropped
-    /// instead).
-    fn drop_shared(&mut self, max: usize) -> usize {
-        let _ = max;
-        0
     }
 
     /// How many bytes are queued and not yet written (0 when nothing is pending).

@@ -2,6 +2,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -12,7 +13,7 @@ use parking_lot::{Mutex, MutexGuard};
 use crate::ConnectionInfo;
 use crate::Stream;
 use crate::config::OutboundPolicy;
-use crate::group::{LagPolicy, Members, OnLag, SharedFrame};
+use crate::group::{Members, Membership};
 use crate::handler::CloseReason;
 use crate::runtime::buffers::{Buffers, PAUSE_FLOOR};
 use crate::runtime::clock;
@@ -124,7 +125,7 @@ pub(crate) struct State<S> {
 
 /// The groups a connection is in (boxed in [`State`], which most connections leave empty).
 #[derive(Debug, Default)]
-pub(crate) struct Memberships(pub Vec<Weak<Members>>);
+pub(crate) struct Memberships(pub Vec<Membership>);
 
 /// What the owner of a connection does once a round of its turn is over
 /// ([`State::finish_round`]).
@@ -339,6 +340,11 @@ impl Drop for WorkGuard<'_> {
     }
 }
 
+/// A pull of group frames stops once the stream holds this much output.
+pub(crate) const PULL_WINDOW: usize = 64 * 1024;
+/// Pulls in one write, while the socket takes everything, before the rest waits its turn.
+const PULL_ROUNDS: usize = 4;
+
 /// Per-connection copies of the send limits, so a send needs nothing but the connection.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -535,6 +541,71 @@ impl<S: Stream, U> Conn<S, U> {
         self.flush_wanted.store(false, Ordering::Release);
     }
 
+    /// Queues a flush task ([`Task::Flush`]): from a callback on a worker of this server, at
+    /// the end of its batch; else at once.
+    fn queue_flush(&self) {
+        let task = Task::Flush {
+            slot: self.slot,
+            id: self.id,
+        };
+        if RUNNING.get() != 0 && WORKER_QUEUE.get() == Weak::as_ptr(&self.queue) as usize {
+            DEFERRED_FLUSHES.with_borrow_mut(|tasks| tasks.push(task));
+        } else if let Some(queue) = self.queue.upgrade() {
+            queue.push(task);
+        }
+    }
+
+    /// Group frames are left for the connection after a write that emptied its stream: a
+    /// flush task takes them (unless one is queued already), after the connections queued
+    /// before it.
+    pub fn flush_again(&self) {
+        if !self.flush_wanted.swap(true, Ordering::AcqRel) {
+            self.queue_flush();
+        }
+    }
+
+    /// Moves the frames broadcast to the connection's groups, and not yet taken, into its
+    /// stream, until it holds `window` bytes (see [`group::pull`](crate::group::pull));
+    /// returns whether some are left.
+    pub fn pull_groups(&self, state: &mut State<S>, window: usize) -> bool
+    where
+        S: Stream,
+    {
+        let (Some(groups), Some(stream)) = (state.groups.as_deref(), state.stream.as_mut()) else {
+            return false;
+        };
+        let pulled = crate::group::pull(stream, self.id, &groups.0, window);
+        if pulled.frames > 0 {
+            self.frames_out.fetch_add(pulled.frames, Ordering::Relaxed);
+            let telemetry = telemetry::get();
+            telemetry.frames_out.increment(pulled.frames);
+            telemetry.bytes_out.increment(pulled.bytes);
+        }
+        pulled.more
+    }
+
+    /// Pulls group frames and writes, in up to [`PULL_ROUNDS`] rounds of [`PULL_WINDOW`]
+    /// bytes while the socket takes everything. Returns whether group frames are left with
+    /// the stream written out (the caller arranges [`flush_again`](Conn::flush_again)).
+    pub fn pull_and_flush(&self, state: &mut State<S>) -> io::Result<bool>
+    where
+        S: Stream,
+    {
+        for _ in 0..PULL_ROUNDS {
+            let more = self.pull_groups(state, PULL_WINDOW);
+            let Some(stream) = state.stream.as_mut() else {
+                return Ok(false);
+            };
+            if stream.has_pending_output() {
+                stream.flush()?;
+            }
+            if !more || stream.has_pending_output() {
+                return Ok(false); // nothing left, or the writable edge comes back for it
+            }
+        }
+        Ok(true)
+    }
+
     /// Queues a turn for a connection its owner just marked `Queued` ([`Next::Requeue`]).
     pub fn requeue(&self) {
         self.schedule();
@@ -582,6 +653,8 @@ impl<S: Stream, U: Send + 'static> Link for Conn<S, U> {
         if state.closing.is_some() {
             return Err(SendError::Closed);
         }
+        // Frames broadcast before this send go before it.
+        self.pull_groups(&mut state, usize::MAX);
         let Some(stream) = state.stream.as_mut() else {
             return Err(SendError::Closed);
         };
@@ -677,74 +750,36 @@ impl<S: Stream, U: Send + 'static> Link for Conn<S, U> {
         }
     }
 
-    fn send_shared(&self, frame: &SharedFrame, policy: &LagPolicy) -> Result<bool, SendError> {
-        let mut state = self.state.lock();
-        if state.closing.is_some() {
-            return Err(SendError::Closed);
-        }
-        let Some(stream) = state.stream.as_mut() else {
-            return Err(SendError::Closed);
-        };
-        let len = frame.payload().len();
-        let over = |lagging: usize| lagging > 0 && lagging + len > policy.max_lag;
-        if over(stream.shared_pending()) {
-            match policy.on_lag {
-                OnLag::DropOldest => {
-                    let dropped = stream.drop_shared(policy.max_lag.saturating_sub(len));
-                    tracing::trace!(
-                        conn = self.id,
-                        dropped,
-                        "lagging group member: oldest frames dropped"
-                    );
-                    if over(stream.shared_pending()) {
-                        return Ok(false); // nothing left to drop: this one goes
-                    }
-                }
-                OnLag::Disconnect => {
-                    tracing::debug!(
-                        conn = self.id,
-                        lag = stream.shared_pending(),
-                        "lagging group member: closing"
-                    );
-                    self.close_locked(state, CloseReason::SlowConsumer);
-                    return Err(SendError::Closed);
-                }
-            }
-        }
-        stream.send_shared(frame).map_err(SendError::Rejected)?;
-        self.frames_out.fetch_add(1, Ordering::Relaxed);
-        let telemetry = telemetry::get();
-        telemetry.frames_out.increment(1);
-        telemetry.bytes_out.increment(len as u64);
+    fn group_ready(&self) {
         if RUNNING.get() == self.id {
-            return Ok(true); // its own callback: the owner writes when it returns
+            return; // its own callback: the owner takes the frames when it writes
         }
-        // Written by a worker, not here: a broadcast never waits on a member's socket, and
+        // Taken by a worker, not here: a broadcast never waits on a member's socket, and
         // frames broadcast before that flush runs go out with it, in one vectored write.
-        let schedule = !self.flush_wanted.swap(true, Ordering::AcqRel);
-        drop(state);
-        if !schedule {
-            return Ok(true);
+        if self.flush_wanted.load(Ordering::Relaxed)
+            || self.flush_wanted.swap(true, Ordering::AcqRel)
+        {
+            return;
         }
-        let task = Task::Flush {
-            slot: self.slot,
-            id: self.id,
-        };
-        if RUNNING.get() != 0 && WORKER_QUEUE.get() == Weak::as_ptr(&self.queue) as usize {
-            // From a callback on a worker of this member's server: at the batch's end.
-            DEFERRED_FLUSHES.with_borrow_mut(|tasks| tasks.push(task));
-        } else if let Some(queue) = self.queue.upgrade() {
-            queue.push(task);
-        }
-        Ok(true)
+        self.queue_flush();
     }
 
-    fn join_group(&self, group: Weak<Members>) -> bool {
+    fn close_slow(&self) {
+        self.request(|conn, state| {
+            if state.closing.is_some() {
+                return false;
+            }
+            conn.set_closing(state, CloseReason::SlowConsumer);
+            true
+        });
+    }
+
+    fn join_group(&self, membership: Membership) -> bool {
         let mut state = self.state.lock();
         if state.stream.is_none() || state.closing.is_some() {
             return false;
         }
-        state.groups.get_or_insert_default().0.push(group);
+        state.groups.get_or_insert_default().0.push(membership);
         true
     }
 
@@ -753,7 +788,7 @@ impl<S: Stream, U: Send + 'static> Link for Conn<S, U> {
         if let Some(groups) = state.groups.as_mut() {
             groups
                 .0
-                .retain(|g| !std::ptr::eq(g.as_ptr(), Arc::as_ptr(group)));
+                .retain(|m| !std::ptr::eq(m.group.as_ptr(), Arc::as_ptr(group)));
         }
     }
 }

@@ -211,19 +211,17 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
         };
         let mut state = conn.state.lock();
         conn.flush_taken();
-        if state.closing.is_some() {
+        if state.closing.is_some() || state.stream.is_none() {
             return;
         }
-        let Some(stream) = state.stream.as_mut() else {
-            return;
-        };
-        if !stream.has_pending_output() {
-            return;
-        }
-        match stream.flush() {
-            Ok(()) => {
+        match conn.pull_and_flush(&mut state) {
+            Ok(more) => {
                 conn.touch();
                 conn.account(&mut state);
+                if more {
+                    drop(state);
+                    conn.flush_again();
+                }
             }
             Err(err) => {
                 tracing::debug!(conn = conn.id, error = %err, "write failed");
@@ -480,16 +478,33 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
             Ok(RecvStatus::Eof) => state.read_closed = true,
             Err(err) => conn.set_closing(state, CloseReason::from_io(err)),
         }
-        let stream = state
-            .stream
-            .as_mut()
-            .expect("only the owner closes a connection");
-        if stream.has_pending_output() {
-            match stream.flush() {
-                Ok(()) => conn.touch(),
-                Err(err) => {
-                    state.closing.get_or_insert(CloseReason::from_io(err));
+        // Whether anything was to be written, and how that went: `Ok(true)` leaves group
+        // frames for a flush task.
+        let written = if state.groups.is_some() {
+            if self.core.lifecycle().draining() {
+                // Everything broadcast to it before the drain goes out with the rest.
+                conn.pull_groups(state, usize::MAX);
+            }
+            Some(conn.pull_and_flush(state))
+        } else {
+            let stream = state
+                .stream
+                .as_mut()
+                .expect("only the owner closes a connection");
+            stream
+                .has_pending_output()
+                .then(|| stream.flush().map(|()| false))
+        };
+        match written {
+            None => {}
+            Some(Ok(more)) => {
+                conn.touch();
+                if more {
+                    conn.flush_again();
                 }
+            }
+            Some(Err(err)) => {
+                state.closing.get_or_insert(CloseReason::from_io(err));
             }
         }
         if state.closing.is_none() {
@@ -665,6 +680,11 @@ impl<T: Transport, H: Handler> Core<T, H> {
             // last try to write what is queued tells whether the drain completed: everything
             // written, and no work in flight cut off.
             let busy = conn.busy();
+            if state.closing.is_none() {
+                state.stream = Some(stream);
+                conn.pull_groups(&mut state, usize::MAX);
+                stream = state.stream.take().expect("just put back");
+            }
             let reason = state.closing.take().unwrap_or_else(|| {
                 let flushed = stream.flush().is_ok() && !stream.has_pending_output() && !busy;
                 CloseReason::Shutdown { flushed }
