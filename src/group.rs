@@ -13,27 +13,37 @@ use parking_lot::RwLock;
 use crate::codec::{Codec, FrameError};
 use crate::{Socket, Stream};
 
-/// What a member gets whose unsent group traffic would pass its budget.
+/// What a member gets whose group traffic not yet written would pass its budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum OnLag {
-    /// Drop its oldest group frames not yet started (never its own replies, never a frame
+    /// Skip its oldest group frames not yet taken (never its own replies, never a frame
     /// half written), for feeds where only the latest matters. The connection stays open; the
     /// frames it missed are gone for it.
     DropOldest,
-    /// Close it with [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer): the frames it gets never have a hole.
+    /// Close it with [`CloseReason::SlowConsumer`](crate::CloseReason::SlowConsumer): the
+    /// frames it gets never have a hole.
     Disconnect,
 }
 
-/// How far behind a member may fall: the bytes of group traffic it may hold queued and
-/// unsent, and what happens past that. Never unbounded, and never blocking the broadcaster.
+/// How far behind a member may fall: the bytes of frames broadcast to it (in one group) that
+/// it has not taken yet, and what happens past that. Never unbounded, and never blocking the
+/// broadcaster.
+///
+/// A member takes group frames when a worker writes to it, as many as keep 64 KiB of output
+/// queued in its stream; the rest wait in the group's ring, shared by every member, and that
+/// wait is what the budget bounds. It is checked every 16 broadcasts or every 64 KiB of them
+/// (or a quarter of the smallest budget, if less), so a member may pass it by that much before
+/// the policy acts. A single frame larger than the budget is still delivered. The group keeps
+/// a frame until every member has taken it or been held to its policy, so its memory is at
+/// most about the largest budget among its members.
 ///
 /// Group frames are bounded by this, not by [`Config::max_outbound`](crate::Config::max_outbound);
-/// but a member's own sends ([`Socket::send`]) count everything it has queued, group frames
-/// included, against `max_outbound`, so keep `max_lag` below it.
+/// but a member's own sends ([`Socket::send`]) first take the group frames broadcast before
+/// them, and count everything then queued against `max_outbound`, so keep `max_lag` below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LagPolicy {
-    /// Bytes of group frames (from every group it is in) a member may have queued unsent.
+    /// Bytes of a group's frames a member may have waiting, not yet taken.
     pub max_lag: usize,
     /// What happens past `max_lag`.
     pub on_lag: OnLag,

@@ -29,8 +29,9 @@
 //! closed fails with [`SendError::Closed`]; it never reaches a later connection. Every opened
 //! connection gets exactly one [`Handler::on_connection_removed`], with a [`CloseReason`].
 //! Frames the peer sent just before closing are delivered, and replies to them are written.
-//! Frames broadcast to a [`Group`] from one thread reach every member in that order, and a
-//! broadcast never waits for a member's socket.
+//! Frames broadcast to a [`Group`] from one thread reach every member in that order (across
+//! all the member's groups, and before what is sent to it after them), and a broadcast never
+//! waits for a member's socket.
 //!
 //! # Metrics
 //!
@@ -45,7 +46,7 @@
 //! | `hydrogen_connections_refused_total` | counter | connections refused at `max_connections` |
 //! | `hydrogen_connections_closed_total{reason}` | counter | closes, by [`CloseReason::kind`] |
 //! | `hydrogen_frames_received_total`, `hydrogen_frame_bytes_received_total` | counter | frames (and their payload bytes) delivered to the handler |
-//! | `hydrogen_frames_sent_total`, `hydrogen_frame_bytes_sent_total` | counter | frames (and payload bytes) queued to connections, broadcasts counted per member |
+//! | `hydrogen_frames_sent_total`, `hydrogen_frame_bytes_sent_total` | counter | frames (and payload bytes) queued to connections, broadcast frames counted per member as it takes them |
 //! | `hydrogen_buffered_bytes` | gauge | bytes held in outbound queues and incomplete inbound frames |
 //! | `hydrogen_accept_pauses_total` | counter | times accepting paused for lack of descriptors or memory |
 //! | `hydrogen_callback_seconds` | histogram | time in the handler's `on_frame` calls, per batch of one connection's frames (per frame on the blocking pool) |

@@ -256,3 +256,89 @@ fn broadcasting_from_any_thread_never_waits_on_a_full_socket() {
     drop(rest);
     server.stop().unwrap();
 }
+
+/// Every connection joins both groups.
+struct TwoRooms {
+    a: Group,
+    b: Group,
+    opened: Mutex<Vec<Socket>>,
+}
+
+impl Handler for TwoRooms {
+    type Session = ();
+
+    fn on_connection_opened(&self, _: &mut (), socket: &Socket) {
+        self.a.join(socket);
+        self.b.join(socket);
+        self.opened.lock().push(socket.clone());
+    }
+
+    fn on_frame(&self, _: &mut (), _: &Socket, _: &[u8]) {}
+}
+
+fn two_rooms() -> (Arc<TwoRooms>, TestServer) {
+    let unbounded = LagPolicy {
+        max_lag: usize::MAX,
+        on_lag: OnLag::Disconnect,
+    };
+    let rooms = Arc::new(TwoRooms {
+        a: Group::with_policy(unbounded),
+        b: Group::with_policy(unbounded),
+        opened: Mutex::new(Vec::new()),
+    });
+    let server = TestServer::start_with(length_config(2), LengthPrefixed::default(), rooms.clone());
+    (rooms, server)
+}
+
+/// A member of two groups gets their frames in the order they were broadcast, although each
+/// group keeps its own ring: frames large enough that one write takes only part of what is
+/// queued, so the member catches up over many writes.
+#[test]
+fn a_member_of_two_groups_gets_their_frames_in_broadcast_order() {
+    const FRAMES: u32 = 600;
+    let (rooms, server) = two_rooms();
+    let mut clients: Vec<_> = (0..3).map(|_| server.connect_length()).collect();
+    wait_until("every member joined", || {
+        rooms.a.len() == 3 && rooms.b.len() == 3
+    });
+    for seq in 0..FRAMES {
+        let mut frame = seq.to_be_bytes().to_vec();
+        frame.resize(3000, seq as u8);
+        let group = if seq % 3 == 0 { &rooms.a } else { &rooms.b };
+        assert_eq!(group.broadcast(&frame), 3);
+    }
+    for client in clients.iter_mut() {
+        for seq in 0..FRAMES {
+            let frame = client.recv().unwrap().expect("a broadcast");
+            assert_eq!(frame.len(), 3000);
+            assert_eq!(
+                u32::from_be_bytes(frame[..4].try_into().unwrap()),
+                seq,
+                "frames of both groups in broadcast order"
+            );
+        }
+    }
+    drop(clients);
+    server.stop().unwrap();
+}
+
+/// A frame sent to a member after a broadcast (from the same thread) is written after the
+/// broadcast frame, though the member takes group frames only when a worker writes to it.
+#[test]
+fn a_send_after_a_broadcast_is_written_after_it() {
+    const ROUNDS: u32 = 500;
+    let (rooms, server) = two_rooms();
+    let mut client = server.connect_length();
+    wait_until("a member", || rooms.opened.lock().len() == 1);
+    let socket = rooms.opened.lock()[0].clone();
+    for seq in 0..ROUNDS {
+        assert_eq!(rooms.a.broadcast(&[b'g', seq as u8]), 1);
+        socket.send(&[b'd', seq as u8]).unwrap();
+    }
+    for seq in 0..ROUNDS {
+        assert_eq!(client.recv().unwrap().unwrap(), [b'g', seq as u8]);
+        assert_eq!(client.recv().unwrap().unwrap(), [b'd', seq as u8]);
+    }
+    drop(client);
+    server.stop().unwrap();
+}
