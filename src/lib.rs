@@ -104,6 +104,8 @@ mod server;
 mod socket;
 mod stream;
 mod sys;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod transport;
 
 pub use codec::{Codec, Decoded, FrameError, LengthPrefixed, SimpleFrame};
@@ -114,7 +116,7 @@ pub use group::{Group, LagPolicy, OnLag, SharedFrame};
 pub use handler::{CloseReason, Handler};
 pub use server::{ConnectionInfo, RunSummary, Server, ShutdownHandle};
 pub use socket::{Hold, SendError, Socket};
-pub use stream::{RecvStatus, Stream};
+pub use stream::{RecvStatus, Stream, TlsInfo};
 pub use transport::{Accepted, Framing, Transport, UnknownFraming};
 
 /// Internals that the fuzz targets (`fuzz/`) and `tests/fuzz_regressions.rs` check. Not part of
