@@ -254,8 +254,6 @@ impl<C: Codec> Client<C> {
         (&self.tcp).write(self.output.chunk())
     }
 
-
-
     /// The underlying socket.
     pub fn get_ref(&self) -> &TcpStream {
         &self.tcp

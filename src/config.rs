@@ -271,7 +271,11 @@ mod tests {
         assert!(config.validate().is_err());
         config.frame_timeout = None;
         config.idle_timeout = None;
-        assert_eq!(config.tick(), None, "the handshake timeout ticks only on demand");
+        assert_eq!(
+            config.tick(),
+            None,
+            "the handshake timeout ticks only on demand"
+        );
         assert_eq!(config.handshake_tick(), Some(Duration::from_secs(1)));
         config.handshake_timeout = Some(Duration::from_millis(200));
         assert_eq!(config.handshake_tick(), Some(Duration::from_millis(50)));

@@ -137,9 +137,11 @@ impl<T: Transport, H: Handler> Worker<'_, T, H> {
         let busy = core.lifecycle().draining() || core.accept_paused.load(Ordering::Acquire);
         // The handshake timeout needs the tick only while some connection is establishing.
         let tick = match core.settings.handshake_tick {
-            Some(handshake) if core.establishing.load(Ordering::Acquire) > 0 => {
-                Some(core.settings.tick.map_or(handshake, |tick| tick.min(handshake)))
-            }
+            Some(handshake) if core.establishing.load(Ordering::Acquire) > 0 => Some(
+                core.settings
+                    .tick
+                    .map_or(handshake, |tick| tick.min(handshake)),
+            ),
             _ => core.settings.tick,
         };
         let period = match (busy, tick) {

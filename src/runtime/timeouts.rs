@@ -157,7 +157,10 @@ mod tests {
 
     #[test]
     fn expiry_matches_the_limits() {
-        assert!(BOTH.expired(1_000, at(0, 0)).is_none(), "exactly at the limit");
+        assert!(
+            BOTH.expired(1_000, at(0, 0)).is_none(),
+            "exactly at the limit"
+        );
         assert!(matches!(
             BOTH.expired(1_001, at(0, 0)),
             Some(CloseReason::IdleTimeout)
@@ -204,7 +207,10 @@ mod tests {
             partial: 0,
             establishing: 100,
         };
-        assert!(limits.expired(600, establishing).is_none(), "exactly at the limit");
+        assert!(
+            limits.expired(600, establishing).is_none(),
+            "exactly at the limit"
+        );
         assert!(matches!(
             limits.expired(601, establishing),
             Some(CloseReason::HandshakeTimeout)
