@@ -20,6 +20,12 @@
 //! - Metrics go through the [`metrics`](https://docs.rs/metrics) crate's facade (see
 //!   [Metrics](#metrics)).
 //! - [`client::Client`] is a small blocking client for the same framings.
+//! - With the `tls` feature, `hydrogen::tls` serves TLS (rustls, aws-lc-rs) in either framing:
+//!   `TlsConfig` (PEM files or a `rustls::ServerConfig`, ALPN), `TlsTransport`, and
+//!   `Client::connect_tls`. A TLS connection reaches the handler once its handshake is done
+//!   ([`Stream::is_established`], [`Config::handshake_timeout`]), and
+//!   [`Socket::alpn_protocol`], [`Socket::server_name`] and [`Socket::tls_info`] tell what it
+//!   negotiated.
 //!
 //! # Guarantees
 //!
@@ -41,9 +47,9 @@
 //! | metric | kind | what |
 //! |---|---|---|
 //! | `hydrogen_connections_open` | gauge | connections open now |
-//! | `hydrogen_connections_accepted_total` | counter | connections accepted and opened |
+//! | `hydrogen_connections_accepted_total` | counter | connections accepted (with TLS, those whose handshake then fails included) |
 //! | `hydrogen_connections_refused_total` | counter | connections refused at `max_connections` |
-//! | `hydrogen_connections_closed_total{reason}` | counter | closes, by [`CloseReason::kind`] |
+//! | `hydrogen_connections_closed_total{reason}` | counter | closes, by [`CloseReason::kind`] (`handshake_timeout` among them: connections that never reached the handler) |
 //! | `hydrogen_frames_received_total`, `hydrogen_frame_bytes_received_total` | counter | frames (and their payload bytes) delivered to the handler |
 //! | `hydrogen_frames_sent_total`, `hydrogen_frame_bytes_sent_total` | counter | frames (and payload bytes) queued to connections, broadcasts counted per member |
 //! | `hydrogen_buffered_bytes` | gauge | bytes held in outbound queues and incomplete inbound frames |

@@ -115,11 +115,14 @@ fn openssl(args: &[&str]) {
     );
 }
 
+/// A connection as `on_connection_opened` saw it: id, ALPN, SNI, protocol version.
+type Opened = (u64, Option<Vec<u8>>, Option<String>, Option<String>);
+
 /// What the handler saw of each connection.
 #[derive(Default)]
 struct Seen {
     /// (id, ALPN, SNI, protocol version) at `on_connection_opened`.
-    opened: Mutex<Vec<(u64, Option<Vec<u8>>, Option<String>, Option<String>)>>,
+    opened: Mutex<Vec<Opened>>,
     frames: AtomicU64,
     /// (id, kind, message).
     removed: Mutex<Vec<(u64, &'static str, String)>>,
