@@ -56,7 +56,7 @@
 //!   [`CloseReason::PeerClosed`](crate::CloseReason::PeerClosed). A TCP end of stream
 //!   without `close_notify` could be a truncation by an attacker, so it is not reported as a
 //!   clean close: it is [`CloseReason::Protocol`](crate::CloseReason::Protocol) with an
-//!   [`io::ErrorKind::UnexpectedEof`](std::io::ErrorKind::UnexpectedEof) error that says
+//!   [`std::io::ErrorKind::UnexpectedEof`] error that says
 //!   so (after every frame that arrived before it is delivered).
 //! - **Errors.** A TLS protocol error (a bad record, a failed decryption) sends rustls's alert
 //!   and closes the connection as [`CloseReason::Protocol`](crate::CloseReason::Protocol).
