@@ -75,13 +75,14 @@ impl Handler for Chat {
 
 /// Binds, serves until SIGINT or SIGTERM, and returns once the server has stopped.
 fn serve(args: &support::ServerArgs) -> io::Result<()> {
+    let tls = args.tls()?;
     let server = Server::bind(args.config())?;
     println!("listening on {}", server.local_addr()?);
 
     // Ctrl-C or SIGTERM starts the drain; `run` returns when it is done.
     server.shutdown_handle().shutdown_on_signals()?;
 
-    args.run(server, Chat::default()).map(drop)
+    args.run(tls, server, Chat::default()).map(drop)
 }
 
 fn main() -> ExitCode {

@@ -51,13 +51,14 @@ impl Handler for Echo {
 
 /// Binds, serves until SIGINT or SIGTERM, and returns once the server has stopped.
 fn serve(args: &support::ServerArgs) -> io::Result<()> {
+    let tls = args.tls()?;
     let server = Server::bind(args.config())?;
     println!("listening on {}", server.local_addr()?);
 
     // Ctrl-C or SIGTERM starts the drain; `run` returns when it is done.
     server.shutdown_handle().shutdown_on_signals()?;
 
-    let summary = args.run(server, Echo)?;
+    let summary = args.run(tls, server, Echo)?;
     eprintln!(
         "drained {} connections, abandoned {} (accepted {}, refused {})",
         summary.drained, summary.abandoned, summary.accepted, summary.refused

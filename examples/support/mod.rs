@@ -49,26 +49,35 @@ impl ServerArgs {
     }
 }
 
+/// The TLS configuration an example serves with (none for plain TCP, and always none
+/// without the `tls` feature).
+pub struct Tls(#[cfg(feature = "tls")] Option<hydrogen::tls::TlsConfig>);
+
 impl ServerArgs {
-    /// Runs `server` with `handler`: over TLS when `--tls-cert` and `--tls-key` are given (in
-    /// the configured framing), else in plain TCP.
-    pub fn run<H: Handler>(&self, server: Server, handler: H) -> io::Result<RunSummary> {
+    /// Loads `--tls-cert` and `--tls-key`, if given: call it before binding, so that a bad
+    /// certificate or key (the error names the file) fails before anything listens.
+    pub fn tls(&self) -> io::Result<Tls> {
         #[cfg(feature = "tls")]
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
-            // A bad certificate or key fails here, naming the file.
-            let tls = hydrogen::tls::TlsConfig::from_pem_files(cert, key)?;
+            return Ok(Tls(Some(hydrogen::tls::TlsConfig::from_pem_files(
+                cert, key,
+            )?)));
+        }
+        Ok(Tls(
+            #[cfg(feature = "tls")]
+            None,
+        ))
+    }
+
+    /// Runs `server` with `handler`: over TLS with `tls` (in the configured framing), else in
+    /// plain TCP.
+    #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
+    pub fn run<H: Handler>(&self, tls: Tls, server: Server, handler: H) -> io::Result<RunSummary> {
+        #[cfg(feature = "tls")]
+        if let Tls(Some(tls)) = tls {
             return server.run_with(hydrogen::tls::TlsTransport::new(tls, self.framing), handler);
         }
         server.run(handler)
-    }
-
-    /// "TLS" or "TCP", for the start-up line.
-    pub fn scheme(&self) -> &'static str {
-        #[cfg(feature = "tls")]
-        if self.tls_cert.is_some() {
-            return "TLS";
-        }
-        "TCP"
     }
 }
 
