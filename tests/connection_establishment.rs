@@ -30,7 +30,7 @@ impl Stream for Headed {
         while self.header_seen < HEADER.len() {
             let mut buf = [0u8; 64];
             let want = HEADER.len() - self.header_seen;
-            match (&*self.inner.get_ref()).read(&mut buf[..want]) {
+            match self.inner.get_ref().read(&mut buf[..want]) {
                 Ok(0) => return Ok(RecvStatus::Eof),
                 Ok(n) => {
                     if buf[..n] != HEADER[self.header_seen..self.header_seen + n] {
