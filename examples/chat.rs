@@ -10,6 +10,7 @@
 //! ```text
 //! cargo run --release --example chat                       # 127.0.0.1:1337, SimpleFrame
 //! cargo run --release --example chat -- --framing u32 --addr 127.0.0.1:4000
+//! cargo run --release --features tls --example chat -- --tls-cert cert.pem --tls-key key.pem
 //! ```
 //!
 //! Frames are relayed unchanged (no sender name is added). Connect two or more clients with
@@ -20,7 +21,7 @@ use std::io;
 use std::process::ExitCode;
 
 use clap::Parser;
-use hydrogen::{CloseReason, Config, Group, Handler, LagPolicy, OnLag, Server, Socket};
+use hydrogen::{CloseReason, Group, Handler, LagPolicy, OnLag, Server, Socket};
 
 mod support;
 
@@ -73,18 +74,19 @@ impl Handler for Chat {
 }
 
 /// Binds, serves until SIGINT or SIGTERM, and returns once the server has stopped.
-fn serve(config: Config) -> io::Result<()> {
-    let server = Server::bind(config)?;
+fn serve(args: &support::ServerArgs) -> io::Result<()> {
+    let tls = args.tls()?;
+    let server = Server::bind(args.config())?;
     println!("listening on {}", server.local_addr()?);
 
     // Ctrl-C or SIGTERM starts the drain; `run` returns when it is done.
     server.shutdown_handle().shutdown_on_signals()?;
 
-    server.run(Chat::default()).map(drop)
+    args.run(tls, server, Chat::default()).map(drop)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     support::init_logging();
-    support::exit(serve(cli.server.config()))
+    support::exit(serve(&cli.server))
 }

@@ -8,7 +8,11 @@
 //! cargo run --release --example echo                       # 127.0.0.1:1337, SimpleFrame
 //! cargo run --release --example echo -- --framing u32 --addr 127.0.0.1:4000 --threads 2
 //! cargo run --release -p hydrogen-bench --bin loadgen -- --addr 127.0.0.1:4000 --framing u32
+//! cargo run --release --features tls --example echo -- --tls-cert cert.pem --tls-key key.pem
 //! ```
+//!
+//! Built with `--features tls`, it takes `--tls-cert FILE --tls-key FILE` (PEM) and serves TLS on
+//! `--addr` in either framing (the README shows how to make a test certificate).
 //!
 //! It prints `listening on ADDR` once bound, and `shut down` when it has stopped after Ctrl-C or
 //! `kill -TERM`. Log output goes to stderr; set `RUST_LOG=hydrogen=debug` to see connections come
@@ -18,7 +22,7 @@ use std::io;
 use std::process::ExitCode;
 
 use clap::Parser;
-use hydrogen::{Config, Handler, Server, Socket};
+use hydrogen::{Handler, Server, Socket};
 
 mod support;
 
@@ -46,14 +50,15 @@ impl Handler for Echo {
 }
 
 /// Binds, serves until SIGINT or SIGTERM, and returns once the server has stopped.
-fn serve(config: Config) -> io::Result<()> {
-    let server = Server::bind(config)?;
+fn serve(args: &support::ServerArgs) -> io::Result<()> {
+    let tls = args.tls()?;
+    let server = Server::bind(args.config())?;
     println!("listening on {}", server.local_addr()?);
 
     // Ctrl-C or SIGTERM starts the drain; `run` returns when it is done.
     server.shutdown_handle().shutdown_on_signals()?;
 
-    let summary = server.run(Echo)?;
+    let summary = args.run(tls, server, Echo)?;
     eprintln!(
         "drained {} connections, abandoned {} (accepted {}, refused {})",
         summary.drained, summary.abandoned, summary.accepted, summary.refused
@@ -64,5 +69,5 @@ fn serve(config: Config) -> io::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     support::init_logging();
-    support::exit(serve(cli.server.config()))
+    support::exit(serve(&cli.server))
 }

@@ -40,6 +40,9 @@ const WBUF_KEEP: usize = 64 * 1024;
 /// ```
 pub struct Client<C> {
     tcp: TcpStream,
+    /// The TLS session over `tcp`, for a client made with `connect_tls`.
+    #[cfg(feature = "tls")]
+    tls: Option<Box<rustls::ClientConnection>>,
     /// The read side, and the codec.
     input: Deframer<C>,
     /// Frames decoded and not yet returned: `frames[next..]`.
@@ -101,6 +104,8 @@ impl<C: Codec> Client<C> {
     pub fn from_stream(tcp: TcpStream, codec: C) -> Self {
         Client {
             tcp,
+            #[cfg(feature = "tls")]
+            tls: None,
             input: Deframer::new(codec),
             frames: Frames::new(),
             next: 0,
@@ -142,7 +147,7 @@ impl<C: Codec> Client<C> {
     /// buffered, so a later `flush` continues where this one stopped.
     pub fn flush(&mut self) -> io::Result<()> {
         while !self.output.is_empty() {
-            match (&self.tcp).write(self.output.chunk()) {
+            match self.write_some() {
                 Ok(0) => {
                     self.output.compact();
                     return Err(io::Error::new(
@@ -187,7 +192,11 @@ impl<C: Codec> Client<C> {
             self.next = 0;
             let mut scratch = [0u8; READ_CHUNK];
             let buf = self.input.read_buf(&mut scratch, usize::MAX);
-            match (&self.tcp).read(buf) {
+            #[cfg(feature = "tls")]
+            let read = read_some(&mut self.tcp, self.tls.as_deref_mut(), buf);
+            #[cfg(not(feature = "tls"))]
+            let read = (&self.tcp).read(buf);
+            match read {
                 Ok(0) => {
                     self.input.eof()?;
                     return Ok(None);
@@ -220,13 +229,112 @@ impl<C: Codec> Client<C> {
     /// # Errors
     ///
     /// As [`TcpStream::shutdown`].
-    pub fn shutdown_write(&self) -> io::Result<()> {
+    ///
+    /// Over TLS, a `close_notify` is sent first: the clean end of the TLS stream.
+    pub fn shutdown_write(&mut self) -> io::Result<()> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls.as_mut() {
+            tls.send_close_notify();
+            while tls.wants_write() {
+                tls.write_tls(&mut self.tcp)?;
+            }
+        }
         self.tcp.shutdown(Shutdown::Write)
+    }
+
+    /// Writes some of the write buffer's first run: to the socket, or through TLS.
+    fn write_some(&mut self) -> io::Result<usize> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls.as_mut() {
+            let mut stream = rustls::Stream::new(&mut **tls, &mut self.tcp);
+            let n = stream.write(self.output.chunk())?;
+            stream.flush()?;
+            return Ok(n);
+        }
+        (&self.tcp).write(self.output.chunk())
     }
 
     /// The underlying socket.
     pub fn get_ref(&self) -> &TcpStream {
         &self.tcp
+    }
+}
+
+#[cfg(feature = "tls")]
+impl<C: Codec> Client<C> {
+    /// Connects to `addr` over TLS (with `TCP_NODELAY`), verifying the server's certificate
+    /// for `server_name` against `roots` (see [`tls::roots_from_pem_file`](crate::tls::roots_from_pem_file)
+    /// for a self-signed certificate), and completes the handshake.
+    ///
+    /// ```no_run
+    /// use hydrogen::client::Client;
+    /// use hydrogen::SimpleFrame;
+    ///
+    /// let roots = hydrogen::tls::roots_from_pem_file("cert.pem")?;
+    /// let mut client = Client::connect_tls("127.0.0.1:4433", SimpleFrame, "localhost", roots)?;
+    /// client.send(b"ping")?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Client::connect); an invalid `server_name` is
+    /// [`io::ErrorKind::InvalidInput`]; a failed handshake (the certificate not trusted, not
+    /// for `server_name`, a protocol error) is [`io::ErrorKind::InvalidData`].
+    pub fn connect_tls<A: ToSocketAddrs>(
+        addr: A,
+        codec: C,
+        server_name: &str,
+        roots: rustls::RootCertStore,
+    ) -> io::Result<Self> {
+        Client::connect_tls_with(addr, codec, server_name, crate::tls::client_config(roots))
+    }
+
+    /// Like [`connect_tls`](Client::connect_tls), with a rustls client configuration of your
+    /// own (ALPN, client certificates, other roots).
+    ///
+    /// # Errors
+    ///
+    /// As [`connect_tls`](Client::connect_tls).
+    pub fn connect_tls_with<A: ToSocketAddrs>(
+        addr: A,
+        codec: C,
+        server_name: &str,
+        config: std::sync::Arc<rustls::ClientConfig>,
+    ) -> io::Result<Self> {
+        let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
+        let mut tls = rustls::ClientConnection::new(config, name)
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
+        let mut tcp = TcpStream::connect(addr)?;
+        tcp.set_nodelay(true)?;
+        // Blocking socket: complete_io is fine here (never on the server's workers).
+        while tls.is_handshaking() {
+            tls.complete_io(&mut tcp)?;
+        }
+        let mut client = Client::from_stream(tcp, codec);
+        client.tls = Some(Box::new(tls));
+        Ok(client)
+    }
+
+    /// The TLS session of a client made with [`connect_tls`](Client::connect_tls): the
+    /// negotiated ALPN protocol, the version, or a key update (`refresh_traffic_keys`).
+    pub fn tls_session(&mut self) -> Option<&mut rustls::ClientConnection> {
+        self.tls.as_deref_mut()
+    }
+}
+
+/// Reads some plaintext: from the socket, or through TLS (a TCP end without `close_notify`
+/// is [`io::ErrorKind::UnexpectedEof`] then).
+#[cfg(feature = "tls")]
+fn read_some(
+    tcp: &mut TcpStream,
+    tls: Option<&mut rustls::ClientConnection>,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    match tls {
+        Some(tls) => rustls::Stream::new(tls, tcp).read(buf),
+        None => tcp.read(buf),
     }
 }
 

@@ -75,6 +75,13 @@ pub struct Config {
     /// ([`CloseReason::FrameTimeout`](crate::CloseReason::FrameTimeout)): the defence against
     /// peers that trickle bytes to hold connections open (slowloris). Default 30 s.
     pub frame_timeout: Option<Duration>,
+    /// Close a connection whose stream is not established within this long of its accept
+    /// ([`CloseReason::HandshakeTimeout`](crate::CloseReason::HandshakeTimeout)): a TLS
+    /// handshake, or any other opening phase of a [`Stream`](crate::Stream) that reports
+    /// [`is_established`](crate::Stream::is_established) `false`. Such a connection has not
+    /// reached the handler, so it gets no callback. Streams that are established at once (the
+    /// plain framings) are not affected. Default 10 s.
+    pub handshake_timeout: Option<Duration>,
     /// On shutdown, how long to keep flushing queued writes before closing the connections
     /// that still have some. Default 5 s; zero closes at once; `Duration::MAX` waits for as
     /// long as it takes.
@@ -132,6 +139,7 @@ impl Default for Config {
             outbound_policy: OutboundPolicy::Disconnect,
             idle_timeout: None,
             frame_timeout: Some(Duration::from_secs(30)),
+            handshake_timeout: Some(Duration::from_secs(10)),
             drain_timeout: Duration::from_secs(5),
             max_buffered: Some(crate::runtime::buffers::default_max_buffered()),
             framing: Framing::default(),
@@ -190,6 +198,7 @@ impl Config {
         for (name, timeout) in [
             ("idle_timeout", self.idle_timeout),
             ("frame_timeout", self.frame_timeout),
+            ("handshake_timeout", self.handshake_timeout),
         ] {
             if timeout == Some(Duration::ZERO) {
                 return Err(io::Error::new(
@@ -202,14 +211,26 @@ impl Config {
     }
 
     /// How often the housekeeping tick must run to enforce the timeouts on time (a quarter of
-    /// the shortest, between 10 ms and 1 s), or `None` if no timeout is set.
+    /// the shortest, between 10 ms and 1 s), or `None` if no timeout is set. The handshake
+    /// timeout is left out: it needs the tick only while a connection is being established
+    /// ([`handshake_tick`](Config::handshake_tick)).
     pub(crate) fn tick(&self) -> Option<Duration> {
         let shortest = [self.idle_timeout, self.frame_timeout]
             .into_iter()
             .flatten()
             .min()?;
-        Some((shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)))
+        Some(tick_for(shortest))
     }
+
+    /// The tick the handshake timeout needs while some connection is not established yet.
+    pub(crate) fn handshake_tick(&self) -> Option<Duration> {
+        self.handshake_timeout.map(tick_for)
+    }
+}
+
+/// A quarter of `timeout`, between 10 ms and 1 s.
+fn tick_for(timeout: Duration) -> Duration {
+    (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
 #[cfg(test)]
@@ -247,6 +268,18 @@ mod tests {
         config.frame_timeout = Some(Duration::from_millis(1));
         assert_eq!(config.tick(), Some(Duration::from_millis(10)));
         config.frame_timeout = Some(Duration::ZERO);
+        assert!(config.validate().is_err());
+        config.frame_timeout = None;
+        config.idle_timeout = None;
+        assert_eq!(
+            config.tick(),
+            None,
+            "the handshake timeout ticks only on demand"
+        );
+        assert_eq!(config.handshake_tick(), Some(Duration::from_secs(1)));
+        config.handshake_timeout = Some(Duration::from_millis(200));
+        assert_eq!(config.handshake_tick(), Some(Duration::from_millis(50)));
+        config.handshake_timeout = Some(Duration::ZERO);
         assert!(config.validate().is_err());
     }
 

@@ -11,7 +11,7 @@ use crate::{Frames, RecvStatus, Stream};
 /// Broadcast frames of at most this many bytes (encoded) are copied into the write queue's
 /// buffer rather than queued by reference: copying a few dozen bytes costs less than a
 /// segment of its own and keeps a run of them in one contiguous write.
-const SHARED_COPY: usize = 512;
+pub(crate) const SHARED_COPY: usize = 512;
 
 /// A [`Stream`] over an accepted TCP connection, framed by a [`Codec`].
 ///

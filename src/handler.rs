@@ -157,6 +157,10 @@ pub enum CloseReason {
     /// The peer started a frame and did not finish it within
     /// [`Config::frame_timeout`](crate::Config::frame_timeout).
     FrameTimeout,
+    /// The stream was not established (a TLS handshake not finished) within
+    /// [`Config::handshake_timeout`](crate::Config::handshake_timeout). Such a connection never
+    /// reached the handler, so no callback reports this reason; it is counted in the metrics.
+    HandshakeTimeout,
     /// The peer did not read fast enough: its outbound queue would have grown past
     /// [`Config::max_outbound`](crate::Config::max_outbound) under
     /// [`OutboundPolicy::Disconnect`](crate::OutboundPolicy::Disconnect).
@@ -187,6 +191,7 @@ impl CloseReason {
         "local",
         "idle_timeout",
         "frame_timeout",
+        "handshake_timeout",
         "slow_consumer",
         "shutdown",
         "shutdown_unflushed",
@@ -196,7 +201,7 @@ impl CloseReason {
 
     /// A short, stable name for the reason, without its details: `"peer_closed"`, `"reset"`,
     /// `"protocol"`, `"io"`, `"local"`, `"idle_timeout"`, `"frame_timeout"`,
-    /// `"slow_consumer"`, `"shutdown"` (flushed), `"shutdown_unflushed"`, `"panicked"` or
+    /// `"handshake_timeout"`, `"slow_consumer"`, `"shutdown"` (flushed), `"shutdown_unflushed"`, `"panicked"` or
     /// `"max_buffered"`: the `reason` label of the close counter, for instance.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -207,6 +212,7 @@ impl CloseReason {
             CloseReason::Local => "local",
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::FrameTimeout => "frame_timeout",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::Shutdown { flushed: true } => "shutdown",
             CloseReason::Shutdown { flushed: false } => "shutdown_unflushed",
@@ -237,6 +243,7 @@ impl CloseReason {
                 | CloseReason::Panicked(_)
                 | CloseReason::IdleTimeout
                 | CloseReason::FrameTimeout
+                | CloseReason::HandshakeTimeout
                 | CloseReason::SlowConsumer
                 | CloseReason::MaxBuffered
         )
@@ -253,6 +260,9 @@ impl fmt::Display for CloseReason {
             CloseReason::Local => f.write_str("closed by the application"),
             CloseReason::IdleTimeout => f.write_str("idle for too long"),
             CloseReason::FrameTimeout => f.write_str("a frame took too long to arrive"),
+            CloseReason::HandshakeTimeout => {
+                f.write_str("the connection was not established (TLS handshake) in time")
+            }
             CloseReason::SlowConsumer => f.write_str("the peer read too slowly"),
             CloseReason::Shutdown { flushed: true } => f.write_str("server shut down"),
             CloseReason::Shutdown { flushed: false } => {
@@ -292,6 +302,7 @@ mod tests {
                 "shutdown_unflushed",
             ),
             (CloseReason::MaxBuffered, "max_buffered"),
+            (CloseReason::HandshakeTimeout, "handshake_timeout"),
         ] {
             assert_eq!(reason.kind(), kind);
             assert!(CloseReason::KINDS.contains(&kind));

@@ -20,6 +20,12 @@
 //! - Metrics go through the [`metrics`](https://docs.rs/metrics) crate's facade (see
 //!   [Metrics](#metrics)).
 //! - [`client::Client`] is a small blocking client for the same framings.
+//! - With the `tls` feature, `hydrogen::tls` serves TLS (rustls, aws-lc-rs) in either framing:
+//!   `TlsConfig` (PEM files or a `rustls::ServerConfig`, ALPN), `TlsTransport`, and
+//!   `Client::connect_tls`. A TLS connection reaches the handler once its handshake is done
+//!   ([`Stream::is_established`], [`Config::handshake_timeout`]), and
+//!   [`Socket::alpn_protocol`], [`Socket::server_name`] and [`Socket::tls_info`] tell what it
+//!   negotiated.
 //!
 //! # Guarantees
 //!
@@ -42,9 +48,9 @@
 //! | metric | kind | what |
 //! |---|---|---|
 //! | `hydrogen_connections_open` | gauge | connections open now |
-//! | `hydrogen_connections_accepted_total` | counter | connections accepted and opened |
+//! | `hydrogen_connections_accepted_total` | counter | connections accepted (with TLS, those whose handshake then fails included) |
 //! | `hydrogen_connections_refused_total` | counter | connections refused at `max_connections` |
-//! | `hydrogen_connections_closed_total{reason}` | counter | closes, by [`CloseReason::kind`] |
+//! | `hydrogen_connections_closed_total{reason}` | counter | closes, by [`CloseReason::kind`] (`handshake_timeout` among them: connections that never reached the handler) |
 //! | `hydrogen_frames_received_total`, `hydrogen_frame_bytes_received_total` | counter | frames (and their payload bytes) delivered to the handler |
 //! | `hydrogen_frames_sent_total`, `hydrogen_frame_bytes_sent_total` | counter | frames (and payload bytes) queued to connections, broadcast frames counted per member as it takes them |
 //! | `hydrogen_buffered_bytes` | gauge | bytes held in outbound queues and incomplete inbound frames |
@@ -105,6 +111,8 @@ mod server;
 mod socket;
 mod stream;
 mod sys;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod transport;
 
 pub use codec::{Codec, Decoded, FrameError, LengthPrefixed, SimpleFrame};
@@ -115,7 +123,7 @@ pub use group::{Group, LagPolicy, OnLag, SharedFrame};
 pub use handler::{CloseReason, Handler};
 pub use server::{ConnectionInfo, RunSummary, Server, ShutdownHandle};
 pub use socket::{Hold, SendError, Socket};
-pub use stream::{RecvStatus, Stream};
+pub use stream::{RecvStatus, Stream, TlsInfo};
 pub use transport::{Accepted, Framing, Transport, UnknownFraming};
 
 /// Internals that the fuzz targets (`fuzz/`) and `tests/fuzz_regressions.rs` check. Not part of

@@ -6,12 +6,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::group::{Members, Membership};
+use crate::stream::TlsInfo;
 
 /// What a connection handle needs from the connection behind it. Implemented by the
 /// generic connection type, so that [`Socket`] itself is not generic over the stream.
 pub(crate) trait Link: Send + Sync {
     fn id(&self) -> u64;
     fn peer_addr(&self) -> SocketAddr;
+    /// What the stream learned while being established, if it said anything.
+    fn tls_info(&self) -> Option<&TlsInfo>;
     fn send(&self, frame: &[u8]) -> Result<(), SendError>;
     fn close(&self);
     fn is_closed(&self) -> bool;
@@ -56,6 +59,29 @@ impl Socket {
     /// The peer's address.
     pub fn peer_addr(&self) -> SocketAddr {
         self.link.peer_addr()
+    }
+
+    /// What the connection's TLS handshake negotiated ([`Stream::tls_info`](crate::Stream::tls_info)):
+    /// the ALPN protocol, the server name the client asked for (SNI), the protocol version and
+    /// cipher suite. Known from [`on_connection_opened`](crate::Handler::on_connection_opened)
+    /// on, since a connection reaches the handler only once its handshake is done. `None` for
+    /// a connection without TLS.
+    pub fn tls_info(&self) -> Option<&TlsInfo> {
+        self.link.tls_info()
+    }
+
+    /// The application protocol the client and server agreed on with ALPN, such as `b"h2"`:
+    /// `None` without TLS, or when the client offered none the server accepts (or the server
+    /// configured none). Shorthand for [`tls_info`](Socket::tls_info).
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.tls_info()?.alpn_protocol()
+    }
+
+    /// The host name the client asked for in its TLS handshake (SNI): `None` without TLS, or
+    /// when the client sent none (as when it connected to an IP address). Shorthand for
+    /// [`tls_info`](Socket::tls_info).
+    pub fn server_name(&self) -> Option<&str> {
+        self.tls_info()?.server_name()
     }
 
     /// Sends one frame to this connection.

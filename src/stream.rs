@@ -53,6 +53,20 @@ pub enum RecvStatus {
 ///   `TcpStream` already does).
 /// - These methods run with the connection's lock held: they must not block, and must not call
 ///   back into the library (for example, through a [`Socket`](crate::Socket)).
+///
+/// # Establishment
+///
+/// A stream may have an opening phase before it carries frames: a TLS handshake, say (or a
+/// header such as the PROXY protocol's). Such a stream reports
+/// [`is_established`](Stream::is_established) `false` until the phase is over. The library then
+/// registers and reads the connection as usual, writing what the stream queues (handshake
+/// messages), but the handler hears nothing of it: `on_connection_opened` runs after the
+/// [`recv`](Stream::recv) that leaves the stream established, and then every frame of that
+/// batch is delivered. A connection that closes before it is established (a failed or
+/// abandoned handshake, a [`Config::handshake_timeout`](crate::Config::handshake_timeout))
+/// gets no callback at all; it is counted in the metrics and the
+/// [`RunSummary`](crate::RunSummary). While a stream is not established it must push no
+/// frames: frames pushed then close the connection as a protocol error.
 pub trait Stream: AsFd + Send + 'static {
     /// Reads what the socket has and appends every complete frame to `frames`, in order.
     ///
@@ -109,7 +123,99 @@ pub trait Stream: AsFd + Send + 'static {
         false
     }
 
+    /// Whether the stream's opening phase (a TLS handshake, say) is over, so that the
+    /// connection is handed to the handler (see [Establishment](#establishment)). Asked at
+    /// accept and after each [`recv`](Stream::recv) until it says `true`; once `true` it must
+    /// stay `true`. The default says `true`: the stream carries frames from the start.
+    fn is_established(&self) -> bool {
+        true
+    }
+
+    /// What the stream's TLS handshake negotiated, shown to the handler through
+    /// [`Socket::tls_info`](crate::Socket::tls_info). Asked once, as the stream becomes
+    /// established. The default says `None`: no TLS.
+    fn tls_info(&self) -> Option<TlsInfo> {
+        None
+    }
+
     /// Shuts the connection down in both directions. Called once, just before the stream is
     /// dropped; its error is only logged.
     fn shutdown(&mut self) -> io::Result<()>;
+}
+
+/// What a connection's TLS handshake negotiated, as the handler sees it through
+/// [`Socket::tls_info`](crate::Socket::tls_info) (also [`Socket::alpn_protocol`](crate::Socket::alpn_protocol)
+/// and [`Socket::server_name`](crate::Socket::server_name)).
+///
+/// Made by the stream ([`Stream::tls_info`]) from whatever TLS library it uses; the built-in
+/// TLS stream (the `tls` feature) fills in every field.
+///
+/// ```
+/// use hydrogen::TlsInfo;
+///
+/// let info = TlsInfo::new()
+///     .with_alpn_protocol(b"h2".to_vec())
+///     .with_server_name("example.com")
+///     .with_protocol_version("TLSv1_3");
+/// assert_eq!(info.alpn_protocol(), Some(&b"h2"[..]));
+/// assert_eq!(info.server_name(), Some("example.com"));
+/// assert_eq!(info.cipher_suite(), None);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsInfo {
+    alpn_protocol: Option<Vec<u8>>,
+    server_name: Option<String>,
+    protocol_version: Option<String>,
+    cipher_suite: Option<String>,
+}
+
+impl TlsInfo {
+    /// Nothing known yet.
+    pub fn new() -> TlsInfo {
+        TlsInfo::default()
+    }
+
+    /// With the ALPN protocol agreed on.
+    pub fn with_alpn_protocol(mut self, protocol: Vec<u8>) -> TlsInfo {
+        self.alpn_protocol = Some(protocol);
+        self
+    }
+
+    /// With the host name the client asked for (SNI).
+    pub fn with_server_name(mut self, name: impl Into<String>) -> TlsInfo {
+        self.server_name = Some(name.into());
+        self
+    }
+
+    /// With the protocol version, such as `"TLSv1_3"`.
+    pub fn with_protocol_version(mut self, version: impl Into<String>) -> TlsInfo {
+        self.protocol_version = Some(version.into());
+        self
+    }
+
+    /// With the cipher suite, such as `"TLS13_AES_128_GCM_SHA256"`.
+    pub fn with_cipher_suite(mut self, suite: impl Into<String>) -> TlsInfo {
+        self.cipher_suite = Some(suite.into());
+        self
+    }
+
+    /// The application protocol agreed on with ALPN (such as `b"h2"`), if any.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.alpn_protocol.as_deref()
+    }
+
+    /// The host name the client asked for (SNI), if it sent one.
+    pub fn server_name(&self) -> Option<&str> {
+        self.server_name.as_deref()
+    }
+
+    /// The TLS version negotiated, such as `"TLSv1_3"`.
+    pub fn protocol_version(&self) -> Option<&str> {
+        self.protocol_version.as_deref()
+    }
+
+    /// The cipher suite negotiated, such as `"TLS13_AES_128_GCM_SHA256"`.
+    pub fn cipher_suite(&self) -> Option<&str> {
+        self.cipher_suite.as_deref()
+    }
 }

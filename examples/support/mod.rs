@@ -8,7 +8,7 @@ use std::io;
 use std::process::ExitCode;
 
 use clap::Args;
-use hydrogen::{Config, Framing};
+use hydrogen::{Config, Framing, Handler, RunSummary, Server};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 
@@ -25,6 +25,14 @@ pub struct ServerArgs {
     /// Worker threads [default: the number of CPUs].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[cfg(feature = "tls")]
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, RSA or SEC1).
+    #[cfg(feature = "tls")]
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl ServerArgs {
@@ -38,6 +46,38 @@ impl ServerArgs {
             max_threads: self.threads.map_or(defaults.max_threads, usize::from),
             ..defaults
         }
+    }
+}
+
+/// The TLS configuration an example serves with (none for plain TCP, and always none
+/// without the `tls` feature).
+pub struct Tls(#[cfg(feature = "tls")] Option<hydrogen::tls::TlsConfig>);
+
+impl ServerArgs {
+    /// Loads `--tls-cert` and `--tls-key`, if given: call it before binding, so that a bad
+    /// certificate or key (the error names the file) fails before anything listens.
+    pub fn tls(&self) -> io::Result<Tls> {
+        #[cfg(feature = "tls")]
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            return Ok(Tls(Some(hydrogen::tls::TlsConfig::from_pem_files(
+                cert, key,
+            )?)));
+        }
+        Ok(Tls(
+            #[cfg(feature = "tls")]
+            None,
+        ))
+    }
+
+    /// Runs `server` with `handler`: over TLS with `tls` (in the configured framing), else in
+    /// plain TCP.
+    #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
+    pub fn run<H: Handler>(&self, tls: Tls, server: Server, handler: H) -> io::Result<RunSummary> {
+        #[cfg(feature = "tls")]
+        if let Tls(Some(tls)) = tls {
+            return server.run_with(hydrogen::tls::TlsTransport::new(tls, self.framing), handler);
+        }
+        server.run(handler)
     }
 }
 

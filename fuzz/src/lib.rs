@@ -12,6 +12,7 @@
 //! - [`check_roundtrip`] is the structured target: encode payloads through a
 //!   [`WriteQueue`], written out in pieces, cut the stream into reads, decode, and get the
 //!   payloads back.
+//! - [`tls::check_tls_read`] feeds raw bytes to the library's server-side TLS stream.
 
 use std::borrow::Cow;
 
@@ -19,6 +20,7 @@ use arbitrary::Arbitrary;
 use hydrogen::codec::{Codec, FrameError, LengthPrefixed, SimpleFrame, WriteQueue};
 
 pub mod checks;
+pub mod tls;
 
 pub use checks::*;
 

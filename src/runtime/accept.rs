@@ -12,10 +12,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::runtime::clock;
 use crate::runtime::conn::{Conn, RunningGuard};
 use crate::runtime::queue::Task;
+use crate::runtime::shared::ConnOf;
 use crate::runtime::table;
+use crate::runtime::timeouts::Stamps;
 use crate::runtime::worker::{Worker, panic_message};
 use crate::transport::Accepted;
-use crate::{Handler, Socket, Transport};
+use crate::{Handler, Socket, Stream, Transport};
 
 /// The `errno` values accept pauses on.
 mod libc_errno {
@@ -125,7 +127,31 @@ impl<T: Transport, H: Handler> Worker<'_, T, H> {
         core.telemetry.accepted.increment(1);
         core.telemetry.open.increment(1.0);
         let now = clock::now();
-        if let Some(due) = core.settings.timeouts.next_check(now, now, 0) {
+        // A stream with an opening phase (a TLS handshake) reaches the handler only once it
+        // is established (`Worker::establish`), and is timed out meanwhile.
+        let established = panic::catch_unwind(AssertUnwindSafe(|| {
+            let state = conn.state.lock();
+            let stream = state
+                .stream
+                .as_ref()
+                .expect("new connection has its stream");
+            (stream.is_established(), stream.tls_info())
+        }));
+        let Ok((established, tls)) = established else {
+            tracing::error!(%peer, "Stream::is_established panicked; connection refused");
+            self.unregister(&conn);
+            return;
+        };
+        if !established {
+            conn.begin_establishing(now);
+            self.establishing(true);
+        }
+        let stamps = Stamps {
+            active: now,
+            partial: 0,
+            establishing: conn.establishing_since(),
+        };
+        if let Some(due) = core.settings.timeouts.next_check(now, stamps) {
             core.deadlines.arm(due, id, conn.slot);
         }
         let registered = {
@@ -139,25 +165,42 @@ impl<T: Transport, H: Handler> Worker<'_, T, H> {
         };
         if let Err(err) = registered {
             tracing::warn!(%peer, error = %err, "cannot register the connection with epoll");
-            let stream = conn.state.lock().stream.take();
-            drop(stream);
-            core.table.remove(conn.slot, id);
-            core.open.fetch_sub(1, Ordering::AcqRel);
-            core.telemetry.open.decrement(1.0);
+            if !established {
+                self.establishing(false);
+            }
+            self.unregister(&conn);
             return;
         }
-        tracing::debug!(conn = id, %peer, fd = conn.fd, "connection opened");
-        let opened = panic::catch_unwind(AssertUnwindSafe(|| {
-            let socket = Socket::new(conn.clone());
-            let _running = RunningGuard::enter(id);
-            core.handler
-                .on_connection_opened(&mut conn.session.lock(), &socket);
-        }));
-        if let Err(payload) = opened {
-            self.recover(&conn, payload);
-            return;
+        if established {
+            tracing::debug!(conn = id, %peer, fd = conn.fd, "connection opened");
+            let opened = panic::catch_unwind(AssertUnwindSafe(|| {
+                let socket = Socket::new(conn.clone());
+                let _running = RunningGuard::enter(id);
+                if let Some(tls) = tls {
+                    conn.set_tls_info(tls);
+                }
+                core.handler
+                    .on_connection_opened(&mut conn.session.lock(), &socket);
+            }));
+            if let Err(payload) = opened {
+                self.recover(&conn, payload);
+                return;
+            }
+        } else {
+            tracing::debug!(conn = id, %peer, fd = conn.fd, "connection accepted; establishing");
         }
         // Its registration reports the socket at once, so the first read follows at once too.
         self.drive_guarded(&conn, false);
+    }
+
+    /// Takes a connection that never got going out of the table again (its socket is not in
+    /// epoll), without callbacks.
+    fn unregister(&self, conn: &ConnOf<T, H>) {
+        let core = self.core;
+        let stream = conn.state.lock().stream.take();
+        drop(stream);
+        core.table.remove(conn.slot, conn.id);
+        core.open.fetch_sub(1, Ordering::AcqRel);
+        core.telemetry.open.decrement(1.0);
     }
 }

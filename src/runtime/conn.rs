@@ -6,7 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::{Mutex, MutexGuard};
 
@@ -21,6 +21,7 @@ use crate::runtime::queue::{Queue, Task};
 use crate::runtime::table::Keyed;
 use crate::runtime::telemetry;
 use crate::socket::{Link, SendError};
+use crate::stream::TlsInfo;
 
 thread_local! {
     /// Id of the connection whose callbacks this thread is running (0: none). A send to that
@@ -386,6 +387,13 @@ pub(crate) struct Conn<S, U> {
     pub last_active: AtomicU64,
     /// Coarse time the stream started holding an incomplete frame, 0 when it holds none.
     pub partial_since: AtomicU64,
+    /// Coarse time the connection was accepted while its stream is not established yet (a TLS
+    /// handshake under way), 0 once it is: the handler has been told
+    /// (`on_connection_opened`) exactly when this is 0. Set by the owner only.
+    establishing_since: AtomicU64,
+    /// What the stream learned while being established ([`Stream::tls_info`]), set once
+    /// before the handler is told of the connection.
+    tls: OnceLock<Box<TlsInfo>>,
     /// The outbound budget and what to do past it (copied from the `Config`).
     limits: Limits,
     /// Where to schedule a turn. Weak, so a handle kept after the server stops does not keep
@@ -424,6 +432,8 @@ impl<S: Stream, U: Default> Conn<S, U> {
             closing_hint: AtomicBool::new(false),
             last_active: AtomicU64::new(clock::now()),
             partial_since: AtomicU64::new(0),
+            establishing_since: AtomicU64::new(0),
+            tls: OnceLock::new(),
             limits,
             queue,
             buffers,
@@ -488,6 +498,45 @@ impl<S: Stream, U> Conn<S, U> {
     #[inline]
     pub fn closing_requested(&self) -> bool {
         self.closing_hint.load(Ordering::Acquire)
+    }
+
+    /// Whether the handler knows of the connection (`on_connection_opened` was called, or is
+    /// being called): its stream was established. Exact for the owner, which alone sets it.
+    #[inline]
+    pub fn is_opened(&self) -> bool {
+        self.establishing_since.load(Ordering::Acquire) == 0
+    }
+
+    /// When the connection began establishing, 0 once established (for the handshake
+    /// timeout).
+    #[inline]
+    pub fn establishing_since(&self) -> u64 {
+        self.establishing_since.load(Ordering::Relaxed)
+    }
+
+    /// Marks a connection just accepted as not established yet: its stream is in its opening
+    /// phase (a TLS handshake) since `now`.
+    pub fn begin_establishing(&self, now: u64) {
+        self.establishing_since.store(now.max(1), Ordering::Release);
+    }
+
+    /// Records what the stream learned while being established (once; a second call is
+    /// ignored).
+    pub fn set_tls_info(&self, tls: TlsInfo) {
+        let _ = self.tls.set(Box::new(tls));
+    }
+
+    /// Records that the stream is established, with what it learned on the way: from now on
+    /// the connection is the handler's. Returns `false` if it was already.
+    pub fn mark_established(&self, tls: Option<TlsInfo>) -> bool {
+        if self.is_opened() {
+            return false;
+        }
+        if let Some(tls) = tls {
+            self.set_tls_info(tls);
+        }
+        self.establishing_since.store(0, Ordering::Release);
+        true
     }
 
     /// Records that bytes moved (for the idle timeout).
@@ -646,6 +695,10 @@ impl<S: Stream, U: Send + 'static> Link for Conn<S, U> {
 
     fn peer_addr(&self) -> SocketAddr {
         self.peer
+    }
+
+    fn tls_info(&self) -> Option<&TlsInfo> {
+        self.tls.get().map(|tls| &**tls)
     }
 
     fn send(&self, frame: &[u8]) -> Result<(), SendError> {

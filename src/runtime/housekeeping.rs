@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::runtime::clock;
 use crate::runtime::lifecycle::Phase;
+use crate::runtime::timeouts::Stamps;
 use crate::runtime::worker::Worker;
 use crate::{Handler, Transport};
 
@@ -56,10 +57,13 @@ impl<T: Transport, H: Handler> Worker<'_, T, H> {
             let Some(conn) = core.table.get_id(slot, id) else {
                 continue; // closed since
             };
-            let partial = conn.partial_since.load(Ordering::Relaxed);
-            let active = conn.last_active.load(Ordering::Relaxed);
-            let Some(reason) = core.settings.timeouts.expired(now, active, partial) else {
-                if let Some(next) = core.settings.timeouts.next_check(now, active, partial) {
+            let stamps = Stamps {
+                active: conn.last_active.load(Ordering::Relaxed),
+                partial: conn.partial_since.load(Ordering::Relaxed),
+                establishing: conn.establishing_since(),
+            };
+            let Some(reason) = core.settings.timeouts.expired(now, stamps) else {
+                if let Some(next) = core.settings.timeouts.next_check(now, stamps) {
                     rearm.push((next, id, slot));
                 }
                 continue;
@@ -105,6 +109,20 @@ impl<T: Transport, H: Handler> Worker<'_, T, H> {
         self.check_drained();
     }
 
+    /// Counts a connection that begins (`true`) or ends (`false`) its establishing phase,
+    /// and retimes the tick when the first begins or the last ends.
+    pub(crate) fn establishing(&self, begins: bool) {
+        let core = self.core;
+        let edge = if begins {
+            core.establishing.fetch_add(1, Ordering::AcqRel) == 0
+        } else {
+            core.establishing.fetch_sub(1, Ordering::AcqRel) == 1
+        };
+        if edge && core.settings.handshake_tick.is_some() {
+            self.retime();
+        }
+    }
+
     /// Stops the workers once a drain has closed every connection.
     pub(crate) fn check_drained(&self) {
         if self.core.table.is_empty() {
@@ -117,7 +135,16 @@ impl<T: Transport, H: Handler> Worker<'_, T, H> {
         let core = self.core;
         let _serial = core.retiming.lock();
         let busy = core.lifecycle().draining() || core.accept_paused.load(Ordering::Acquire);
-        let period = match (busy, core.settings.tick) {
+        // The handshake timeout needs the tick only while some connection is establishing.
+        let tick = match core.settings.handshake_tick {
+            Some(handshake) if core.establishing.load(Ordering::Acquire) > 0 => Some(
+                core.settings
+                    .tick
+                    .map_or(handshake, |tick| tick.min(handshake)),
+            ),
+            _ => core.settings.tick,
+        };
+        let period = match (busy, tick) {
             (true, Some(tick)) => Some(tick.min(FAST_TICK)),
             (true, None) => Some(FAST_TICK),
             (false, tick) => tick,

@@ -47,6 +47,8 @@ pub(crate) struct Settings {
     pub max_connections: usize,
     /// The housekeeping period the timeouts need, if any are set.
     pub tick: Option<Duration>,
+    /// The period the handshake timeout needs while a connection is establishing.
+    pub handshake_tick: Option<Duration>,
     pub timeouts: timeouts::Limits,
     pub drain_timeout: Duration,
     /// Set `TCP_NODELAY` on accepted sockets.
@@ -64,9 +66,11 @@ impl Settings {
             },
             max_connections: config.max_connections,
             tick: config.tick(),
+            handshake_tick: config.handshake_tick(),
             timeouts: timeouts::Limits {
                 idle: config.idle_timeout.map(millis),
                 frame: config.frame_timeout.map(millis),
+                handshake: config.handshake_timeout.map(millis),
             },
             drain_timeout: config.drain_timeout,
             nodelay: config.nodelay,
@@ -93,6 +97,9 @@ pub(crate) struct Core<T: Transport, H: Handler> {
     pub deadlines: timeouts::Deadlines,
     /// Connections in the table (opened, not yet finalized).
     pub open: AtomicUsize,
+    /// Connections whose stream is not established yet: while any is, the housekeeping tick
+    /// runs for the handshake timeout (see `Worker::establishing`).
+    pub establishing: AtomicUsize,
     pub stats: Stats,
     /// Accepting stopped on a resource error; the next tick retries.
     pub accept_paused: AtomicBool,
@@ -144,6 +151,7 @@ impl<T: Transport, H: Handler> Core<T, H> {
             ticker,
             deadlines: Default::default(),
             open: AtomicUsize::new(0),
+            establishing: AtomicUsize::new(0),
             stats: Stats::default(),
             accept_paused: AtomicBool::new(false),
             drain_deadline: AtomicU64::new(u64::MAX),

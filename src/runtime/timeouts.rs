@@ -8,7 +8,8 @@
 //! with thousands of connections looks at none of them on most ticks.
 //!
 //! Why the entry is never late: at the time `t` an entry is (re)armed, the connection's known
-//! deadlines are `last_active + idle` and, with a frame in progress, `partial_since + frame`.
+//! deadlines are `last_active + idle`, with a frame in progress `partial_since + frame`, and
+//! while the stream is not established `accepted + handshake`.
 //! Activity after `t` only moves the idle deadline later, and a frame that starts after `t`
 //! cannot expire before `t + frame`. So the minimum of those is a lower bound of every deadline
 //! the connection can reach before the entry comes due.
@@ -24,16 +25,40 @@ use crate::handler::CloseReason;
 pub(crate) struct Limits {
     pub idle: Option<u64>,
     pub frame: Option<u64>,
+    /// Applies only while a connection is not established (see [`Stamps::establishing`]).
+    pub handshake: Option<u64>,
+}
+
+/// A connection's activity stamps, in [`clock`](crate::runtime::clock) milliseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Stamps {
+    /// Bytes last moved.
+    pub active: u64,
+    /// The incomplete frame held began (0: none).
+    pub partial: u64,
+    /// The connection was accepted and is not established yet (0: established).
+    pub establishing: u64,
 }
 
 impl Limits {
     pub fn any(&self) -> bool {
-        self.idle.is_some() || self.frame.is_some()
+        self.idle.is_some() || self.frame.is_some() || self.handshake.is_some()
     }
 
-    /// Which timeout, if any, has passed at `now` for a connection last active at `active`
-    /// and holding a frame begun at `partial` (0: none). A frame timeout wins.
-    pub fn expired(&self, now: u64, active: u64, partial: u64) -> Option<CloseReason> {
+    /// Which timeout, if any, has passed at `now` for a connection with these stamps. A
+    /// handshake timeout wins, then a frame timeout.
+    pub fn expired(&self, now: u64, stamps: Stamps) -> Option<CloseReason> {
+        let Stamps {
+            active,
+            partial,
+            establishing,
+        } = stamps;
+        if let Some(limit) = self.handshake
+            && establishing != 0
+            && now.saturating_sub(establishing) > limit
+        {
+            return Some(CloseReason::HandshakeTimeout);
+        }
         if let Some(limit) = self.frame
             && partial != 0
             && now.saturating_sub(partial) > limit
@@ -50,16 +75,24 @@ impl Limits {
 
     /// The earliest time at which a connection looked at `now` could be expired (see the
     /// module documentation), or `None` if no timeout is set.
-    pub fn next_check(&self, now: u64, active: u64, partial: u64) -> Option<u64> {
+    pub fn next_check(&self, now: u64, stamps: Stamps) -> Option<u64> {
+        let Stamps {
+            active,
+            partial,
+            establishing,
+        } = stamps;
         let idle = self.idle.map(|limit| active.saturating_add(limit));
         let frame = self.frame.map(|limit| {
             let start = if partial != 0 { partial } else { now };
             start.saturating_add(limit)
         });
-        let due = match (idle, frame) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b)?,
-        };
+        // Established connections never go back, so only a connection establishing now has
+        // a handshake deadline.
+        let handshake = self
+            .handshake
+            .filter(|_| establishing != 0)
+            .map(|limit| establishing.saturating_add(limit));
+        let due = [idle, frame, handshake].into_iter().flatten().min()?;
         // Expired means strictly past the deadline.
         Some(due.saturating_add(1).max(now.saturating_add(1)))
     }
@@ -111,42 +144,96 @@ mod tests {
     const BOTH: Limits = Limits {
         idle: Some(1_000),
         frame: Some(300),
+        handshake: None,
     };
+
+    fn at(active: u64, partial: u64) -> Stamps {
+        Stamps {
+            active,
+            partial,
+            establishing: 0,
+        }
+    }
 
     #[test]
     fn expiry_matches_the_limits() {
-        assert!(BOTH.expired(1_000, 0, 0).is_none(), "exactly at the limit");
+        assert!(
+            BOTH.expired(1_000, at(0, 0)).is_none(),
+            "exactly at the limit"
+        );
         assert!(matches!(
-            BOTH.expired(1_001, 0, 0),
+            BOTH.expired(1_001, at(0, 0)),
             Some(CloseReason::IdleTimeout)
         ));
         assert!(matches!(
-            BOTH.expired(500, 450, 100),
+            BOTH.expired(500, at(450, 100)),
             Some(CloseReason::FrameTimeout)
         ));
-        assert!(BOTH.expired(500, 450, 300).is_none());
+        assert!(BOTH.expired(500, at(450, 300)).is_none());
         let none = Limits {
             idle: None,
             frame: None,
+            handshake: None,
         };
-        assert!(none.expired(u64::MAX, 0, 1).is_none());
-        assert_eq!(none.next_check(5, 5, 0), None);
+        assert!(none.expired(u64::MAX, at(0, 1)).is_none());
+        assert_eq!(none.next_check(5, at(5, 0)), None);
     }
 
     #[test]
     fn next_check_is_never_after_a_reachable_deadline() {
         // No frame in progress: a frame starting now could expire at now + 300.
-        assert_eq!(BOTH.next_check(100, 100, 0), Some(401));
+        assert_eq!(BOTH.next_check(100, at(100, 0)), Some(401));
         // A frame in progress since 50.
-        assert_eq!(BOTH.next_check(100, 100, 50), Some(351));
+        assert_eq!(BOTH.next_check(100, at(100, 50)), Some(351));
         // Idle nearer than any frame.
         let idle_only = Limits {
             idle: Some(1_000),
             frame: None,
+            handshake: None,
         };
-        assert_eq!(idle_only.next_check(900, 10, 0), Some(1_011));
+        assert_eq!(idle_only.next_check(900, at(10, 0)), Some(1_011));
         // Already past: look again at the next tick, not in the past.
-        assert_eq!(idle_only.next_check(5_000, 10, 0), Some(5_001));
+        assert_eq!(idle_only.next_check(5_000, at(10, 0)), Some(5_001));
+    }
+
+    #[test]
+    fn handshake_timeout_applies_only_while_establishing() {
+        let limits = Limits {
+            handshake: Some(500),
+            ..BOTH
+        };
+        let establishing = Stamps {
+            active: 100,
+            partial: 0,
+            establishing: 100,
+        };
+        assert!(
+            limits.expired(600, establishing).is_none(),
+            "exactly at the limit"
+        );
+        assert!(matches!(
+            limits.expired(601, establishing),
+            Some(CloseReason::HandshakeTimeout)
+        ));
+        // It wins over a frame timeout due at the same time.
+        let both = Stamps {
+            partial: 100,
+            ..establishing
+        };
+        assert!(matches!(
+            limits.expired(700, both),
+            Some(CloseReason::HandshakeTimeout)
+        ));
+        // Established: no handshake deadline, the others as before.
+        assert!(limits.expired(601, at(590, 0)).is_none());
+        assert_eq!(limits.next_check(100, establishing), Some(401));
+        let handshake_only = Limits {
+            idle: None,
+            frame: None,
+            handshake: Some(500),
+        };
+        assert_eq!(handshake_only.next_check(100, establishing), Some(601));
+        assert_eq!(handshake_only.next_check(100, at(100, 0)), None);
     }
 
     /// The sweep was O(connections): it scanned the whole table on every tick. With 15,000

@@ -268,6 +268,9 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
             } else {
                 Ok(RecvStatus::Drained)
             };
+            if !conn.is_opened() {
+                self.establish(conn, &socket);
+            }
             self.deliver(conn, &socket);
             crate::runtime::conn::send_deferred_flushes(&self.core.queue);
             let mut state = conn.state.lock();
@@ -350,6 +353,38 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
             self.frames.clear();
         }
         status
+    }
+
+    /// The establishment phase (see [`Stream#establishment`]): once a read leaves the stream
+    /// established, the connection is the handler's: `on_connection_opened` runs, before the
+    /// round's frames are delivered. Until then no frame may arrive; a stream that pushes
+    /// some breaks its contract, and the connection closes as a protocol error (no frame is
+    /// dropped silently).
+    fn establish(&mut self, conn: &Arc<ConnOf<T, H>>, socket: &Socket) {
+        let mut state = conn.state.lock();
+        let Some(stream) = state.stream.as_ref() else {
+            return;
+        };
+        if !stream.is_established() {
+            if !self.frames.is_empty() {
+                self.frames.reset(FRAMES_KEEP);
+                let err = io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the stream produced frames before it was established",
+                );
+                conn.set_closing(&mut state, CloseReason::Protocol(err));
+            }
+            return;
+        }
+        let tls = stream.tls_info();
+        conn.mark_established(tls);
+        drop(state);
+        self.establishing(false);
+        tracing::debug!(conn = conn.id, peer = %conn.peer, fd = conn.fd, "connection established and opened");
+        let _running = RunningGuard::enter(conn.id);
+        self.core
+            .handler
+            .on_connection_opened(&mut conn.session.lock(), socket);
     }
 
     /// Whether the connection is not read because frames of it wait for a pool that has
@@ -622,6 +657,8 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
         let core = self.core;
         let mut stream = state.stream.take().expect("finalized twice");
         state.claim = crate::runtime::conn::Claim::Idle;
+        // Closed before it was established: the handler never heard of it.
+        let opened = conn.is_opened();
         if matches!(reason, CloseReason::Local | CloseReason::Shutdown { .. }) {
             discard_input(&mut stream);
         }
@@ -657,7 +694,9 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
         };
         drop(work);
         core.pool.count(0, dropped);
-        if let Some(reason) = reason {
+        if !opened {
+            self.establishing(false);
+        } else if let Some(reason) = reason {
             removed(&*core.handler, conn, &reason);
         }
         if core.lifecycle().draining() {
@@ -707,7 +746,9 @@ impl<T: Transport, H: Handler> Core<T, H> {
                 work.frames.clear();
                 work.offloaded = false;
             }
-            removed(&*self.handler, &conn, &reason);
+            if conn.is_opened() {
+                removed(&*self.handler, &conn, &reason);
+            }
         }
     }
 }
