@@ -3,9 +3,10 @@
 //!
 //! Everything uses rustls 0.23 with its aws-lc-rs provider, passed explicitly
 //! ([`provider`]), so exactly one crypto provider is in play and nothing depends on a
-//! process-wide default. Protocol versions and cipher suites are rustls's defaults: on loopback
-//! between two rustls peers that is TLS 1.3 with `TLS13_AES_128_GCM_SHA256`, the key exchange
-//! being rustls's default preference (the first group both sides offer).
+//! process-wide default. Protocol versions, cipher suites and key exchange groups are rustls's
+//! defaults, so two rustls peers negotiate TLS 1.3 with the provider's first suite and group: with
+//! aws-lc-rs in rustls 0.23.46, `TLS13_AES_256_GCM_SHA384` and the hybrid `X25519MLKEM768`
+//! (rustls's `prefer-post-quantum` default). A unit test checks that this is what is negotiated.
 //!
 //! The certificate is self-signed for [`SERVER_NAME`] (`localhost`), with an ECDSA P-256 key
 //! (rcgen's default algorithm, the usual choice for a TLS server today: a signature is cheap next
@@ -196,9 +197,16 @@ mod tests {
         }
         assert!(!c.is_handshaking() && !s.is_handshaking());
         if let Connection::Client(c) = &c {
+            // rustls's defaults between two rustls peers: the provider's first suite and group
+            // (with aws-lc-rs in rustls 0.23.46: TLS13_AES_256_GCM_SHA384, X25519MLKEM768).
+            let defaults = provider();
             assert_eq!(
                 c.negotiated_cipher_suite().map(|s| s.suite()),
-                Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+                Some(defaults.cipher_suites[0].suite())
+            );
+            assert_eq!(
+                c.negotiated_key_exchange_group().map(|g| g.name()),
+                Some(defaults.kx_groups[0].name())
             );
             assert_eq!(c.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
         }
@@ -217,10 +225,7 @@ mod tests {
         let other = write_test_cert(&temp_dir("other")).unwrap();
         let stranger = client_config(&other.cert).unwrap();
         let e = handshake_and_echo(stranger, server, b"x").unwrap_err();
-        assert!(
-            matches!(e, rustls::Error::InvalidCertificate(_)),
-            "{e:?}"
-        );
+        assert!(matches!(e, rustls::Error::InvalidCertificate(_)), "{e:?}");
         let _ = fs::remove_dir_all(&dir);
         let _ = fs::remove_dir_all(other.cert.parent().unwrap());
     }
