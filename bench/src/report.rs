@@ -1315,6 +1315,75 @@ mod tests {
     }
 
     #[test]
+    fn tls_tables_name_the_servers_left_out() {
+        let case = |name: &str, mode, conns| Case {
+            scenario: "tls",
+            name: name.into(),
+            kind: Kind::Loadgen(mode),
+            conns,
+            depth: 1,
+            size: 64,
+            tls: true,
+        };
+        let cases = [
+            case("tls-latency", Mode::Echo, 1),
+            case("tls-handshake", Mode::Churn, 8),
+            case("tls-idle", Mode::Idle, 200),
+        ];
+        let runs: Vec<Run> = cases
+            .iter()
+            .map(|c| Run {
+                case: c.name.clone(),
+                server: "tokio".into(),
+                round: 1,
+                mode: c.kind.name().into(),
+                conns: c.conns,
+                rate: 1000.0,
+                ..Run::default()
+            })
+            .collect();
+        let settings = Settings {
+            rounds: 1,
+            secs: 1.0,
+            warmup: 0.5,
+            servers: vec!["hydrogen".into(), "tokio".into(), "mio".into()],
+            clk_tck: 100,
+            smoke: true,
+            tls_skipped: vec![
+                ("hydrogen".into(), "built without it".into()),
+                ("mio".into(), "no TLS peer".into()),
+            ],
+        };
+        let md = tables(&cases, &runs, &settings);
+        assert!(md.contains("### TLS handshakes (8 loops × 64 B)"), "{md}");
+        assert!(
+            md.contains("### Idle TLS connections (200 idle conns)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| tls-latency | 1 × 1 × 64 B | tokio | 1,000 | 1.00 |"),
+            "{md}"
+        );
+        // No rows for the servers that were not run, and the reasons instead.
+        assert!(
+            !md.contains("| hydrogen |") && !md.contains("| mio |"),
+            "{md}"
+        );
+        assert!(
+            !md.contains("tls-latency | 1 × 1 × 64 B | hydrogen"),
+            "{md}"
+        );
+        assert!(md.contains("**hydrogen was skipped in the TLS scenarios**: built without it."));
+        assert!(md.contains("**mio was skipped in the TLS scenarios**: no TLS peer."));
+        // Nothing about TLS without TLS cases.
+        let plain = Case {
+            tls: false,
+            ..cases[0].clone()
+        };
+        assert!(!tables(&[plain], &runs, &settings).contains("TLS"));
+    }
+
+    #[test]
     fn chart_of_the_sweep() {
         let (cases, runs, settings) = sweep_runs();
         let svg = chart_svg(&cases, &runs, &settings).unwrap().unwrap();

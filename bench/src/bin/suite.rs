@@ -798,9 +798,11 @@ mod tests {
             rooms(&["--scenarios", "fanout", "--smoke"]),
             [("fanout-50".to_string(), room(50, 2, 200), 52)]
         );
-        // Last in the canonical order, and in the default run.
+        // Last of the plain scenarios in the canonical order (the TLS ones follow), and in the
+        // default run.
         let all = rooms(&["--smoke"]);
-        assert_eq!(all.last().unwrap().0, "fanout-50");
+        let room = all.iter().position(|c| c.0 == "fanout-50").unwrap();
+        assert_eq!(all[room + 1].0, "tls-latency");
         let c = &cases(&args(&["--scenarios", "fanout,c100"]).unwrap())[1];
         assert_eq!(
             (server_binary(c, "tokio"), c.kind.name()),
@@ -808,5 +810,97 @@ mod tests {
         );
         let c = &cases(&args(&["--scenarios", "c100"]).unwrap())[0];
         assert_eq!(server_binary(c, "mio"), "mio_echo");
+    }
+
+    #[test]
+    fn tls_scenarios() {
+        let tls = |v: &[&str]| -> Vec<(String, Kind, usize, usize, bool)> {
+            cases(&args(v).unwrap())
+                .into_iter()
+                .filter(|c| c.scenario.starts_with("tls-"))
+                .map(|c| (c.name, c.kind, c.conns, c.depth, c.tls))
+                .collect()
+        };
+        let want = |idle| {
+            vec![
+                (
+                    "tls-latency".to_string(),
+                    Kind::Loadgen(Mode::Echo),
+                    1,
+                    1,
+                    true,
+                ),
+                (
+                    "tls-c100".to_string(),
+                    Kind::Loadgen(Mode::Echo),
+                    100,
+                    16,
+                    true,
+                ),
+                (
+                    "tls-handshake".to_string(),
+                    Kind::Loadgen(Mode::Churn),
+                    8,
+                    1,
+                    true,
+                ),
+                (
+                    "tls-idle".to_string(),
+                    Kind::Loadgen(Mode::Idle),
+                    idle,
+                    1,
+                    true,
+                ),
+            ]
+        };
+        // In the default run and in the smoke run, after the plain scenarios.
+        assert_eq!(tls(&[]), want(5000));
+        assert_eq!(tls(&["--smoke"]), want(200));
+        let all = cases(&args(&["--smoke"]).unwrap());
+        assert_eq!(all.last().unwrap().name, "tls-idle");
+        assert!(
+            all.iter()
+                .filter(|c| !c.scenario.starts_with("tls-"))
+                .all(|c| !c.tls)
+        );
+        // The same server binaries as the plain cases.
+        let c = &cases(&args(&["--scenarios", "tls-idle,tls-c100"]).unwrap());
+        assert_eq!(c[0].name, "tls-c100");
+        assert_eq!(server_binary(&c[1], "tokio"), "tokio_echo");
+    }
+
+    #[test]
+    fn who_sits_out_the_tls_scenarios() {
+        assert_eq!(tls_skip_reason("tokio"), None);
+        assert_eq!(
+            tls_skip_reason("hydrogen").is_none(),
+            cfg!(feature = "hydrogen-tls")
+        );
+        if cfg!(not(feature = "hydrogen-tls")) {
+            assert!(
+                tls_skip_reason("hydrogen")
+                    .unwrap()
+                    .contains("--features hydrogen-tls")
+            );
+        }
+        assert!(tls_skip_reason("mio").unwrap().contains("no TLS"));
+        assert!(
+            tls_skip_reason("old_hydrogen")
+                .unwrap()
+                .contains("old_hydrogen_echo")
+        );
+
+        let a = args(&["--scenarios", "tls-c100,c100,fanout", "--smoke"]).unwrap();
+        let cs = cases(&a);
+        let (plain, room, tls) = (&cs[0], &cs[1], &cs[2]);
+        assert!(!plain.tls && tls.tls);
+        let tokio = "tokio".to_string();
+        let no_chat = vec![&tokio];
+        for s in ["hydrogen", "tokio", "mio"] {
+            assert!(takes_part(plain, s, &[]), "{s}");
+            assert_eq!(takes_part(tls, s, &[]), tls_skip_reason(s).is_none(), "{s}");
+        }
+        assert!(!takes_part(room, "tokio", &no_chat));
+        assert!(takes_part(room, "hydrogen", &no_chat));
     }
 }
