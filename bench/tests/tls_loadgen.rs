@@ -141,7 +141,9 @@ fn tls_mismatches_fail_the_run() {
     let files = write_test_cert(&dir).unwrap();
     let other = write_test_cert(&dir.join("other")).unwrap();
     let (mut server, addr) = tls_server(&files);
-    let quick = ["--addr", &addr, "--secs", "0.2", "--warmup", "0"];
+    // A long window: each of these fails at its first exchange, which ends loadgen at once,
+    // and the failure must come before the window could end with no replies.
+    let quick = ["--addr", &addr, "--secs", "20", "--warmup", "0"];
 
     // A client that trusts another certificate refuses the server.
     let out = loadgen(&[&quick[..], &["--tls-ca", other.cert.to_str().unwrap()]].concat());
