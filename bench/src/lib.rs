@@ -7,3 +7,4 @@ pub mod fanout;
 pub mod load;
 pub mod report;
 pub mod server_cli;
+pub mod tls;

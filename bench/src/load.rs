@@ -12,6 +12,14 @@
 //!   close. The client closes abortively (`SO_LINGER` 0) so that ephemeral ports do not pile up in
 //!   `TIME_WAIT`.
 //!
+//! With `--tls-ca FILE` every connection speaks TLS: rustls's client (`ClientConnection`, see
+//! [`crate::tls`]) over the same non-blocking sockets and the same mio loops, verifying the
+//! server's certificate for `localhost` against FILE as the only root. The frames, their checks
+//! and the timings are the same; a frame's round trip runs from its plaintext being queued, so
+//! it includes the encryption and decryption at both ends (and, for the first frames of a
+//! connection, the handshake). Churn's cycle is then connect, full handshake (no resumption),
+//! one echo, close.
+//!
 //! Output on stdout, for the suite to parse: `MEASURE_START` when the measured window opens (after
 //! the warm-up), `MEASURE_END` when it closes, then one `RESULT key=value ...` line. Any
 //! verification failure, lost connection or stall is an error: [`run`] returns it and the binary
@@ -20,6 +28,8 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -30,6 +40,7 @@ use hdrhistogram::Histogram;
 use hydrogen::codec::{Codec, Decoded, FrameError, LengthPrefixed, SimpleFrame};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use rustls::{ClientConfig, ClientConnection};
 use socket2::SockRef;
 
 use crate::cli;
@@ -65,6 +76,9 @@ const TICK: Duration = Duration::from_millis(20);
 const READ_CHUNK: usize = 64 * 1024;
 /// Reads per readiness event before a connection yields to the others in its thread.
 const READ_BUDGET: usize = 16;
+/// TLS records read from the socket in one [`Conn::read1`] without any plaintext coming out
+/// (handshake messages, tickets, partial records) before it lets the others have a turn.
+const TLS_READS_PER_CALL: usize = 64;
 
 /// Histogram range: 1 ns to 1 hour, 3 significant digits.
 pub(crate) fn new_histogram() -> Histogram<u64> {
@@ -140,6 +154,9 @@ pub struct Options {
     pub warmup: f64,
     /// Generator threads.
     pub threads: usize,
+    /// `--tls-ca`: speak TLS with this client configuration (the file's certificates as the
+    /// roots, server name `localhost`).
+    pub tls: Option<Arc<ClientConfig>>,
 }
 
 /// The command line of `loadgen`; [`parse_args`] checks it and makes it [`Options`].
@@ -183,6 +200,10 @@ pub struct LoadCli {
     #[arg(long, value_name = "T", default_value_t = 2,
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_THREADS as u64))]
     threads: usize,
+    /// Speak TLS, trusting the certificates in this PEM file (and no others) for the server
+    /// name localhost
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
 }
 
 /// `--addr`: the first address `HOST:PORT` resolves to.
@@ -206,6 +227,7 @@ impl LoadCli {
             secs,
             warmup,
             threads,
+            tls_ca,
         } = self;
         if size > framing.max_payload() {
             return Err(format!(
@@ -219,6 +241,10 @@ impl LoadCli {
                 "--conns x --depth x --size exceeds {MAX_BYTES_IN_FLIGHT} bytes in flight"
             ));
         }
+        let tls = match tls_ca {
+            Some(ca) => Some(crate::tls::client_config(&ca).map_err(|e| format!("--tls-ca: {e}"))?),
+            None => None,
+        };
         Ok(Options {
             addr,
             framing,
@@ -229,6 +255,7 @@ impl LoadCli {
             secs,
             warmup,
             threads,
+            tls,
         })
     }
 }
@@ -439,6 +466,9 @@ impl Frames {
 /// One connection: frames sent and not yet answered, and the partial frames in each direction.
 struct Conn {
     stream: TcpStream,
+    /// The TLS session over `stream` (`--tls-ca`): `wbuf` goes into its plaintext writer and
+    /// the bytes read come out of its plaintext reader. Boxed: rustls's state is large.
+    tls: Option<Box<ClientConnection>>,
     index: u32,
     next_send: u64,
     next_recv: u64,
@@ -457,10 +487,26 @@ enum Read1 {
     WouldBlock,
 }
 
+/// A fresh TLS client session for `localhost` if `tls` is set.
+fn tls_session(tls: Option<&Arc<ClientConfig>>) -> Result<Option<Box<ClientConnection>>, String> {
+    tls.map(|config| {
+        ClientConnection::new(config.clone(), crate::tls::server_name())
+            .map(Box::new)
+            .map_err(|e| format!("starting a TLS session: {e}"))
+    })
+    .transpose()
+}
+
 impl Conn {
-    fn new(stream: TcpStream, index: u32, first_seq: u64) -> Conn {
+    fn new(
+        stream: TcpStream,
+        tls: Option<Box<ClientConnection>>,
+        index: u32,
+        first_seq: u64,
+    ) -> Conn {
         Conn {
             stream,
+            tls,
             index,
             next_send: first_seq,
             next_recv: first_seq,
@@ -486,6 +532,9 @@ impl Conn {
 
     /// Writes as much of the write buffer as the socket takes.
     fn flush(&mut self) -> Result<(), String> {
+        if self.tls.is_some() {
+            return self.flush_tls();
+        }
         while self.wpos < self.wbuf.len() {
             match self.stream.write(&self.wbuf[self.wpos..]) {
                 Ok(0) => return Err(self.err("write", "the socket accepted no bytes")),
@@ -500,8 +549,89 @@ impl Conn {
         Ok(())
     }
 
-    /// One `read` into `buf`. End of stream is an error: the server must not close.
+    /// TLS: moves the write buffer into the session's plaintext writer (rustls holds it until
+    /// the handshake is done, and takes no more than its buffer limit at a time) and writes the
+    /// session's records until the socket would block or nothing is left.
+    fn flush_tls(&mut self) -> Result<(), String> {
+        let tls = self.tls.as_mut().expect("a TLS connection");
+        loop {
+            if self.wpos < self.wbuf.len() {
+                match tls.writer().write(&self.wbuf[self.wpos..]) {
+                    Ok(n) => self.wpos += n,
+                    Err(e) => return Err(format!("connection {}: TLS write: {e}", self.index)),
+                }
+            }
+            if !tls.wants_write() {
+                // Everything is on the socket, or rustls waits for the handshake (or for room
+                // in its buffer) before it takes the rest; a later flush gives it.
+                break;
+            }
+            match tls.write_tls(&mut self.stream) {
+                Ok(0) => return Err(self.err("write", "the socket accepted no bytes")),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.err("write failed (connection lost?)", e)),
+            }
+        }
+        if self.wpos == self.wbuf.len() {
+            self.wbuf.clear();
+            self.wpos = 0;
+        }
+        Ok(())
+    }
+
+    /// TLS: [`Conn::read1`]'s plaintext: what the session already decrypted, else records read
+    /// from the socket and processed (answering handshake messages on the way) until some
+    /// plaintext comes out or the socket would block. A bounded number of records per call:
+    /// after [`TLS_READS_PER_CALL`] without plaintext it returns `Data(0)` to yield.
+    fn read1_tls(&mut self, buf: &mut [u8]) -> Result<Read1, String> {
+        for _ in 0..TLS_READS_PER_CALL {
+            let tls = self.tls.as_mut().expect("a TLS connection");
+            match tls.reader().read(buf) {
+                Ok(0) => {
+                    return Err(format!(
+                        "connection {}: closed by the server (TLS close_notify) with {} \
+                         frame(s) in flight",
+                        self.index,
+                        self.sent_at.len()
+                    ));
+                }
+                Ok(n) => return Ok(Read1::Data(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(self.err("TLS read", e)),
+            }
+            match tls.read_tls(&mut self.stream) {
+                Ok(0) => {
+                    return Err(format!(
+                        "connection {}: closed by the server with {} frame(s) in flight",
+                        self.index,
+                        self.sent_at.len()
+                    ));
+                }
+                Ok(_) => {
+                    if let Err(e) = tls.process_new_packets() {
+                        // Tell the server why (a best-effort alert), then fail.
+                        let _ = tls.write_tls(&mut self.stream);
+                        return Err(self.err("TLS", e));
+                    }
+                    // Handshake replies, and the frames rustls held until the handshake ended.
+                    self.flush_tls()?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Read1::WouldBlock),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.err("read failed (connection lost?)", e)),
+            }
+        }
+        Ok(Read1::Data(0))
+    }
+
+    /// One `read` into `buf` (of plaintext, with TLS). End of stream is an error: the server
+    /// must not close. `Data(0)` only with TLS: records came but no plaintext yet; read again.
     fn read1(&mut self, buf: &mut [u8]) -> Result<Read1, String> {
+        if self.tls.is_some() {
+            return self.read1_tls(buf);
+        }
         loop {
             return match self.stream.read(buf) {
                 Ok(0) => Err(format!(
@@ -937,7 +1067,7 @@ fn echo_worker(
                 Interest::READABLE | Interest::WRITABLE,
             )
             .map_err(|e| format!("registering a socket: {e}"))?;
-        conns.push(Conn::new(stream, index, 0));
+        conns.push(Conn::new(stream, tls_session(opts.tls.as_ref())?, index, 0));
     }
     let now = Instant::now();
     for c in &mut conns {
@@ -1105,7 +1235,12 @@ fn run_idle(opts: &Options) -> Result<(), String> {
                 Interest::READABLE | Interest::WRITABLE,
             )
             .map_err(|e| format!("registering a socket: {e}"))?;
-        conns.push(Conn::new(stream, i as u32, 0));
+        conns.push(Conn::new(
+            stream,
+            tls_session(opts.tls.as_ref())?,
+            i as u32,
+            0,
+        ));
     }
     let mut frames = Frames::new(opts.framing, opts.size);
     let mut hist = new_histogram();
@@ -1171,6 +1306,8 @@ struct Cycle {
     /// Start of the current connect attempt.
     attempt_started: Instant,
     attempts: u32,
+    /// `--tls-ca`: every cycle's connection gets a new session (no resumption).
+    tls: Option<Arc<ClientConfig>>,
 }
 
 impl Cycle {
@@ -1184,7 +1321,8 @@ impl Cycle {
                     poll.registry()
                         .register(&mut s, Token(tok), Interest::READABLE | Interest::WRITABLE)
                         .map_err(|e| format!("registering a socket: {e}"))?;
-                    self.conn = Some(Conn::new(s, self.index, self.seq));
+                    let session = tls_session(self.tls.as_ref())?;
+                    self.conn = Some(Conn::new(s, session, self.index, self.seq));
                     self.connected = false;
                     return Ok(());
                 }
@@ -1239,6 +1377,7 @@ fn churn_worker(loops: &[u32], opts: &Options, shared: &Shared) -> Result<Tally,
             started: now,
             attempt_started: now,
             attempts: 0,
+            tls: opts.tls.clone(),
         })
         .collect();
     for (tok, cy) in cycles.iter_mut().enumerate() {
@@ -1383,5 +1522,27 @@ mod tests {
         assert!(args("--addr 127.0.0.1:9 --conns 100000 --depth 4096 --size 64").is_err());
         let help = args("--help").unwrap_err();
         assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
+        assert!(args("--addr 127.0.0.1:9").unwrap().tls.is_none());
+    }
+
+    #[test]
+    fn parses_tls_ca() {
+        let args = |s: &str| parse_args(std::iter::once("loadgen").chain(s.split_whitespace()));
+        let dir =
+            std::env::temp_dir().join(format!("hydrogen-bench-loadgen-ca-{}", std::process::id()));
+        let files = crate::tls::write_test_cert(&dir).unwrap();
+        let ca = files.cert.display();
+        let o = args(&format!("--addr 127.0.0.1:9 --mode churn --tls-ca {ca}")).unwrap();
+        assert!(o.tls.is_some());
+        // Not a certificate, not there, no value: usage errors naming the flag.
+        for bad in [
+            format!("--addr 127.0.0.1:9 --tls-ca {}", files.key.display()),
+            "--addr 127.0.0.1:9 --tls-ca /nonexistent/ca.pem".to_string(),
+            "--addr 127.0.0.1:9 --tls-ca".to_string(),
+        ] {
+            let e = args(&bad).unwrap_err().to_string();
+            assert!(e.contains("--tls-ca"), "{bad}: {e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

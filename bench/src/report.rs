@@ -72,6 +72,9 @@ pub struct Case {
     pub depth: usize,
     /// Payload bytes.
     pub size: usize,
+    /// Whether the connections speak TLS (the `tls-*` scenarios: `--tls-cert`/`--tls-key` to
+    /// the server, `--tls-ca` to loadgen).
+    pub tls: bool,
 }
 
 impl Case {
@@ -356,6 +359,8 @@ pub struct Settings {
     pub clk_tck: u64,
     /// Whether this was a `--smoke` run.
     pub smoke: bool,
+    /// Servers left out of the TLS scenarios, each with the reason (the report says so).
+    pub tls_skipped: Vec<(String, String)>,
 }
 
 /// Successful runs of one case and server.
@@ -363,6 +368,12 @@ fn ok_runs<'a>(runs: &'a [Run], case: &str, server: &str) -> Vec<&'a Run> {
     runs.iter()
         .filter(|r| r.case == case && r.server == server && r.error.is_none())
         .collect()
+}
+
+/// Whether `server` was run at all for `case` (a failed run counts): the servers left out of a
+/// scenario (no chat server, no TLS) get no row.
+fn was_run(runs: &[Run], case: &str, server: &str) -> bool {
+    runs.iter().any(|r| r.case == case && r.server == server)
 }
 
 fn stat_of(runs: &[&Run], f: impl Fn(&Run) -> Option<f64>) -> Option<Stat> {
@@ -405,7 +416,11 @@ pub fn tables(cases: &[Case], runs: &[Run], settings: &Settings) -> String {
             let t_rate = stat_of(&tokio, |r| Some(r.rate));
             let t_p99 = stat_of(&tokio, |r| Some(r.p99_us));
             let t_cpu = stat_of(&tokio, Run::cpu_us_per_op);
-            for s in &settings.servers {
+            for s in settings
+                .servers
+                .iter()
+                .filter(|s| was_run(runs, &c.name, s))
+            {
                 let rs = ok_runs(runs, &c.name, s);
                 let rate = stat_of(&rs, |r| Some(r.rate));
                 let p50 = stat_of(&rs, |r| Some(r.p50_us));
@@ -433,13 +448,24 @@ pub fn tables(cases: &[Case], runs: &[Run], settings: &Settings) -> String {
     }
 
     for c in cases.iter().filter(|c| c.is(Mode::Churn)) {
-        let _ = writeln!(md, "### Connection churn ({})\n", c.load());
-        let _ = writeln!(
-            md,
-            "Each loop: connect, send one frame, read and verify its echo, close (SO_LINGER 0). \
-             Latency is per whole cycle. Server CPU per cycle = server CPU over the window / \
-             cycles. {rounds_note}\n"
-        );
+        if c.tls {
+            let _ = writeln!(md, "### TLS handshakes ({})\n", c.load());
+            let _ = writeln!(
+                md,
+                "Each loop: connect, a full TLS 1.3 handshake (no resumption), send one frame, \
+                 read and verify its echo, close (SO_LINGER 0). cycles/s is handshakes per \
+                 second; latency is per whole cycle. Server CPU per handshake = server CPU over \
+                 the window / cycles. {rounds_note}\n"
+            );
+        } else {
+            let _ = writeln!(md, "### Connection churn ({})\n", c.load());
+            let _ = writeln!(
+                md,
+                "Each loop: connect, send one frame, read and verify its echo, close (SO_LINGER \
+                 0). Latency is per whole cycle. Server CPU per cycle = server CPU over the \
+                 window / cycles. {rounds_note}\n"
+            );
+        }
         let _ = writeln!(
             md,
             "| Server | cycles/s | {x} | p50 µs | p99 µs | {x} | CPU µs/cycle | {x} |"
@@ -449,7 +475,11 @@ pub fn tables(cases: &[Case], runs: &[Run], settings: &Settings) -> String {
         let t_rate = stat_of(&tokio, |r| Some(r.rate));
         let t_p99 = stat_of(&tokio, |r| Some(r.p99_us));
         let t_cpu = stat_of(&tokio, Run::cpu_us_per_op);
-        for s in &settings.servers {
+        for s in settings
+            .servers
+            .iter()
+            .filter(|s| was_run(runs, &c.name, s))
+        {
             let rs = ok_runs(runs, &c.name, s);
             let rate = stat_of(&rs, |r| Some(r.rate));
             let p99 = stat_of(&rs, |r| Some(r.p99_us));
@@ -471,7 +501,12 @@ pub fn tables(cases: &[Case], runs: &[Run], settings: &Settings) -> String {
     }
 
     for c in cases.iter().filter(|c| c.is(Mode::Idle)) {
-        let _ = writeln!(md, "### Idle connections ({})\n", c.load());
+        let what = if c.tls {
+            "Idle TLS connections"
+        } else {
+            "Idle connections"
+        };
+        let _ = writeln!(md, "### {what} ({})\n", c.load());
         let _ = writeln!(
             md,
             "Memory per connection = (server RSS after the connections are open and checked, \
@@ -488,7 +523,11 @@ pub fn tables(cases: &[Case], runs: &[Run], settings: &Settings) -> String {
         let tokio = ok_runs(runs, &c.name, "tokio");
         let t_mem = stat_of(&tokio, Run::rss_per_conn);
         let mib = |k: Option<u64>| k.map(|k| k as f64 / 1024.0);
-        for s in &settings.servers {
+        for s in settings
+            .servers
+            .iter()
+            .filter(|s| was_run(runs, &c.name, s))
+        {
             let rs = ok_runs(runs, &c.name, s);
             let mem = stat_of(&rs, Run::rss_per_conn);
             let _ = writeln!(
@@ -507,6 +546,7 @@ pub fn tables(cases: &[Case], runs: &[Run], settings: &Settings) -> String {
     }
 
     fanout_table(&mut md, cases, runs, settings, &rounds_note);
+    tls_note(&mut md, cases, settings);
 
     let failed: Vec<&Run> = runs.iter().filter(|r| r.error.is_some()).collect();
     if !failed.is_empty() {
@@ -539,6 +579,32 @@ pub fn tables(cases: &[Case], runs: &[Run], settings: &Settings) -> String {
         md.push('\n');
     }
     md
+}
+
+/// What the TLS scenarios were, and which servers sat them out and why, if there are any.
+fn tls_note(md: &mut String, cases: &[Case], settings: &Settings) {
+    let tls: Vec<&str> = cases
+        .iter()
+        .filter(|c| c.tls)
+        .map(|c| c.name.as_str())
+        .collect();
+    if tls.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "TLS scenarios ({}): rustls 0.23 on both ends with the aws-lc-rs provider and its \
+         defaults (TLS 1.3), a self-signed ECDSA P-256 certificate made at the start of the \
+         run, verified by the client; tokio's peer is tokio-rustls.",
+        tls.join(", ")
+    );
+    for (server, why) in &settings.tls_skipped {
+        let _ = writeln!(
+            md,
+            "\n**{server} was skipped in the TLS scenarios**: {why}."
+        );
+    }
+    md.push('\n');
 }
 
 /// The fan-out table, if there are rooms.
@@ -1119,6 +1185,7 @@ mod tests {
             conns: 110,
             depth: 0,
             size: 64,
+            tls: false,
         };
         assert_eq!(case.load(), "100 receivers + 10 senders × 1,000/s");
         let mut runs = Vec::new();
@@ -1157,6 +1224,7 @@ mod tests {
             servers: vec!["hydrogen".into(), "tokio".into(), "mio".into()],
             clk_tck: 100,
             smoke: false,
+            tls_skipped: Vec::new(),
         };
         let md = tables(std::slice::from_ref(&case), &runs, &settings);
         assert!(md.contains("### Fan-out (chat room)"), "{md}");
@@ -1215,6 +1283,7 @@ mod tests {
                 conns: n,
                 depth: 1,
                 size: 64,
+                tls: false,
             })
             .collect();
         let mut runs = Vec::new();
@@ -1240,8 +1309,78 @@ mod tests {
             servers: vec!["hydrogen".into(), "tokio".into(), "mio".into()],
             clk_tck: 100,
             smoke: false,
+            tls_skipped: Vec::new(),
         };
         (cases, runs, settings)
+    }
+
+    #[test]
+    fn tls_tables_name_the_servers_left_out() {
+        let case = |name: &str, mode, conns| Case {
+            scenario: "tls",
+            name: name.into(),
+            kind: Kind::Loadgen(mode),
+            conns,
+            depth: 1,
+            size: 64,
+            tls: true,
+        };
+        let cases = [
+            case("tls-latency", Mode::Echo, 1),
+            case("tls-handshake", Mode::Churn, 8),
+            case("tls-idle", Mode::Idle, 200),
+        ];
+        let runs: Vec<Run> = cases
+            .iter()
+            .map(|c| Run {
+                case: c.name.clone(),
+                server: "tokio".into(),
+                round: 1,
+                mode: c.kind.name().into(),
+                conns: c.conns,
+                rate: 1000.0,
+                ..Run::default()
+            })
+            .collect();
+        let settings = Settings {
+            rounds: 1,
+            secs: 1.0,
+            warmup: 0.5,
+            servers: vec!["hydrogen".into(), "tokio".into(), "mio".into()],
+            clk_tck: 100,
+            smoke: true,
+            tls_skipped: vec![
+                ("hydrogen".into(), "built without it".into()),
+                ("mio".into(), "no TLS peer".into()),
+            ],
+        };
+        let md = tables(&cases, &runs, &settings);
+        assert!(md.contains("### TLS handshakes (8 loops × 64 B)"), "{md}");
+        assert!(
+            md.contains("### Idle TLS connections (200 idle conns)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| tls-latency | 1 × 1 × 64 B | tokio | 1,000 | 1.00 |"),
+            "{md}"
+        );
+        // No rows for the servers that were not run, and the reasons instead.
+        assert!(
+            !md.contains("| hydrogen |") && !md.contains("| mio |"),
+            "{md}"
+        );
+        assert!(
+            !md.contains("tls-latency | 1 × 1 × 64 B | hydrogen"),
+            "{md}"
+        );
+        assert!(md.contains("**hydrogen was skipped in the TLS scenarios**: built without it."));
+        assert!(md.contains("**mio was skipped in the TLS scenarios**: no TLS peer."));
+        // Nothing about TLS without TLS cases.
+        let plain = Case {
+            tls: false,
+            ..cases[0].clone()
+        };
+        assert!(!tables(&[plain], &runs, &settings).contains("TLS"));
     }
 
     #[test]

@@ -20,6 +20,7 @@
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::ops::Range;
+use std::path::PathBuf;
 use std::process;
 use std::time::Duration;
 
@@ -263,6 +264,13 @@ pub struct ServerCli {
     #[arg(long, value_name = "BYTES",
           value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_buffered: Option<usize>,
+    /// Serve TLS with the certificate chain in this PEM file (with --tls-key); tokio_echo, and
+    /// hydrogen_echo when built with the `hydrogen-tls` feature; the other servers refuse it
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The names of the framings on the command line.
@@ -299,6 +307,19 @@ pub struct ServerArgs {
     /// `--max-buffered`: hydrogen's `Config::max_buffered`. The tokio and mio servers refuse
     /// it (see [`refuse_max_buffered`]).
     pub max_buffered: Option<usize>,
+    /// `--tls-cert` and `--tls-key`: serve TLS with these PEM files. Only tokio_echo and a
+    /// hydrogen_echo built with the `hydrogen-tls` feature do; the others refuse it (see
+    /// [`refuse_tls`]).
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files of `--tls-cert` and `--tls-key` (always given together).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain.
+    pub cert: PathBuf,
+    /// The private key.
+    pub key: PathBuf,
 }
 
 impl From<ServerCli> for ServerArgs {
@@ -314,6 +335,11 @@ impl From<ServerCli> for ServerArgs {
             max_frame,
             block: Duration::from_millis(cli.block_ms),
             max_buffered: cli.max_buffered,
+            tls: match (cli.tls_cert, cli.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+                // clap requires each with the other.
+                _ => None,
+            },
         }
     }
 }
@@ -353,6 +379,22 @@ pub fn refuse_max_buffered(name: &'static str, args: &ServerArgs) {
             )
             .exit();
     }
+}
+
+/// For the servers that do not speak TLS (mio_echo, the chat servers): `--tls-cert` prints an
+/// error and the usage on stderr and exits with status 2, rather than serving plain TCP to a
+/// client that expects TLS.
+pub fn refuse_tls(name: &'static str, args: &ServerArgs) {
+    if args.tls.is_some() {
+        usage_error(name, "--tls-cert/--tls-key: this server does not speak TLS");
+    }
+}
+
+/// Prints `message` and the usage of the server `name` on stderr, and exits with status 2.
+pub fn usage_error(name: &'static str, message: &str) -> ! {
+    command(name)
+        .error(ErrorKind::ArgumentConflict, message)
+        .exit()
 }
 
 /// Raises the soft limit on open files to the hard limit, so that up to 15,000 connections fit.
@@ -518,6 +560,17 @@ mod tests {
         assert_eq!(a.max_frame, U32_MAX_FRAME);
         assert_eq!(a.block, Duration::ZERO);
         assert_eq!(a.max_buffered, None);
+        assert_eq!(a.tls, None);
+        let a = args(&["--tls-cert", "c.pem", "--tls-key", "/k.pem"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            a.tls,
+            Some(TlsFiles {
+                cert: "c.pem".into(),
+                key: "/k.pem".into()
+            })
+        );
         let a = args(&[
             "--framing",
             "simple",
@@ -569,6 +622,9 @@ mod tests {
             &["--max-buffered", "0"],
             &["--max-buffered", "lots"],
             &["--framing", "json"],
+            &["--tls-cert", "c.pem"],
+            &["--tls-key", "k.pem"],
+            &["--tls-cert"],
         ] {
             assert!(args(bad).is_err(), "{bad:?}");
         }

@@ -7,6 +7,12 @@
 //! `--max-buffered` sets `Config::max_buffered`. SIGINT/SIGTERM are taken by a thread with `sigwait`, which calls the
 //! server's `ShutdownHandle`; `run` then returns and the process exits with status 0.
 //!
+//! With `--tls-cert FILE --tls-key FILE` (only when built with the bench's `hydrogen-tls`
+//! feature, which turns on the library's `tls`) the same handler is served over TLS: the
+//! certificate and key are loaded with `hydrogen::tls::TlsConfig::from_pem_files` and the server
+//! runs with `run_with(TlsTransport::new(tls, framing), ...)`, the framing decoding the
+//! decrypted bytes. Built without it, the flags are a usage error (status 2).
+//!
 //! See `hydrogen_bench::server_cli` for the command line and the framings.
 #![forbid(unsafe_code)]
 
@@ -20,6 +26,9 @@ use hydrogen_bench::server_cli::{self, Framing};
 use nix::sys::signal::{SigSet, Signal};
 
 const NAME: &str = "hydrogen_echo";
+
+/// Why a build without the `hydrogen-tls` feature refuses `--tls-cert`.
+const NO_TLS: &str = "built without TLS: rebuild with --features hydrogen-tls";
 
 /// How long `run` may take to return after a signal before the process gives up on it.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -70,12 +79,46 @@ fn serve(
             process::exit(1);
         })?;
     server_cli::print_listening(server.local_addr()?);
-    let block = args.block;
-    server.run(Echo { block }).map(drop)
+    let echo = Echo { block: args.block };
+    match &args.tls {
+        None => server.run(echo).map(drop),
+        Some(files) => run_tls(server, files, framing, echo),
+    }
+}
+
+/// Serves `echo` over TLS with the certificate and key in `files`.
+#[cfg(feature = "hydrogen-tls")]
+fn run_tls(
+    server: Server,
+    files: &server_cli::TlsFiles,
+    framing: hydrogen::Framing,
+    echo: Echo,
+) -> io::Result<()> {
+    use hydrogen::tls::{TlsConfig, TlsTransport};
+    let tls = TlsConfig::from_pem_files(&files.cert, &files.key).map_err(|err| {
+        io::Error::other(format!(
+            "TLS certificate {} and key {}: {err}",
+            files.cert.display(),
+            files.key.display()
+        ))
+    })?;
+    server
+        .run_with(TlsTransport::new(tls, framing), echo)
+        .map(drop)
+}
+
+/// Without the `hydrogen-tls` feature there is no TLS to serve (`main` already refuses the
+/// flags with a usage error before anything is bound).
+#[cfg(not(feature = "hydrogen-tls"))]
+fn run_tls(_: Server, _: &server_cli::TlsFiles, _: hydrogen::Framing, _: Echo) -> io::Result<()> {
+    Err(io::Error::other(NO_TLS))
 }
 
 fn main() {
     let args = server_cli::parse_args(NAME);
+    if cfg!(not(feature = "hydrogen-tls")) && args.tls.is_some() {
+        server_cli::usage_error(NAME, &format!("--tls-cert/--tls-key: {NO_TLS}"));
+    }
     server_cli::raise_nofile_limit();
 
     // Blocked before any thread starts, so every thread inherits the mask and only the signal

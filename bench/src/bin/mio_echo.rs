@@ -357,6 +357,7 @@ fn reactors(
 fn main() {
     let args = server_cli::parse_args(NAME);
     server_cli::refuse_max_buffered(NAME, &args);
+    server_cli::refuse_tls(NAME, &args);
     server_cli::raise_nofile_limit();
 
     // Blocked before any thread starts, so every thread inherits the mask and only `sigwait`

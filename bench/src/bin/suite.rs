@@ -21,10 +21,22 @@ use hydrogen_bench::child::{
 use hydrogen_bench::cli::{self, List};
 use hydrogen_bench::load::Mode;
 use hydrogen_bench::report::{self, Case, Kind, Room, Run, Settings};
+use hydrogen_bench::tls::{self, CertFiles};
 
 const ALL_SERVERS: [&str; 3] = ["hydrogen", "tokio", "mio"];
-const ALL_SCENARIOS: [&str; 8] = [
-    "latency", "c100", "c1000", "large", "idle", "churn", "sweep", "fanout",
+const ALL_SCENARIOS: [&str; 12] = [
+    "latency",
+    "c100",
+    "c1000",
+    "large",
+    "idle",
+    "churn",
+    "sweep",
+    "fanout",
+    "tls-latency",
+    "tls-c100",
+    "tls-handshake",
+    "tls-idle",
 ];
 /// The servers that must have a chat server (`NAME_chat`) for the fanout scenario; any other
 /// name runs it only if it has one (mio has none).
@@ -96,12 +108,13 @@ struct Cli {
     #[arg(long, value_name = "LIST", default_value_t = List::of(&ALL_SERVERS),
           value_parser = cli::list_of_names)]
     servers: List,
-    /// Comma-separated, from latency,c100,c1000,large,idle,churn,sweep,fanout
+    /// Comma-separated, from latency,c100,c1000,large,idle,churn,sweep,fanout,tls-latency,
+    /// tls-c100,tls-handshake,tls-idle
     #[arg(long, value_name = "LIST", default_value_t = List::of(&ALL_SCENARIOS),
           value_parser = cli::list_of(&ALL_SCENARIOS))]
     scenarios: List,
-    /// A quick check: 1 round, 1 s windows, 0.5 s warm-up, at most 100 connections (idle: 500),
-    /// sweep 1/10/100, one small fan-out room; explicit flags still win
+    /// A quick check: 1 round, 1 s windows, 0.5 s warm-up, at most 100 connections (idle: 500,
+    /// tls-idle: 200), sweep 1/10/100, one small fan-out room; explicit flags still win
     #[arg(long)]
     smoke: bool,
     /// Output directory
@@ -148,7 +161,9 @@ fn cases(args: &Args) -> Vec<Case> {
         conns,
         depth,
         size,
+        tls: false,
     };
+    let tls = |case: Case| Case { tls: true, ..case };
     let mut out = Vec::new();
     for s in &args.scenarios {
         match s.as_str() {
@@ -163,6 +178,7 @@ fn cases(args: &Args) -> Vec<Case> {
                 conns: if args.smoke { 500 } else { 10_000 },
                 depth: 1,
                 size: 64,
+                tls: false,
             }),
             "churn" => out.push(Case {
                 scenario: "churn",
@@ -171,6 +187,7 @@ fn cases(args: &Args) -> Vec<Case> {
                 conns: 8,
                 depth: 1,
                 size: 64,
+                tls: false,
             }),
             "sweep" => {
                 let points: &[usize] = if args.smoke {
@@ -196,13 +213,63 @@ fn cases(args: &Args) -> Vec<Case> {
                         conns: room.members(),
                         depth: 0,
                         size: 64,
+                        tls: false,
                     });
                 }
             }
+            "tls-latency" => out.push(tls(echo("tls-latency", s.clone(), 1, 1, 64))),
+            "tls-c100" => out.push(tls(echo("tls-c100", s.clone(), cap(100), 16, 64))),
+            "tls-handshake" => out.push(Case {
+                scenario: "tls-handshake",
+                name: s.clone(),
+                kind: Kind::Loadgen(Mode::Churn),
+                conns: 8,
+                depth: 1,
+                size: 64,
+                tls: true,
+            }),
+            "tls-idle" => out.push(Case {
+                scenario: "tls-idle",
+                name: s.clone(),
+                kind: Kind::Loadgen(Mode::Idle),
+                conns: if args.smoke { 200 } else { 5_000 },
+                depth: 1,
+                size: 64,
+                tls: true,
+            }),
             _ => unreachable!("validated scenario"),
         }
     }
     out
+}
+
+/// Why `server` sits out the TLS scenarios, or `None` if it takes part: tokio_echo speaks TLS
+/// (tokio-rustls), hydrogen_echo only when built with the `hydrogen-tls` feature (as this suite
+/// must then have been: they are built together), and no other server does.
+fn tls_skip_reason(server: &str) -> Option<String> {
+    match server {
+        "tokio" => None,
+        "hydrogen" if cfg!(feature = "hydrogen-tls") => None,
+        "hydrogen" => Some(
+            "the suite was built without the `hydrogen-tls` feature (hydrogen's TLS needs the \
+             library's `tls` feature): rebuild with `cargo build --release -p hydrogen-bench \
+             --features hydrogen-tls`"
+                .to_string(),
+        ),
+        "mio" => Some("mio_echo has no TLS peer".to_string()),
+        other => Some(format!(
+            "only tokio_echo and hydrogen_echo take --tls-cert, not {other}_echo"
+        )),
+    }
+}
+
+/// Whether `server` runs `case`: a server without a chat server sits out the rooms, one
+/// without TLS the TLS scenarios.
+fn takes_part(case: &Case, server: &str, no_chat: &[&String]) -> bool {
+    match case.kind {
+        Kind::Fanout(_) => !no_chat.iter().any(|s| *s == server),
+        Kind::Loadgen(_) => !case.tls || tls_skip_reason(server).is_none(),
+    }
 }
 
 /// Raises this process's soft RLIMIT_NOFILE to the hard limit; the servers and loadgen inherit
@@ -226,6 +293,8 @@ struct Ctx {
     warmup: f64,
     clk_tck: u64,
     logs: PathBuf,
+    /// The test certificate of the TLS scenarios, if any is selected.
+    tls: Option<CertFiles>,
 }
 
 /// The server binary a case runs for `server`: `SERVER_echo`, or `SERVER_chat` for a room.
@@ -247,7 +316,17 @@ fn measure(ctx: &Ctx, case: &Case, run: &mut Run, log: &mut File) -> Result<(), 
         report::utc_now()
     );
     let bin = server_binary(case, &run.server);
-    let (mut server, addr) = start_binary(&ctx.bin_dir, &bin, &["--threads", "2"], log)?;
+    let tls = if case.tls {
+        let files = ctx.tls.as_ref().ok_or("a TLS case without a certificate")?;
+        Some((path_arg(&files.cert)?, path_arg(&files.key)?))
+    } else {
+        None
+    };
+    let mut server_args = vec!["--threads", "2"];
+    if let Some((cert, key)) = &tls {
+        server_args.extend(["--tls-cert", cert, "--tls-key", key]);
+    }
+    let (mut server, addr) = start_binary(&ctx.bin_dir, &bin, &server_args, log)?;
     let pid = server.pid();
     run.rss_base_kib = Some(rss_kib(pid)?);
 
@@ -263,6 +342,9 @@ fn measure(ctx: &Ctx, case: &Case, run: &mut Run, log: &mut File) -> Result<(), 
                 .args(["--conns", &case.conns.to_string()])
                 .args(["--depth", &case.depth.to_string()])
                 .args(["--size", &case.size.to_string()]);
+            if let Some((cert, _)) = &tls {
+                c.args(["--tls-ca", cert]);
+            }
             (&ctx.loadgen, c)
         }
         Kind::Fanout(room) => {
@@ -387,6 +469,12 @@ fn locate_binaries(servers: &[String], cases: &[Case]) -> Result<PathBuf, String
     sibling_binaries(&names)
 }
 
+/// A path as a command-line argument.
+fn path_arg(path: &Path) -> Result<&str, String> {
+    path.to_str()
+        .ok_or_else(|| format!("{}: not a UTF-8 path", path.display()))
+}
+
 fn write(path: &Path, text: &str) -> Result<(), String> {
     fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
 }
@@ -428,6 +516,30 @@ fn run_suite(args: &Args) -> Result<bool, String> {
                 .join(", ")
         );
     }
+    // The TLS scenarios: who sits them out, and a fresh certificate for those who do not.
+    let tls_cases = cases.iter().filter(|c| c.tls).count();
+    let tls_skipped: Vec<(String, String)> = if tls_cases > 0 {
+        args.servers
+            .iter()
+            .filter_map(|s| tls_skip_reason(s).map(|why| (s.clone(), why)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for (server, why) in &tls_skipped {
+        eprintln!("suite: note: {server} skipped in the TLS scenarios: {why}");
+    }
+    let tls = if tls_cases > 0 {
+        let files = tls::write_test_cert(&args.out.join("tls"))?;
+        eprintln!(
+            "suite: TLS: self-signed ECDSA P-256 certificate for {} in {}",
+            tls::SERVER_NAME,
+            files.cert.display()
+        );
+        Some(files)
+    } else {
+        None
+    };
     raise_nofile_limit();
     kill_children_on_signals("suite");
     let logs = args.out.join("logs");
@@ -440,6 +552,7 @@ fn run_suite(args: &Args) -> Result<bool, String> {
         warmup: args.warmup,
         clk_tck: procfs::ticks_per_second(),
         logs,
+        tls,
     };
     let mut log_files = BTreeMap::new();
     for s in &args.servers {
@@ -460,10 +573,13 @@ fn run_suite(args: &Args) -> Result<bool, String> {
         servers: args.servers.clone(),
         clk_tck: ctx.clk_tck,
         smoke: args.smoke,
+        tls_skipped: tls_skipped.clone(),
     };
-    let runs_per_round = |case: &Case| match case.kind {
-        Kind::Loadgen(_) => args.servers.len(),
-        Kind::Fanout(_) => args.servers.len() - no_chat.len(),
+    let runs_per_round = |case: &Case| {
+        args.servers
+            .iter()
+            .filter(|s| takes_part(case, s, &no_chat))
+            .count()
     };
     let total = cases.iter().map(runs_per_round).sum::<usize>() * args.rounds as usize;
     eprintln!(
@@ -471,8 +587,8 @@ fn run_suite(args: &Args) -> Result<bool, String> {
         cases.len(),
         args.rounds,
         args.servers.len(),
-        if rooms > 0 && !no_chat.is_empty() {
-            " (fewer in the rooms)"
+        if (rooms > 0 && !no_chat.is_empty()) || !tls_skipped.is_empty() {
+            " (fewer where a server sits a scenario out)"
         } else {
             ""
         },
@@ -484,7 +600,7 @@ fn run_suite(args: &Args) -> Result<bool, String> {
     for case in &cases {
         for round in 1..=args.rounds {
             for server in &args.servers {
-                if matches!(case.kind, Kind::Fanout(_)) && no_chat.contains(&server) {
+                if !takes_part(case, server, &no_chat) {
                     continue;
                 }
                 let mut run = Run {
@@ -682,9 +798,11 @@ mod tests {
             rooms(&["--scenarios", "fanout", "--smoke"]),
             [("fanout-50".to_string(), room(50, 2, 200), 52)]
         );
-        // Last in the canonical order, and in the default run.
+        // Last of the plain scenarios in the canonical order (the TLS ones follow), and in the
+        // default run.
         let all = rooms(&["--smoke"]);
-        assert_eq!(all.last().unwrap().0, "fanout-50");
+        let room = all.iter().position(|c| c.0 == "fanout-50").unwrap();
+        assert_eq!(all[room + 1].0, "tls-latency");
         let c = &cases(&args(&["--scenarios", "fanout,c100"]).unwrap())[1];
         assert_eq!(
             (server_binary(c, "tokio"), c.kind.name()),
@@ -692,5 +810,97 @@ mod tests {
         );
         let c = &cases(&args(&["--scenarios", "c100"]).unwrap())[0];
         assert_eq!(server_binary(c, "mio"), "mio_echo");
+    }
+
+    #[test]
+    fn tls_scenarios() {
+        let tls = |v: &[&str]| -> Vec<(String, Kind, usize, usize, bool)> {
+            cases(&args(v).unwrap())
+                .into_iter()
+                .filter(|c| c.scenario.starts_with("tls-"))
+                .map(|c| (c.name, c.kind, c.conns, c.depth, c.tls))
+                .collect()
+        };
+        let want = |idle| {
+            vec![
+                (
+                    "tls-latency".to_string(),
+                    Kind::Loadgen(Mode::Echo),
+                    1,
+                    1,
+                    true,
+                ),
+                (
+                    "tls-c100".to_string(),
+                    Kind::Loadgen(Mode::Echo),
+                    100,
+                    16,
+                    true,
+                ),
+                (
+                    "tls-handshake".to_string(),
+                    Kind::Loadgen(Mode::Churn),
+                    8,
+                    1,
+                    true,
+                ),
+                (
+                    "tls-idle".to_string(),
+                    Kind::Loadgen(Mode::Idle),
+                    idle,
+                    1,
+                    true,
+                ),
+            ]
+        };
+        // In the default run and in the smoke run, after the plain scenarios.
+        assert_eq!(tls(&[]), want(5000));
+        assert_eq!(tls(&["--smoke"]), want(200));
+        let all = cases(&args(&["--smoke"]).unwrap());
+        assert_eq!(all.last().unwrap().name, "tls-idle");
+        assert!(
+            all.iter()
+                .filter(|c| !c.scenario.starts_with("tls-"))
+                .all(|c| !c.tls)
+        );
+        // The same server binaries as the plain cases.
+        let c = &cases(&args(&["--scenarios", "tls-idle,tls-c100"]).unwrap());
+        assert_eq!(c[0].name, "tls-c100");
+        assert_eq!(server_binary(&c[1], "tokio"), "tokio_echo");
+    }
+
+    #[test]
+    fn who_sits_out_the_tls_scenarios() {
+        assert_eq!(tls_skip_reason("tokio"), None);
+        assert_eq!(
+            tls_skip_reason("hydrogen").is_none(),
+            cfg!(feature = "hydrogen-tls")
+        );
+        if cfg!(not(feature = "hydrogen-tls")) {
+            assert!(
+                tls_skip_reason("hydrogen")
+                    .unwrap()
+                    .contains("--features hydrogen-tls")
+            );
+        }
+        assert!(tls_skip_reason("mio").unwrap().contains("no TLS"));
+        assert!(
+            tls_skip_reason("old_hydrogen")
+                .unwrap()
+                .contains("old_hydrogen_echo")
+        );
+
+        let a = args(&["--scenarios", "tls-c100,c100,fanout", "--smoke"]).unwrap();
+        let cs = cases(&a);
+        let (plain, room, tls) = (&cs[0], &cs[1], &cs[2]);
+        assert!(!plain.tls && tls.tls);
+        let tokio = "tokio".to_string();
+        let no_chat = vec![&tokio];
+        for s in ["hydrogen", "tokio", "mio"] {
+            assert!(takes_part(plain, s, &[]), "{s}");
+            assert_eq!(takes_part(tls, s, &[]), tls_skip_reason(s).is_none(), "{s}");
+        }
+        assert!(!takes_part(room, "tokio", &no_chat));
+        assert!(takes_part(room, "hydrogen", &no_chat));
     }
 }

@@ -14,18 +14,34 @@
 //! handler would. `--max-frame` bounds the `u32` framing as in hydrogen_echo; `--max-buffered`
 //! (hydrogen's `Config::max_buffered`, which has no equivalent here) is refused with status 2.
 //!
+//! With `--tls-cert FILE --tls-key FILE` every connection is TLS (tokio-rustls's
+//! `TlsAcceptor`; rustls 0.23 with the aws-lc-rs provider and its default suites, see
+//! `hydrogen_bench::tls`): the task first completes the handshake, then reads decrypted bytes
+//! into a per-connection buffer, appends every reply to a per-connection output buffer, and
+//! writes and flushes that (one TLS record batch, one `write`) only when no more input is ready
+//! or it reaches 64 KiB. Waiting for input holds neither buffer: the task awaits the socket's
+//! readiness first, as in the plain path. rustls's own per-connection state (its record buffers)
+//! stays with the connection.
+//!
 //! See `hydrogen_bench::server_cli` for the command line and the framings.
 #![forbid(unsafe_code)]
 
 use std::cell::RefCell;
+use std::future::{Future, poll_fn};
 use std::io;
+use std::pin::pin;
 use std::process;
+use std::task::Poll;
 use std::time::Duration;
 
+use bytes::{Buf, BytesMut};
 use hydrogen_bench::server_cli::{self, Framing, READ_CHUNK};
-use tokio::io::AsyncWriteExt;
+use hydrogen_bench::tls;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
 const NAME: &str = "tokio_echo";
 
@@ -133,6 +149,93 @@ async fn serve(mut stream: TcpStream, framing: Framing, block: Duration) -> io::
     }
 }
 
+/// Decrypted bytes read per TLS read: one full TLS record's plaintext.
+const TLS_READ: usize = 16 * 1024;
+
+/// The replies of a TLS connection are written once this much is buffered, even if more input
+/// is ready.
+const TLS_OUT_FLUSH: usize = 64 * 1024;
+
+/// One read of decrypted bytes into `buf` if some are ready now: `None` if the read would wait
+/// (rustls holds no plaintext and the socket has nothing), `Some(Ok(0))` at the end of the
+/// stream. The read is polled once with the task's own waker and dropped if pending, which
+/// `read_buf` allows (it is cancel safe).
+async fn read_ready(
+    stream: &mut TlsStream<TcpStream>,
+    buf: &mut BytesMut,
+) -> Option<io::Result<usize>> {
+    buf.reserve(TLS_READ);
+    let mut read = pin!(stream.read_buf(buf));
+    poll_fn(|cx| match read.as_mut().poll(cx) {
+        Poll::Pending => Poll::Ready(None),
+        Poll::Ready(result) => Poll::Ready(Some(result)),
+    })
+    .await
+}
+
+/// Writes the buffered replies as TLS records and flushes them to the socket.
+async fn write_out(stream: &mut TlsStream<TcpStream>, out: &mut Vec<u8>) -> io::Result<()> {
+    if !out.is_empty() {
+        stream.write_all(out).await?;
+        out.clear();
+    }
+    stream.flush().await
+}
+
+/// Serves one TLS connection, once the handshake is done, until the peer closes it or breaks
+/// the framing.
+async fn serve_tls(
+    mut stream: TlsStream<TcpStream>,
+    framing: Framing,
+    block: Duration,
+) -> io::Result<()> {
+    // Decrypted input not yet echoed (at most a trailing incomplete frame between reads), and
+    // the replies not yet written.
+    let mut input = BytesMut::new();
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        let n = match read_ready(&mut stream, &mut input).await {
+            Some(result) => result?,
+            None => {
+                // No more input ready: write what it asked for, release the buffers (an idle
+                // connection keeps none), and wait for the socket.
+                write_out(&mut stream, &mut out).await?;
+                out = Vec::new();
+                if input.is_empty() {
+                    input = BytesMut::new();
+                }
+                stream.get_ref().0.readable().await?;
+                continue;
+            }
+        };
+        if n == 0 {
+            return write_out(&mut stream, &mut out).await;
+        }
+        match framing.echo_all(&input, &mut out, block) {
+            Ok(used) => input.advance(used),
+            Err(bad) => {
+                // The replies to the frames before the bad one still go out.
+                write_out(&mut stream, &mut out).await?;
+                return Err(io::Error::other(bad.to_string()));
+            }
+        }
+        if out.len() >= TLS_OUT_FLUSH {
+            write_out(&mut stream, &mut out).await?;
+        }
+    }
+}
+
+/// Completes the handshake of a TLS connection, then serves it.
+async fn accept_tls(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    framing: Framing,
+    block: Duration,
+) -> io::Result<()> {
+    let stream = acceptor.accept(stream).await?;
+    serve_tls(stream, framing, block).await
+}
+
 /// Whether an accept error means the process is out of some resource (rather than one failed
 /// connection), so that retrying at once would only spin.
 fn out_of_resources(err: &io::Error) -> bool {
@@ -142,17 +245,28 @@ fn out_of_resources(err: &io::Error) -> bool {
     )
 }
 
-async fn accept_loop(listener: TcpListener, framing: Framing, block: Duration) {
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    framing: Framing,
+    block: Duration,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
                 if stream.set_nodelay(true).is_err() {
                     continue;
                 }
-                tokio::spawn(async move {
-                    // A reset or a framing error ends only this connection; nothing to report.
-                    let _ = serve(stream, framing, block).await;
-                });
+                // A reset, a failed handshake or a framing error ends only this connection;
+                // nothing to report.
+                match tls.clone() {
+                    None => tokio::spawn(async move {
+                        let _ = serve(stream, framing, block).await;
+                    }),
+                    Some(acceptor) => tokio::spawn(async move {
+                        let _ = accept_tls(acceptor, stream, framing, block).await;
+                    }),
+                };
             }
             Err(err) if out_of_resources(&err) => {
                 eprintln!("{NAME}: accept: {err}; pausing 10 ms");
@@ -171,9 +285,15 @@ async fn run(args: server_cli::ServerArgs) -> io::Result<()> {
     // already handled.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let tls = match &args.tls {
+        Some(files) => Some(TlsAcceptor::from(
+            tls::server_config(&files.cert, &files.key).map_err(io::Error::other)?,
+        )),
+        None => None,
+    };
     let listener = TcpListener::from_std(server_cli::bind_listener(args.addr, false)?)?;
     server_cli::print_listening(listener.local_addr()?);
-    tokio::spawn(accept_loop(listener, args.framing, args.block));
+    tokio::spawn(accept_loop(listener, tls, args.framing, args.block));
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
