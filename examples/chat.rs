@@ -11,6 +11,8 @@
 //! cargo run --release --example chat                       # 127.0.0.1:1337, SimpleFrame
 //! cargo run --release --example chat -- --framing u32 --addr 127.0.0.1:4000
 //! cargo run --release --features tls --example chat -- --tls-cert cert.pem --tls-key key.pem
+//! cargo run --release --example chat -- --proxy-protocol --proxy-from 10.0.0.0/8  # behind HAProxy
+//! cargo run --release --example chat -- --unix /tmp/chat.sock --reuse-port        # one of several
 //! ```
 //!
 //! Frames are relayed unchanged (no sender name is added). Connect two or more clients with
@@ -77,7 +79,7 @@ impl Handler for Chat {
 fn serve(args: &support::ServerArgs) -> io::Result<()> {
     let tls = args.tls()?;
     let server = Server::bind(args.config())?;
-    println!("listening on {}", server.local_addr()?);
+    support::announce(&server)?;
 
     // Ctrl-C or SIGTERM starts the drain; `run` returns when it is done.
     server.shutdown_handle().shutdown_on_signals()?;

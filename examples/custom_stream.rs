@@ -226,7 +226,7 @@ impl Transport for Lined {
     type Stream = LineStream;
 
     fn open(&self, conn: Accepted) -> io::Result<LineStream> {
-        Ok(LineStream::new(conn.into_tcp()))
+        Ok(LineStream::new(conn.into_tcp()?))
     }
 }
 

@@ -9,6 +9,8 @@
 //! cargo run --release --example echo -- --framing u32 --addr 127.0.0.1:4000 --threads 2
 //! cargo run --release -p hydrogen-bench --bin loadgen -- --addr 127.0.0.1:4000 --framing u32
 //! cargo run --release --features tls --example echo -- --tls-cert cert.pem --tls-key key.pem
+//! cargo run --release --example echo -- --proxy-protocol --proxy-from 10.0.0.0/8  # behind HAProxy
+//! cargo run --release --example echo -- --unix /tmp/echo.sock --reuse-port        # one of several
 //! ```
 //!
 //! Built with `--features tls`, it takes `--tls-cert FILE --tls-key FILE` (PEM) and serves TLS on
@@ -53,7 +55,7 @@ impl Handler for Echo {
 fn serve(args: &support::ServerArgs) -> io::Result<()> {
     let tls = args.tls()?;
     let server = Server::bind(args.config())?;
-    println!("listening on {}", server.local_addr()?);
+    support::announce(&server)?;
 
     // Ctrl-C or SIGTERM starts the drain; `run` returns when it is done.
     server.shutdown_handle().shutdown_on_signals()?;

@@ -153,7 +153,7 @@ fn report(handle: ShutdownHandle, every: Duration) {
                 queued_bytes = queued,
                 frames_in = conns.iter().map(|c| c.frames_in).sum::<u64>(),
                 frames_out = conns.iter().map(|c| c.frames_out).sum::<u64>(),
-                most_behind = ?most.map(|c| (c.id, c.peer, c.queued_bytes)),
+                most_behind = ?most.map(|c| (c.id, c.peer.clone(), c.queued_bytes)),
                 "connections"
             );
         }

@@ -1,13 +1,16 @@
 //! [`Config`]: where the server listens and how it is sized.
 
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::thread;
 use std::time::Duration;
 
 use nix::sys::resource::{Resource, getrlimit};
 
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
 use crate::Framing;
+use crate::net::{Keepalive, ListenAddr};
 
 /// What [`Socket::send`](crate::Socket::send) does when a connection's outbound queue would
 /// grow past [`Config::max_outbound`]: the peer is not reading fast enough.
@@ -117,6 +120,67 @@ pub struct Config {
     /// connection with frames waiting is not read until its frames have run, so TCP pushes
     /// back on its peer; nothing is dropped. Default 1024.
     pub blocking_queue: usize,
+    /// More addresses to listen on, besides `addr`/`port`: other TCP addresses (IPv6 beside
+    /// IPv4, say) and Unix-domain socket paths ([`ListenAddr`]). Every listener serves the
+    /// same handler; [`Server::local_addrs`](crate::Server::local_addrs) lists them all.
+    /// Default none.
+    pub listen: Vec<ListenAddr>,
+    /// Set `SO_REUSEPORT` on the TCP listeners, so that several processes (or several
+    /// servers in one process) can listen on the same port, and the kernel spreads the
+    /// connections across them. The way to use every core of a host with one process per
+    /// core (see the README), and to restart one process while the others keep serving.
+    /// Every process sharing the port must set it. Default `false`.
+    pub reuse_port: bool,
+    /// The mode of Unix-domain socket files made for [`listen`](Config::listen) (such as
+    /// `0o660`: connecting needs write permission on the file). Default `None`: what the
+    /// process's umask gives.
+    pub unix_mode: Option<u32>,
+    /// TCP keepalive probes on accepted connections, so that peers that vanished (a host
+    /// powered off, a NAT entry dropped) are noticed. Default `None`: no probes.
+    pub keepalive: Option<Keepalive>,
+    /// `TCP_USER_TIMEOUT`: how long written bytes may stay unacknowledged before the kernel
+    /// drops the connection (the handler then sees a reset). Bounds how long a dead peer
+    /// with data queued for it holds its buffers. Default `None`: the kernel's retransmission
+    /// limits (about 15 minutes).
+    pub tcp_user_timeout: Option<Duration>,
+    /// `SO_RCVBUF` for accepted connections, in bytes (the kernel doubles it for its own
+    /// bookkeeping, and a fixed size turns its auto-tuning off). Set on the listeners, so it
+    /// applies from the handshake on. Default `None`: the kernel's auto-tuning.
+    pub recv_buffer: Option<usize>,
+    /// `SO_SNDBUF` for accepted connections, in bytes; as [`recv_buffer`](Config::recv_buffer).
+    /// Default `None`.
+    pub send_buffer: Option<usize>,
+    /// Read a PROXY protocol header (v1 or v2, told apart by its first bytes) at the start of
+    /// every connection, as a load balancer such as HAProxy (`send-proxy`, `send-proxy-v2`)
+    /// or nginx (`proxy_protocol on`) sends it. The client's address in it becomes
+    /// [`Socket::peer_addr`](crate::Socket::peer_addr); the proxy's stays available
+    /// ([`Socket::proxy_addr`](crate::Socket::proxy_addr)), with the header
+    /// ([`Socket::proxy_header`](crate::Socket::proxy_header): its TLVs, for instance).
+    ///
+    /// When on, the header is required: a connection from outside
+    /// [`proxy_from`](Config::proxy_from), or whose first bytes are not a valid header, is
+    /// closed before it reaches the handler ([`CloseReason::ProxyRefused`](crate::CloseReason::ProxyRefused)),
+    /// as is one that sends no complete header within
+    /// [`proxy_header_timeout`](Config::proxy_header_timeout). A v2 `LOCAL` header (a proxy's
+    /// health check) and a v1 `UNKNOWN` one are accepted, and the connection keeps its real
+    /// addresses. Unix-domain connections are trusted sources. Default `false`.
+    pub proxy_protocol: bool,
+    /// The sources allowed to send a PROXY header (CIDR ranges): the load balancers. A
+    /// connection from anywhere else is refused, since its header would let it claim any
+    /// address. Default: loopback (`127.0.0.0/8` and `::1/128`).
+    pub proxy_from: Vec<IpNet>,
+    /// How long a connection may take to send its whole PROXY header. Past it, it is closed
+    /// ([`CloseReason::ProxyHeaderTimeout`](crate::CloseReason::ProxyHeaderTimeout)), so that
+    /// silent connections cannot pile up (the spec asks for at least 3 s). Default 5 s.
+    pub proxy_header_timeout: Duration,
+}
+
+/// Loopback, IPv4 and IPv6: a proxy on the same host.
+fn default_proxy_from() -> Vec<IpNet> {
+    vec![
+        IpNet::from(Ipv4Net::new(Ipv4Addr::LOCALHOST, 8).expect("valid prefix")),
+        IpNet::from(Ipv6Net::new(Ipv6Addr::LOCALHOST, 128).expect("valid prefix")),
+    ]
 }
 
 /// The soft limit on open files, less a reserve, as the default connection cap.
@@ -146,6 +210,16 @@ impl Default for Config {
             nodelay: true,
             blocking_threads: 64,
             blocking_queue: 1024,
+            listen: Vec::new(),
+            reuse_port: false,
+            unix_mode: None,
+            keepalive: None,
+            tcp_user_timeout: None,
+            recv_buffer: None,
+            send_buffer: None,
+            proxy_protocol: false,
+            proxy_from: default_proxy_from(),
+            proxy_header_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -195,6 +269,40 @@ impl Config {
                 "Config::max_buffered must be positive (use None for no ceiling)",
             ));
         }
+        if self.proxy_header_timeout.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "Config::proxy_header_timeout must be positive",
+            ));
+        }
+        if self.proxy_protocol && self.proxy_from.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "Config::proxy_protocol is on but Config::proxy_from trusts no source",
+            ));
+        }
+        if let Some(k) = self.keepalive
+            && (k.idle < Duration::from_secs(1)
+                || k.interval < Duration::from_secs(1)
+                || k.count == 0)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "Config::keepalive needs an idle time and an interval of at least 1 s, and a count of at least 1",
+            ));
+        }
+        if self.tcp_user_timeout == Some(Duration::ZERO) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "Config::tcp_user_timeout must be positive (use None for the kernel's default)",
+            ));
+        }
+        if self.listen.len() + 1 > crate::runtime::table::MAX_LISTENERS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "Config::listen has too many addresses",
+            ));
+        }
         for (name, timeout) in [
             ("idle_timeout", self.idle_timeout),
             ("frame_timeout", self.frame_timeout),
@@ -222,9 +330,15 @@ impl Config {
         Some(tick_for(shortest))
     }
 
-    /// The tick the handshake timeout needs while some connection is not established yet.
+    /// The tick the handshake timeout (and the PROXY header timeout, if the protocol is on)
+    /// needs while some connection is not established yet.
     pub(crate) fn handshake_tick(&self) -> Option<Duration> {
-        self.handshake_timeout.map(tick_for)
+        let header = self.proxy_protocol.then_some(self.proxy_header_timeout);
+        [self.handshake_timeout, header]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(tick_for)
     }
 }
 

@@ -2,7 +2,9 @@
 
 use std::fmt;
 use std::io;
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
+
+use crate::net::NetStream;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use crate::codec::{Codec, Deframer, LengthPrefixed, SimpleFrame, WriteQueue};
@@ -45,7 +47,7 @@ pub(crate) const SHARED_COPY: usize = 512;
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub struct Framed<C> {
-    tcp: TcpStream,
+    tcp: NetStream,
     /// The read side, and the codec.
     input: Deframer<C>,
     /// Encoded frames waiting to be written.
@@ -71,9 +73,9 @@ impl<C: Codec> Framed<C> {
     /// It does not change any socket option: the server puts the socket in non-blocking mode
     /// and sets `TCP_NODELAY` ([`Config::nodelay`](crate::Config::nodelay)) before its
     /// [`Transport`](crate::Transport) makes the stream.
-    pub fn new(tcp: TcpStream, codec: C) -> Self {
+    pub fn new(tcp: impl Into<NetStream>, codec: C) -> Self {
         Framed {
-            tcp,
+            tcp: tcp.into(),
             input: Deframer::new(codec),
             output: WriteQueue::new(),
             read_budget: Self::DEFAULT_READ_BUDGET,
@@ -89,7 +91,7 @@ impl<C: Codec> Framed<C> {
     }
 
     /// The underlying socket, for reading addresses or options.
-    pub fn get_ref(&self) -> &TcpStream {
+    pub fn get_ref(&self) -> &NetStream {
         &self.tcp
     }
 
@@ -197,7 +199,7 @@ mod tests {
     use super::*;
     use crate::client::Client;
     use std::io::Write;
-    use std::net::TcpListener;
+    use std::net::{TcpListener, TcpStream};
     use std::thread;
     use std::time::{Duration, Instant};
 
@@ -267,7 +269,7 @@ mod tests {
         }
         client.flush().unwrap();
         let wire_len = simple(&[b"one", b"", b"three"]).len();
-        wait_readable(stream.get_ref(), wire_len);
+        wait_readable(stream.get_ref().tcp().unwrap(), wire_len);
 
         let mut frames = Frames::new();
         assert_eq!(stream.recv(&mut frames).unwrap(), RecvStatus::Drained);
@@ -312,12 +314,12 @@ mod tests {
         for piece in [1usize, 2, 5, 3, 700, 40_000, 19_000, 7] {
             let end = (sent + piece).min(wire.len());
             peer.write_all(&wire[sent..end]).unwrap();
-            wait_readable(stream.get_ref(), end - sent);
+            wait_readable(stream.get_ref().tcp().unwrap(), end - sent);
             assert_eq!(stream.recv(&mut frames).unwrap(), RecvStatus::Drained);
             sent = end;
         }
         peer.write_all(&wire[sent..]).unwrap();
-        wait_readable(stream.get_ref(), wire.len() - sent);
+        wait_readable(stream.get_ref().tcp().unwrap(), wire.len() - sent);
         assert_eq!(stream.recv(&mut frames).unwrap(), RecvStatus::Drained);
         assert_eq!(collect(&frames), payloads);
         assert_eq!(stream.input.capacity(), 0, "read buffer released");
@@ -371,7 +373,7 @@ mod tests {
         }
         assert_eq!(wire.len(), 5000);
         peer.write_all(&wire).unwrap();
-        wait_readable(stream.get_ref(), wire.len());
+        wait_readable(stream.get_ref().tcp().unwrap(), wire.len());
 
         let mut frames = Frames::new();
         let mut calls = 0;
@@ -396,7 +398,7 @@ mod tests {
         let mut stream = Framed::new(server, SimpleFrame).with_read_budget(0);
         let wire = simple(&[b"ab"]);
         peer.write_all(&wire).unwrap();
-        wait_readable(stream.get_ref(), wire.len());
+        wait_readable(stream.get_ref().tcp().unwrap(), wire.len());
         let mut frames = Frames::new();
         while stream.recv(&mut frames).unwrap() == RecvStatus::MoreAvailable {}
         assert_eq!(collect(&frames), [b"ab"]);
@@ -444,7 +446,7 @@ mod tests {
         let wire = simple(&[b"first"]);
         peer.write_all(&wire).unwrap();
         peer.write_all(&[0x01, 0x00, 0x02, b'a']).unwrap();
-        wait_readable(stream.get_ref(), wire.len() + 4);
+        wait_readable(stream.get_ref().tcp().unwrap(), wire.len() + 4);
         assert_eq!(stream.recv(&mut frames).unwrap(), RecvStatus::Drained);
         assert_eq!(stream.input.partial().len(), 4);
         peer.write_all(&[b'b', 0x00]).unwrap();
@@ -533,7 +535,7 @@ mod tests {
         let stream = Framed::new(server, LengthPrefixed::new(7));
         assert_eq!(stream.as_fd().as_raw_fd(), raw);
         assert_eq!(stream.codec().max_frame_len(), 7);
-        assert_eq!(stream.get_ref().as_raw_fd(), raw);
+        assert_eq!(stream.get_ref().as_fd().as_raw_fd(), raw);
         assert_eq!(
             LengthPrefixedStream::DEFAULT_READ_BUDGET,
             stream.read_budget

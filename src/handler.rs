@@ -161,6 +161,18 @@ pub enum CloseReason {
     /// [`Config::handshake_timeout`](crate::Config::handshake_timeout). Such a connection never
     /// reached the handler, so no callback reports this reason; it is counted in the metrics.
     HandshakeTimeout,
+    /// With [`Config::proxy_protocol`](crate::Config::proxy_protocol) on, the connection sent
+    /// no complete PROXY header within
+    /// [`Config::proxy_header_timeout`](crate::Config::proxy_header_timeout). It never reached
+    /// the handler; it is counted in the metrics and
+    /// [`RunSummary::proxy_timed_out`](crate::RunSummary::proxy_timed_out).
+    ProxyHeaderTimeout,
+    /// With [`Config::proxy_protocol`](crate::Config::proxy_protocol) on, the connection was
+    /// refused before reaching the handler: it came from a source outside
+    /// [`Config::proxy_from`](crate::Config::proxy_from), or its PROXY header was missing or
+    /// malformed (the error says which). Counted in the metrics and
+    /// [`RunSummary::proxy_refused`](crate::RunSummary::proxy_refused).
+    ProxyRefused(io::Error),
     /// The peer did not read fast enough: its outbound queue would have grown past
     /// [`Config::max_outbound`](crate::Config::max_outbound) under
     /// [`OutboundPolicy::Disconnect`](crate::OutboundPolicy::Disconnect).
@@ -192,6 +204,8 @@ impl CloseReason {
         "idle_timeout",
         "frame_timeout",
         "handshake_timeout",
+        "proxy_header_timeout",
+        "proxy_refused",
         "slow_consumer",
         "shutdown",
         "shutdown_unflushed",
@@ -201,7 +215,7 @@ impl CloseReason {
 
     /// A short, stable name for the reason, without its details: `"peer_closed"`, `"reset"`,
     /// `"protocol"`, `"io"`, `"local"`, `"idle_timeout"`, `"frame_timeout"`,
-    /// `"handshake_timeout"`, `"slow_consumer"`, `"shutdown"` (flushed), `"shutdown_unflushed"`, `"panicked"` or
+    /// `"handshake_timeout"`, `"proxy_header_timeout"`, `"proxy_refused"`, `"slow_consumer"`, `"shutdown"` (flushed), `"shutdown_unflushed"`, `"panicked"` or
     /// `"max_buffered"`: the `reason` label of the close counter, for instance.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -213,6 +227,8 @@ impl CloseReason {
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::FrameTimeout => "frame_timeout",
             CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::ProxyHeaderTimeout => "proxy_header_timeout",
+            CloseReason::ProxyRefused(_) => "proxy_refused",
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::Shutdown { flushed: true } => "shutdown",
             CloseReason::Shutdown { flushed: false } => "shutdown_unflushed",
@@ -244,6 +260,8 @@ impl CloseReason {
                 | CloseReason::IdleTimeout
                 | CloseReason::FrameTimeout
                 | CloseReason::HandshakeTimeout
+                | CloseReason::ProxyHeaderTimeout
+                | CloseReason::ProxyRefused(_)
                 | CloseReason::SlowConsumer
                 | CloseReason::MaxBuffered
         )
@@ -263,6 +281,10 @@ impl fmt::Display for CloseReason {
             CloseReason::HandshakeTimeout => {
                 f.write_str("the connection was not established (TLS handshake) in time")
             }
+            CloseReason::ProxyHeaderTimeout => {
+                f.write_str("no PROXY protocol header arrived in time")
+            }
+            CloseReason::ProxyRefused(e) => write!(f, "refused by the PROXY protocol check: {e}"),
             CloseReason::SlowConsumer => f.write_str("the peer read too slowly"),
             CloseReason::Shutdown { flushed: true } => f.write_str("server shut down"),
             CloseReason::Shutdown { flushed: false } => {
@@ -303,6 +325,11 @@ mod tests {
             ),
             (CloseReason::MaxBuffered, "max_buffered"),
             (CloseReason::HandshakeTimeout, "handshake_timeout"),
+            (CloseReason::ProxyHeaderTimeout, "proxy_header_timeout"),
+            (
+                CloseReason::ProxyRefused(io::Error::other("untrusted")),
+                "proxy_refused",
+            ),
         ] {
             assert_eq!(reason.kind(), kind);
             assert!(CloseReason::KINDS.contains(&kind));

@@ -106,6 +106,8 @@ mod framed;
 mod frames;
 mod group;
 mod handler;
+mod net;
+pub mod proxy;
 mod runtime;
 mod server;
 mod socket;
@@ -121,6 +123,9 @@ pub use framed::{Framed, LengthPrefixedStream, SimpleStream};
 pub use frames::{Frames, Iter};
 pub use group::{Group, LagPolicy, OnLag, SharedFrame};
 pub use handler::{CloseReason, Handler};
+/// CIDR ranges, as [`Config::proxy_from`] takes them (the `ipnet` crate's type).
+pub use ipnet::IpNet;
+pub use net::{Keepalive, ListenAddr, NetStream, PeerAddr};
 pub use server::{ConnectionInfo, RunSummary, Server, ShutdownHandle};
 pub use socket::{Hold, SendError, Socket};
 pub use stream::{RecvStatus, Stream, TlsInfo};

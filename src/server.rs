@@ -2,13 +2,12 @@
 
 use std::fmt;
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Weak};
 use std::thread;
 
-use socket2::{Domain, Protocol, Type};
-
+use crate::net::{ListenAddr, Listener};
 use crate::runtime::queue::Queue;
 use crate::runtime::shared::Core;
 use crate::runtime::table::{self, Table};
@@ -51,54 +50,68 @@ const MAX_SHARDS: usize = 64;
 /// ```
 pub struct Server {
     config: Config,
-    listener: TcpListener,
+    /// `Config::addr`'s first, then `Config::listen`'s.
+    listeners: Vec<Listener>,
     poller: Poller,
     queue: Arc<Queue>,
     ticker: Ticker,
 }
 
 impl Server {
-    /// Creates the listening socket (with `SO_REUSEADDR` and the configured backlog) and the
-    /// epoll instance. Connections that arrive before [`run`](Server::run) wait in the backlog.
+    /// Creates the listening sockets (`Config::addr`/`port`, then each of
+    /// [`Config::listen`], with `SO_REUSEADDR`, [`Config::reuse_port`] and the configured
+    /// backlog) and the epoll instance. Connections that arrive before [`run`](Server::run)
+    /// wait in the backlog.
+    ///
+    /// An IPv6 address in `Config::listen` serves IPv6 only, so that `0.0.0.0` and `[::]`
+    /// on one port can both be listed; `Config::addr` keeps the system's default (on Linux,
+    /// `"::"` takes IPv4 connections too).
     ///
     /// # Errors
     ///
     /// An invalid `Config`, an address that does not resolve, or a failure to bind (the port is
-    /// in use, say) or to listen.
+    /// in use, say, or a Unix-domain path another server listens on) or to listen; the
+    /// message names the address.
     pub fn bind(config: Config) -> io::Result<Server> {
         config.validate()?;
         let addr = config.socket_addr()?;
-        let socket = socket2::Socket::new(
-            Domain::for_address(addr),
-            Type::STREAM.nonblocking().cloexec(),
-            Some(Protocol::TCP),
-        )?;
-        socket.set_reuse_address(true)?;
-        socket
-            .bind(&addr.into())
-            .map_err(|err| io::Error::new(err.kind(), format!("cannot bind {addr}: {err}")))?;
-        socket.listen(config.backlog as i32)?;
-        let listener = TcpListener::from(socket);
+        let mut listeners = Vec::with_capacity(1 + config.listen.len());
+        listeners.push(Listener::bind(&ListenAddr::Tcp(addr), &config, false)?);
+        for extra in &config.listen {
+            listeners.push(Listener::bind(extra, &config, true)?);
+        }
 
         let poller = Poller::new()?;
         let queue = Arc::new(Queue::new()?);
         let ticker = Ticker::new()?;
-        poller.add_input(&listener, table::LISTENER)?;
+        for (index, listener) in listeners.iter().enumerate() {
+            poller.add_input(listener, table::listener_token(index))?;
+            tracing::info!(addr = %listener.local_addr()?, "listening");
+        }
         poller.add_input(queue.notifier().as_fd(), table::NOTIFY)?;
         poller.add_input(&ticker, table::TIMER)?;
-        tracing::info!(addr = %listener.local_addr()?, "listening");
         Ok(Server {
             config,
-            listener,
+            listeners,
             poller,
             queue,
             ticker,
         })
     }
 
-    /// The address the server listens on (with the real port when `Config::port` was 0).
+    /// The TCP address the server listens on (`Config::addr`/`port`, with the real port when
+    /// `Config::port` was 0).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        match self.listeners[0].local_addr()? {
+            ListenAddr::Tcp(addr) => Ok(addr),
+            ListenAddr::Unix(_) => unreachable!("the first listener is Config::addr's"),
+        }
+    }
+
+    /// Every address the server listens on: `Config::addr`/`port` first, then
+    /// [`Config::listen`]'s, in order (with real ports for port 0).
+    pub fn local_addrs(&self) -> io::Result<Vec<ListenAddr>> {
+        self.listeners.iter().map(Listener::local_addr).collect()
     }
 
     /// A handle that stops this server from any thread.
@@ -151,7 +164,7 @@ impl Server {
             handler,
             Arc::new(Table::new(shards, self.config.pre_allocated)),
             self.poller,
-            self.listener,
+            self.listeners,
             self.queue,
             self.ticker,
         );
@@ -227,7 +240,7 @@ impl Server {
 impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
-            .field("local_addr", &self.listener.local_addr().ok())
+            .field("local_addrs", &self.local_addrs().ok())
             .field("config", &self.config)
             .finish()
     }
@@ -247,6 +260,13 @@ pub struct RunSummary {
     /// not yet handled or work in flight (a pool job, a [`Hold`](crate::Hold)), when the
     /// drain timed out.
     pub abandoned: u64,
+    /// Connections refused by the PROXY protocol check before reaching the handler: from an
+    /// untrusted source, or with a missing or malformed header
+    /// ([`CloseReason::ProxyRefused`](crate::CloseReason::ProxyRefused)).
+    pub proxy_refused: u64,
+    /// Connections closed because no PROXY header arrived within
+    /// [`Config::proxy_header_timeout`](crate::Config::proxy_header_timeout).
+    pub proxy_timed_out: u64,
     /// The most queued tasks (connection turns, handed-on events) the workers ran back to
     /// back with nobody looking at epoll: how long new events, accepts and the shutdown
     /// notice could wait behind queued work. Bounded by a small constant (the runtime polls
@@ -260,8 +280,9 @@ pub struct RunSummary {
 pub struct ConnectionInfo {
     /// Its id ([`Socket::id`](crate::Socket::id)).
     pub id: u64,
-    /// The peer's address.
-    pub peer: SocketAddr,
+    /// The peer's address ([`Socket::peer_addr`](crate::Socket::peer_addr): with the PROXY
+    /// protocol, the client's).
+    pub peer: crate::PeerAddr,
     /// Bytes queued for it and not yet written.
     pub queued_bytes: usize,
     /// How long since bytes last moved either way (to the housekeeping clock's millisecond).

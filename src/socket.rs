@@ -2,17 +2,23 @@
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::group::{Members, Membership};
+use crate::net::PeerAddr;
+use crate::proxy::ProxyHeader;
 use crate::stream::TlsInfo;
 
 /// What a connection handle needs from the connection behind it. Implemented by the
 /// generic connection type, so that [`Socket`] itself is not generic over the stream.
 pub(crate) trait Link: Send + Sync {
     fn id(&self) -> u64;
-    fn peer_addr(&self) -> SocketAddr;
+    /// The client's address (from the PROXY header, if one was read).
+    fn peer_addr(&self) -> PeerAddr;
+    /// The PROXY header the connection began with.
+    fn proxy_header(&self) -> Option<&ProxyHeader>;
+    /// The socket's peer, when a PROXY header named another client.
+    fn proxy_addr(&self) -> Option<&PeerAddr>;
     /// What the stream learned while being established, if it said anything.
     fn tls_info(&self) -> Option<&TlsInfo>;
     fn send(&self, frame: &[u8]) -> Result<(), SendError>;
@@ -56,9 +62,29 @@ impl Socket {
         self.link.id()
     }
 
-    /// The peer's address.
-    pub fn peer_addr(&self) -> SocketAddr {
+    /// The peer's address: a TCP address, or a Unix-domain peer.
+    ///
+    /// With [`Config::proxy_protocol`](crate::Config::proxy_protocol) on, it is the client's
+    /// address from the PROXY header (the proxy's own is [`proxy_addr`](Socket::proxy_addr)),
+    /// except for a connection of the proxy's own (a v2 `LOCAL` header, such as a health
+    /// check, or a v1 `UNKNOWN` one), which keeps the socket's peer.
+    pub fn peer_addr(&self) -> PeerAddr {
         self.link.peer_addr()
+    }
+
+    /// The address of the proxy the connection came through: the socket's own peer, when a
+    /// PROXY header was read ([`Config::proxy_protocol`](crate::Config::proxy_protocol));
+    /// `None` otherwise.
+    pub fn proxy_addr(&self) -> Option<&PeerAddr> {
+        self.link.proxy_addr()
+    }
+
+    /// The PROXY header the connection began with
+    /// ([`Config::proxy_protocol`](crate::Config::proxy_protocol)): the addresses the proxy
+    /// saw, and a v2 header's TLVs (such as the SNI or unique ID HAProxy can send). `None`
+    /// without the PROXY protocol.
+    pub fn proxy_header(&self) -> Option<&ProxyHeader> {
+        self.link.proxy_header()
     }
 
     /// What the connection's TLS handshake negotiated ([`Stream::tls_info`](crate::Stream::tls_info)):

@@ -3,10 +3,11 @@
 
 use std::fmt;
 use std::io;
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::str::FromStr;
 
 use crate::codec::{Codec, Decoded, FrameError, LengthPrefixed, SimpleFrame};
+use crate::net::{NetStream, PeerAddr};
 use crate::{Framed, Stream};
 
 /// Turns each accepted connection into the [`Stream`] the server drives: the framing, and
@@ -31,10 +32,10 @@ use crate::{Framed, Stream};
 ///     type Stream = hydrogen::LengthPrefixedStream;
 ///
 ///     fn open(&self, conn: Accepted) -> io::Result<Self::Stream> {
-///         if !conn.peer_addr().ip().is_loopback() {
+///         if !conn.peer_addr().ip().is_some_and(|ip| ip.is_loopback()) {
 ///             return Err(io::Error::new(io::ErrorKind::PermissionDenied, "not a local peer"));
 ///         }
-///         Ok(hydrogen::Framed::new(conn.into_tcp(), LengthPrefixed::new(4096)))
+///         Ok(hydrogen::Framed::new(conn.into_stream(), LengthPrefixed::new(4096)))
 ///     }
 /// }
 /// ```
@@ -54,7 +55,7 @@ impl<C: Codec + Clone + Sync> Transport for C {
     type Stream = Framed<C>;
 
     fn open(&self, conn: Accepted) -> io::Result<Framed<C>> {
-        Ok(Framed::new(conn.into_tcp(), self.clone()))
+        Ok(Framed::new(conn.into_stream(), self.clone()))
     }
 }
 
@@ -67,34 +68,62 @@ impl<T: Transport> Transport for std::sync::Arc<T> {
     }
 }
 
-/// A connection just accepted, handed to [`Transport::open`].
+/// A connection just accepted, handed to [`Transport::open`]: TCP, or Unix-domain on a
+/// [`ListenAddr::Unix`](crate::ListenAddr::Unix) listener.
 ///
 /// The socket is in non-blocking mode, with the options the [`Config`](crate::Config) asks for
-/// (`TCP_NODELAY` unless [`Config::nodelay`](crate::Config::nodelay) is off) already set.
+/// (`TCP_NODELAY` unless [`Config::nodelay`](crate::Config::nodelay) is off, keepalive, and so
+/// on) already set.
+///
+/// With [`Config::proxy_protocol`](crate::Config::proxy_protocol) on, `open` runs at accept,
+/// before the PROXY header is read: [`peer_addr`](Accepted::peer_addr) is then the proxy's
+/// address, and the stream's first bytes are the connection's own (the server takes the
+/// header off the socket before the stream's first read).
 #[derive(Debug)]
 pub struct Accepted {
-    tcp: TcpStream,
-    peer: SocketAddr,
+    stream: NetStream,
+    peer: PeerAddr,
 }
 
 impl Accepted {
-    pub(crate) fn new(tcp: TcpStream, peer: SocketAddr) -> Accepted {
-        Accepted { tcp, peer }
+    pub(crate) fn new(stream: NetStream, peer: PeerAddr) -> Accepted {
+        Accepted { stream, peer }
     }
 
-    /// The peer's address.
-    pub fn peer_addr(&self) -> SocketAddr {
-        self.peer
+    /// The address of the socket's peer.
+    pub fn peer_addr(&self) -> &PeerAddr {
+        &self.peer
     }
 
     /// The socket, for reading or setting options.
-    pub fn tcp(&self) -> &TcpStream {
-        &self.tcp
+    pub fn stream(&self) -> &NetStream {
+        &self.stream
+    }
+
+    /// The TCP socket; `None` for a Unix-domain connection.
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        self.stream.tcp()
     }
 
     /// Takes the socket, to wrap it in a stream.
-    pub fn into_tcp(self) -> TcpStream {
-        self.tcp
+    pub fn into_stream(self) -> NetStream {
+        self.stream
+    }
+
+    /// Takes the TCP socket.
+    ///
+    /// # Errors
+    ///
+    /// A Unix-domain connection ([`io::ErrorKind::Unsupported`]): use
+    /// [`into_stream`](Accepted::into_stream).
+    pub fn into_tcp(self) -> io::Result<TcpStream> {
+        match self.stream {
+            NetStream::Tcp(tcp) => Ok(tcp),
+            NetStream::Unix(_) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("{} is a Unix-domain connection, not TCP", self.peer),
+            )),
+        }
     }
 }
 

@@ -57,7 +57,7 @@ impl Transport for CountingEcho {
     type Stream = LengthPrefixedStream;
 
     fn open(&self, conn: Accepted) -> io::Result<LengthPrefixedStream> {
-        let tcp = conn.into_tcp();
+        let tcp = conn.into_tcp()?;
         tcp.set_nodelay(true)?;
         Ok(LengthPrefixedStream::new(tcp, LengthPrefixed::new(1024)))
     }

@@ -75,7 +75,7 @@ impl Transport for HeadedTransport {
     type Stream = Headed;
     fn open(&self, conn: Accepted) -> io::Result<Headed> {
         Ok(Headed {
-            inner: Framed::new(conn.into_tcp(), SimpleFrame),
+            inner: Framed::new(conn.into_stream(), SimpleFrame),
             header_seen: 0,
         })
     }

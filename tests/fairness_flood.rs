@@ -35,7 +35,9 @@ impl Handler for Echo {
     type Session = ();
 
     fn on_connection_opened(&self, _: &mut (), socket: &Socket) {
-        self.opened.lock().push((socket.id(), socket.peer_addr()));
+        self.opened
+            .lock()
+            .push((socket.id(), socket.peer_addr().tcp().unwrap()));
     }
 
     fn on_frame(&self, _: &mut (), socket: &Socket, frame: &[u8]) {
@@ -51,7 +53,7 @@ impl Transport for Echo {
     type Stream = LengthPrefixedStream;
 
     fn open(&self, conn: Accepted) -> io::Result<LengthPrefixedStream> {
-        let tcp = conn.into_tcp();
+        let tcp = conn.into_tcp()?;
         tcp.set_nodelay(true)?;
         Ok(LengthPrefixedStream::new(tcp, LengthPrefixed::new(1024)))
     }

@@ -308,3 +308,44 @@ fn deframe_script_format() {
     );
     assert_eq!(script.budgets, [6]);
 }
+
+/// What each `proxy_header` file must give: `Some(Ok(Some(len)))` a header of `len` bytes,
+/// `Some(Ok(None))` more needed, `Some(Err(()))` refused.
+fn proxy_expected(name: &str) -> Option<Result<Option<usize>, ()>> {
+    Some(match name {
+        "v1-tcp4" => Ok(Some(42)),
+        "v1-tcp6" => Ok(Some(32)),
+        "v1-unknown" => Ok(Some(15)),
+        "v2-proxy-tlvs" => Ok(Some(16 + 12 + 14 + 6)),
+        "v2-local" => Ok(Some(16)),
+        "v1-partial" | "v2-partial" => Ok(None),
+        "v1-too-long" | "v1-cr-without-lf" | "v2-tlv-overrun" | "v2-too-long" | "not-a-header" => {
+            Err(())
+        }
+        _ => return None,
+    })
+}
+
+#[test]
+fn proxy_header_regressions() {
+    let files = regression_files("proxy_header");
+    check_named(
+        "proxy_header",
+        &files,
+        &[
+            "v1-tcp4",
+            "v2-proxy-tlvs",
+            "v2-local",
+            "v2-too-long",
+            "not-a-header",
+        ],
+    );
+    for (name, data) in &files {
+        let got = checks::check_proxy_header(data)
+            .map(|parsed| parsed.map(|(_, len)| len))
+            .map_err(|_| ());
+        if let Some(want) = proxy_expected(name) {
+            assert_eq!(got, want, "proxy_header/{name}");
+        }
+    }
+}

@@ -70,7 +70,7 @@ impl Transport for Holder {
     type Stream = Framed<LengthPrefixed>;
 
     fn open(&self, conn: Accepted) -> io::Result<Framed<LengthPrefixed>> {
-        let tcp = conn.into_tcp();
+        let tcp = conn.into_tcp()?;
         tcp.set_nodelay(true)?;
         if self.small_window {
             socket2::SockRef::from(&tcp).set_recv_buffer_size(32 * KIB)?;

@@ -91,7 +91,7 @@ impl Transport for Sequencer {
     type Stream = LengthPrefixedStream;
 
     fn open(&self, conn: Accepted) -> io::Result<LengthPrefixedStream> {
-        let tcp = conn.into_tcp();
+        let tcp = conn.into_tcp()?;
         Ok(LengthPrefixedStream::new(tcp, LengthPrefixed::default()))
     }
 }

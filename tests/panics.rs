@@ -54,7 +54,7 @@ impl Transport for Grenade {
     type Stream = SimpleStream;
 
     fn open(&self, conn: Accepted) -> io::Result<SimpleStream> {
-        let tcp = conn.into_tcp();
+        let tcp = conn.into_tcp()?;
         if self.in_new_connection.swap(false, Ordering::AcqRel) {
             panic!("boom in on_new_connection");
         }

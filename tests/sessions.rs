@@ -42,7 +42,7 @@ impl Handler for Counting {
 
     fn on_connection_opened(&self, tally: &mut Tally, socket: &Socket) {
         assert_eq!(tally.frames, 0, "a fresh session");
-        tally.peer = Some(socket.peer_addr());
+        tally.peer = socket.peer_addr().tcp();
     }
 
     fn on_frame(&self, tally: &mut Tally, socket: &Socket, frame: &[u8]) {

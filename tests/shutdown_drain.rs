@@ -70,7 +70,7 @@ impl Transport for SmallBuffers {
     type Stream = LengthPrefixedStream;
 
     fn open(&self, conn: Accepted) -> io::Result<LengthPrefixedStream> {
-        socket2::SockRef::from(conn.tcp()).set_send_buffer_size(16 * KIB)?;
+        socket2::SockRef::from(conn.stream()).set_send_buffer_size(16 * KIB)?;
         self.0.open(conn)
     }
 }

@@ -113,7 +113,7 @@ impl Transport for Workload {
     type Stream = Framed<LengthPrefixed>;
 
     fn open(&self, conn: Accepted) -> io::Result<Framed<LengthPrefixed>> {
-        let tcp = conn.into_tcp();
+        let tcp = conn.into_tcp()?;
         tcp.set_nodelay(true)?;
         // A small read budget: a connection that keeps sending uses its turn up quickly and
         // goes back to the queue with input left.

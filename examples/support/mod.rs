@@ -8,7 +8,7 @@ use std::io;
 use std::process::ExitCode;
 
 use clap::Args;
-use hydrogen::{Config, Framing, Handler, RunSummary, Server};
+use hydrogen::{Config, Framing, Handler, ListenAddr, RunSummary, Server};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 
@@ -25,6 +25,27 @@ pub struct ServerArgs {
     /// Worker threads [default: the number of CPUs].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
+    /// Also listen on this Unix-domain socket path (a stale socket file left by a dead
+    /// server is replaced; a live one is an error).
+    #[arg(long, value_name = "PATH")]
+    pub unix: Option<std::path::PathBuf>,
+    /// Set SO_REUSEPORT, so that several processes can serve --addr together (the kernel
+    /// spreads connections over them): run one per core.
+    #[arg(long)]
+    pub reuse_port: bool,
+    /// Require a PROXY protocol header (v1 or v2) on every connection, as HAProxy's
+    /// send-proxy / send-proxy-v2 send it; the client address in it is the peer's.
+    #[arg(long)]
+    pub proxy_protocol: bool,
+    /// With --proxy-protocol: the sources allowed to send the header [default: loopback,
+    /// 127.0.0.0/8,::1/128].
+    #[arg(
+        long,
+        value_name = "CIDR[,CIDR...]",
+        value_delimiter = ',',
+        requires = "proxy_protocol"
+    )]
+    pub proxy_from: Vec<hydrogen::IpNet>,
     /// Serve TLS with this certificate chain (PEM); needs --tls-key.
     #[cfg(feature = "tls")]
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -44,6 +65,14 @@ impl ServerArgs {
             port: self.addr.1,
             framing: self.framing,
             max_threads: self.threads.map_or(defaults.max_threads, usize::from),
+            listen: self.unix.iter().cloned().map(ListenAddr::Unix).collect(),
+            reuse_port: self.reuse_port,
+            proxy_protocol: self.proxy_protocol,
+            proxy_from: if self.proxy_from.is_empty() {
+                defaults.proxy_from.clone()
+            } else {
+                self.proxy_from.clone()
+            },
             ..defaults
         }
     }
@@ -79,6 +108,15 @@ impl ServerArgs {
         }
         server.run(handler)
     }
+}
+
+/// Prints `listening on ADDR` for each address `server` listens on, `--addr` first (a
+/// Unix-domain one as `unix:PATH`).
+pub fn announce(server: &Server) -> io::Result<()> {
+    for addr in server.local_addrs()? {
+        println!("listening on {addr}");
+    }
+    Ok(())
 }
 
 /// Splits `HOST:PORT` on its last ':'; `[::1]:PORT` gives host `::1`.

@@ -521,3 +521,46 @@ fn play<C: Codec + Clone>(codec: C, script: &Script) {
     reads.push(rest);
     assert_same(&feed(codec, reads), &want, "ingest vs reference");
 }
+
+/// The `proxy_header` target: [`hydrogen::proxy::parse_header`] on arbitrary bytes must not
+/// panic, and must answer consistently however the bytes arrive. A header it accepts is at
+/// most [`MAX_V2_LENGTH`](hydrogen::proxy::MAX_V2_LENGTH) bytes and no longer than the input,
+/// parses the same from its own bytes, and every shorter prefix of it asks for more; an
+/// input it asks more of is shorter than the longest header; an input it refuses stays
+/// refused when more bytes follow. Returns what the whole input gave.
+pub fn check_proxy_header(
+    data: &[u8],
+) -> Result<Option<(hydrogen::proxy::ProxyHeader, usize)>, hydrogen::proxy::HeaderError> {
+    use hydrogen::proxy::{MAX_V2_LENGTH, parse_header};
+    let got = parse_header(data);
+    match &got {
+        Ok(Some((header, len))) => {
+            assert!(*len <= data.len() && *len <= MAX_V2_LENGTH, "length {len}");
+            let again = parse_header(&data[..*len]).expect("its own bytes parse");
+            assert_eq!(again.as_ref().map(|(h, l)| (h, *l)), Some((header, *len)));
+            // Prefixes: all of them for a short header, a sample for a long one.
+            let step = (*len / 64).max(1);
+            for cut in (0..*len).step_by(step) {
+                assert_eq!(
+                    parse_header(&data[..cut]),
+                    Ok(None),
+                    "prefix of {cut} of a {len}-byte header"
+                );
+            }
+            // TLVs can be walked to the end.
+            let _ = header.tlvs().map(|t| t.value.len()).sum::<usize>();
+        }
+        Ok(None) => assert!(
+            data.len() < MAX_V2_LENGTH,
+            "{} bytes and no verdict",
+            data.len()
+        ),
+        Err(err) => {
+            let mut longer = data.to_vec();
+            longer.extend_from_slice(b"\r\n\0more");
+            assert!(parse_header(&longer).is_err(), "{err} then accepted");
+            assert!(!err.to_string().is_empty());
+        }
+    }
+    got
+}

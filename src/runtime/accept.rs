@@ -3,12 +3,12 @@
 //! table, epoll, the session, the first turn).
 
 use std::io;
-use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::net::{self, NetStream, PeerAddr};
 use crate::runtime::clock;
 use crate::runtime::conn::{Conn, RunningGuard};
 use crate::runtime::queue::Task;
@@ -17,7 +17,7 @@ use crate::runtime::table;
 use crate::runtime::timeouts::Stamps;
 use crate::runtime::worker::{Worker, panic_message};
 use crate::transport::Accepted;
-use crate::{Handler, Socket, Stream, Transport};
+use crate::{CloseReason, Handler, Socket, Stream, Transport};
 
 /// The `errno` values accept pauses on.
 mod libc_errno {
@@ -36,18 +36,21 @@ const ACCEPT_BUDGET: usize = 64;
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl<T: Transport, H: Handler> Worker<'_, T, H> {
-    /// Accepts pending connections, up to a budget.
+    /// Accepts pending connections on the listener with this index, up to a budget.
     ///
     /// Past `max_connections`, an accepted connection is closed at once. On a resource error
     /// (out of descriptors or memory) accepting pauses: the connection waits in the backlog,
     /// nothing spins, and the next housekeeping tick (at most 100 ms later) tries again.
-    pub(crate) fn accept(&mut self) {
+    pub(crate) fn accept(&mut self, listener: usize) {
         let core = self.core;
         if core.lifecycle().draining() {
             return;
         }
+        let Some(socket) = core.listeners.get(listener) else {
+            return;
+        };
         for _ in 0..ACCEPT_BUDGET {
-            match core.listener.accept() {
+            match socket.accept() {
                 Ok((tcp, peer)) => {
                     let limit = core.settings.max_connections;
                     if core.open.load(Ordering::Acquire) >= limit {
@@ -82,23 +85,36 @@ impl<T: Transport, H: Handler> Worker<'_, T, H> {
                 },
             }
         }
-        core.queue.push(Task::Accept);
+        core.queue.push(Task::Accept(listener));
     }
 
     /// Sets up one accepted connection and gives it its first turn.
-    fn open(&mut self, tcp: TcpStream, peer: SocketAddr) {
+    fn open(&mut self, tcp: NetStream, peer: PeerAddr) {
         let core = self.core;
+        let proxied = core.settings.proxy_protocol;
+        // Only a trusted proxy may say who the client is: anyone else's header would be a
+        // claim to any address. A Unix-domain peer is local, so trusted.
+        if proxied
+            && let Some(ip) = peer.ip()
+            && !core.trusted.iter().any(|net| net.contains(&ip))
+        {
+            let reason = CloseReason::ProxyRefused(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{ip} is not a trusted proxy (Config::proxy_from)"),
+            ));
+            tracing::debug!(%peer, %reason, "connection refused");
+            core.stats.count_shutdown(&reason);
+            core.telemetry.closed(&reason);
+            drop(tcp);
+            return;
+        }
         if let Err(err) = tcp.set_nonblocking(true) {
             tracing::warn!(%peer, error = %err, "cannot make the socket non-blocking");
             return;
         }
-        if core.settings.nodelay
-            && let Err(err) = tcp.set_nodelay(true)
-        {
-            tracing::debug!(%peer, error = %err, "cannot set TCP_NODELAY");
-        }
+        net::apply_options(&tcp, &core.settings.sockets, &peer);
         let built = panic::catch_unwind(AssertUnwindSafe(|| {
-            core.transport.open(Accepted::new(tcp, peer))
+            core.transport.open(Accepted::new(tcp, peer.clone()))
         }));
         let stream = match built {
             Ok(Ok(stream)) => stream,
@@ -117,7 +133,7 @@ impl<T: Transport, H: Handler> Worker<'_, T, H> {
         let limits = core.settings.limits;
         let buffers = core.buffers.clone();
         let Some(conn) = core.table.insert(id, |slot| {
-            Conn::new(id, slot, peer, stream, queue, limits, buffers)
+            Conn::new(id, slot, peer.clone(), stream, queue, limits, buffers)
         }) else {
             tracing::warn!(%peer, "connection table full");
             return;
@@ -137,11 +153,16 @@ impl<T: Transport, H: Handler> Worker<'_, T, H> {
                 .expect("new connection has its stream");
             (stream.is_established(), stream.tls_info())
         }));
-        let Ok((established, tls)) = established else {
+        let Ok((mut established, tls)) = established else {
             tracing::error!(%peer, "Stream::is_established panicked; connection refused");
             self.unregister(&conn);
             return;
         };
+        if proxied {
+            // Not the handler's until the header is read (`Worker::read_header`).
+            conn.expect_header();
+            established = false;
+        }
         if !established {
             conn.begin_establishing(now);
             self.establishing(true);
@@ -150,6 +171,7 @@ impl<T: Transport, H: Handler> Worker<'_, T, H> {
             active: now,
             partial: 0,
             establishing: conn.establishing_since(),
+            header: proxied,
         };
         if let Some(due) = core.settings.timeouts.next_check(now, stamps) {
             core.deadlines.arm(due, id, conn.slot);

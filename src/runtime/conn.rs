@@ -3,7 +3,6 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -15,6 +14,8 @@ use crate::Stream;
 use crate::config::OutboundPolicy;
 use crate::group::{Members, Membership};
 use crate::handler::CloseReason;
+use crate::net::PeerAddr;
+use crate::proxy::ProxyHeader;
 use crate::runtime::buffers::{Buffers, PAUSE_FLOOR};
 use crate::runtime::clock;
 use crate::runtime::queue::{Queue, Task};
@@ -353,11 +354,19 @@ pub(crate) struct Limits {
     pub policy: OutboundPolicy,
 }
 
+/// A connection's PROXY header and the client address taken from it.
+#[derive(Debug)]
+struct Proxied {
+    header: ProxyHeader,
+    client: PeerAddr,
+}
+
 /// One connection: fixed facts, the locked [`State`], and the handler's session.
 pub(crate) struct Conn<S, U> {
     pub id: u64,
     pub slot: usize,
-    pub peer: SocketAddr,
+    /// The socket's peer: with the PROXY protocol, the proxy (see [`addr`](Conn::addr)).
+    pub peer: PeerAddr,
     pub fd: RawFd,
     pub state: Mutex<State<S>>,
     /// The handler's session. Locked only by whoever runs the connection's callbacks (the
@@ -394,6 +403,12 @@ pub(crate) struct Conn<S, U> {
     /// What the stream learned while being established ([`Stream::tls_info`]), set once
     /// before the handler is told of the connection.
     tls: OnceLock<Box<TlsInfo>>,
+    /// The PROXY header the connection began with, and the client it names; set once, by the
+    /// owner, before the handler is told of the connection.
+    proxy: OnceLock<Box<Proxied>>,
+    /// The PROXY header has not been read yet (`Config::proxy_protocol`): the connection is
+    /// establishing, and its socket's first bytes are the header's.
+    header_pending: AtomicBool,
     /// The outbound budget and what to do past it (copied from the `Config`).
     limits: Limits,
     /// Where to schedule a turn. Weak, so a handle kept after the server stops does not keep
@@ -408,7 +423,7 @@ impl<S: Stream, U: Default> Conn<S, U> {
     pub fn new(
         id: u64,
         slot: usize,
-        peer: SocketAddr,
+        peer: PeerAddr,
         stream: S,
         queue: Weak<Queue>,
         limits: Limits,
@@ -434,6 +449,8 @@ impl<S: Stream, U: Default> Conn<S, U> {
             partial_since: AtomicU64::new(0),
             establishing_since: AtomicU64::new(0),
             tls: OnceLock::new(),
+            proxy: OnceLock::new(),
+            header_pending: AtomicBool::new(false),
             limits,
             queue,
             buffers,
@@ -518,6 +535,38 @@ impl<S: Stream, U> Conn<S, U> {
     /// phase (a TLS handshake) since `now`.
     pub fn begin_establishing(&self, now: u64) {
         self.establishing_since.store(now.max(1), Ordering::Release);
+    }
+
+    /// The client's address: the one its PROXY header gave, or the socket's peer.
+    pub fn addr(&self) -> &PeerAddr {
+        self.proxy
+            .get()
+            .map_or(&self.peer, |proxied| &proxied.client)
+    }
+
+    /// Marks a connection just accepted as waiting for its PROXY header (before
+    /// [`begin_establishing`](Conn::begin_establishing)).
+    pub fn expect_header(&self) {
+        self.header_pending.store(true, Ordering::Release);
+    }
+
+    /// The socket's peer, if a PROXY header named another client (or none, for LOCAL).
+    pub fn proxy_addr(&self) -> Option<&PeerAddr> {
+        self.proxy.get().map(|_| &self.peer)
+    }
+
+    /// Whether the PROXY header is still to be read.
+    pub fn header_pending(&self) -> bool {
+        self.header_pending.load(Ordering::Acquire)
+    }
+
+    /// Records the PROXY header read (by the owner, once).
+    pub fn set_header(&self, header: ProxyHeader) {
+        let client = header
+            .source()
+            .map_or_else(|| self.peer.clone(), PeerAddr::Tcp);
+        let _ = self.proxy.set(Box::new(Proxied { header, client }));
+        self.header_pending.store(false, Ordering::Release);
     }
 
     /// Records what the stream learned while being established (once; a second call is
@@ -670,7 +719,7 @@ impl<S: Stream, U> Conn<S, U> {
         let idle = now.saturating_sub(self.last_active.load(Ordering::Relaxed));
         Some(ConnectionInfo {
             id: self.id,
-            peer: self.peer,
+            peer: self.addr().clone(),
             queued_bytes: stream.pending_output(),
             idle: std::time::Duration::from_millis(idle),
             frames_in: self.frames_in.load(Ordering::Relaxed),
@@ -693,8 +742,16 @@ impl<S: Stream, U: Send + 'static> Link for Conn<S, U> {
         self.id
     }
 
-    fn peer_addr(&self) -> SocketAddr {
-        self.peer
+    fn peer_addr(&self) -> PeerAddr {
+        self.addr().clone()
+    }
+
+    fn proxy_header(&self) -> Option<&ProxyHeader> {
+        self.proxy.get().map(|proxied| &proxied.header)
+    }
+
+    fn proxy_addr(&self) -> Option<&PeerAddr> {
+        self.proxy.get().map(|_| &self.peer)
     }
 
     fn tls_info(&self) -> Option<&TlsInfo> {

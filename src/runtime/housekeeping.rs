@@ -32,7 +32,9 @@ impl<T: Transport, H: Handler> Worker<'_, T, H> {
             return;
         }
         if core.accept_paused.swap(false, Ordering::AcqRel) {
-            self.accept();
+            for listener in 0..core.listeners.len() {
+                self.accept(listener);
+            }
             if !core.accept_paused.load(Ordering::Acquire) {
                 tracing::info!("accepting again");
                 self.retime();
@@ -61,6 +63,7 @@ impl<T: Transport, H: Handler> Worker<'_, T, H> {
                 active: conn.last_active.load(Ordering::Relaxed),
                 partial: conn.partial_since.load(Ordering::Relaxed),
                 establishing: conn.establishing_since(),
+                header: conn.header_pending(),
             };
             let Some(reason) = core.settings.timeouts.expired(now, stamps) else {
                 if let Some(next) = core.settings.timeouts.next_check(now, stamps) {
@@ -72,7 +75,7 @@ impl<T: Transport, H: Handler> Worker<'_, T, H> {
                 if state.closing.is_some() {
                     return false;
                 }
-                tracing::debug!(conn = conn.id, peer = %conn.peer, %reason, "timed out");
+                tracing::debug!(conn = conn.id, peer = %conn.addr(), %reason, "timed out");
                 conn.set_closing(state, reason);
                 true
             });
@@ -88,8 +91,15 @@ impl<T: Transport, H: Handler> Worker<'_, T, H> {
         if !core.lifecycle().advance(Phase::Draining) {
             return; // started already, or the server is stopping
         }
-        if let Err(err) = core.poller.delete(&core.listener) {
-            tracing::debug!(error = %err, "cannot remove the listener from epoll");
+        // Stop listening, not just accepting: connections that reach a draining server's
+        // backlog would never be served. Shutting a listening socket down makes the kernel
+        // refuse new ones (and reset those not yet accepted), so that clients, and load
+        // balancers, try another instance at once.
+        for listener in &core.listeners {
+            if let Err(err) = core.poller.delete(listener) {
+                tracing::debug!(error = %err, "cannot remove the listener from epoll");
+            }
+            listener.stop_listening();
         }
         let drain_timeout = core.settings.drain_timeout;
         if drain_timeout.is_zero() {

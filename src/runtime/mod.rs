@@ -8,6 +8,7 @@
 //! | `lifecycle.rs`    | the server's one lifecycle state: serving, shutdown asked, draining, stopping |
 //! | `worker.rs`       | the worker loop: leader/follower polling, claiming and driving connections, closing them |
 //! | `accept.rs`       | the accept loop and opening a connection (socket options, the transport, the session) |
+//! | `header.rs`       | reading the PROXY protocol header off a new connection's socket        |
 //! | `housekeeping.rs` | the timer tick: timeouts, accept back-off, the drain                  |
 //! | `conn.rs`         | one connection: its claim state and transitions, its session and queue of frames waiting, requests from other threads, `Socket`'s link |
 //! | `table.rs`        | the slab-indexed, lock-sharded connection table and epoll tokens      |
@@ -23,6 +24,7 @@ pub(crate) mod accept;
 pub(crate) mod buffers;
 pub(crate) mod clock;
 pub(crate) mod conn;
+pub(crate) mod header;
 pub(crate) mod housekeeping;
 pub(crate) mod lifecycle;
 pub(crate) mod monitor;

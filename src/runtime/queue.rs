@@ -22,8 +22,9 @@ pub(crate) enum Task {
     Conn { slot: usize, id: u64 },
     /// Write what broadcasts queued for this connection.
     Flush { slot: usize, id: u64 },
-    /// Keep accepting: the last accept loop stopped at its budget.
-    Accept,
+    /// Keep accepting on this listener (its index): the last accept loop stopped at its
+    /// budget.
+    Accept(usize),
     /// Take over the polling: nobody is waiting in `epoll_wait` and the leader is busy
     /// (sent by the [monitor](crate::runtime::monitor)).
     Poll,

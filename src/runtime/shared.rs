@@ -1,7 +1,6 @@
 //! What the workers of one server share: [`Settings`] fixed from the [`Config`] at start, and
 //! [`Core`], the runtime state every worker reads and changes.
 
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -9,6 +8,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::handler::CloseReason;
+use crate::net::{Listener, SocketOptions};
 use crate::runtime::buffers::Buffers;
 use crate::runtime::clock;
 use crate::runtime::conn::{Conn, Limits};
@@ -51,8 +51,10 @@ pub(crate) struct Settings {
     pub handshake_tick: Option<Duration>,
     pub timeouts: timeouts::Limits,
     pub drain_timeout: Duration,
-    /// Set `TCP_NODELAY` on accepted sockets.
-    pub nodelay: bool,
+    /// What is set on every accepted TCP socket.
+    pub sockets: SocketOptions,
+    /// Read a PROXY header first on every connection (`Config::proxy_protocol`).
+    pub proxy_protocol: bool,
 }
 
 impl Settings {
@@ -71,9 +73,13 @@ impl Settings {
                 idle: config.idle_timeout.map(millis),
                 frame: config.frame_timeout.map(millis),
                 handshake: config.handshake_timeout.map(millis),
+                header: config
+                    .proxy_protocol
+                    .then(|| millis(config.proxy_header_timeout)),
             },
             drain_timeout: config.drain_timeout,
-            nodelay: config.nodelay,
+            sockets: SocketOptions::new(config),
+            proxy_protocol: config.proxy_protocol,
         }
     }
 }
@@ -89,7 +95,11 @@ pub(crate) struct Core<T: Transport, H: Handler> {
     /// Shared with the queue's inspector, for [`ShutdownHandle::connections`](crate::ShutdownHandle::connections).
     pub table: Arc<Table<ConnOf<T, H>>>,
     pub poller: Poller,
-    pub listener: TcpListener,
+    /// Where the server listens; a listener's index is its epoll token's tag
+    /// ([`table::listener_token`]).
+    pub listeners: Vec<Listener>,
+    /// Sources a PROXY header is taken from (`Config::proxy_from`).
+    pub trusted: Vec<ipnet::IpNet>,
     /// The work queue; it also holds the server's [`Lifecycle`].
     pub queue: Arc<Queue>,
     pub ticker: Ticker,
@@ -128,7 +138,7 @@ impl<T: Transport, H: Handler> Core<T, H> {
         handler: H,
         table: Arc<Table<ConnOf<T, H>>>,
         poller: Poller,
-        listener: TcpListener,
+        listeners: Vec<Listener>,
         queue: Arc<Queue>,
         ticker: Ticker,
     ) -> Core<T, H> {
@@ -146,7 +156,8 @@ impl<T: Transport, H: Handler> Core<T, H> {
             transport,
             table,
             poller,
-            listener,
+            listeners,
+            trusted: config.proxy_from.clone(),
             queue,
             ticker,
             deadlines: Default::default(),
@@ -178,6 +189,8 @@ pub(crate) struct Stats {
     pub refused: AtomicU64,
     pub drained: AtomicU64,
     pub abandoned: AtomicU64,
+    pub proxy_refused: AtomicU64,
+    pub proxy_timed_out: AtomicU64,
     /// Queued tasks run since a worker last looked at epoll (reset by every poll).
     pub since_poll: AtomicU64,
     /// The most `since_poll` reached.
@@ -193,6 +206,8 @@ impl Stats {
             refused: self.refused.load(Ordering::Relaxed),
             drained: self.drained.load(Ordering::Relaxed),
             abandoned: self.abandoned.load(Ordering::Relaxed),
+            proxy_refused: self.proxy_refused.load(Ordering::Relaxed),
+            proxy_timed_out: self.proxy_timed_out.load(Ordering::Relaxed),
             longest_poll_gap: self.longest_poll_gap.load(Ordering::Relaxed),
         }
     }
@@ -227,6 +242,8 @@ impl Stats {
         match reason {
             CloseReason::Shutdown { flushed: true } => &self.drained,
             CloseReason::Shutdown { flushed: false } => &self.abandoned,
+            CloseReason::ProxyRefused(_) => &self.proxy_refused,
+            CloseReason::ProxyHeaderTimeout => &self.proxy_timed_out,
             _ => return,
         }
         .fetch_add(1, Ordering::Relaxed);

@@ -21,8 +21,11 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use slab::Slab;
 
-/// Token of the listening socket.
-pub(crate) const LISTENER: u64 = u64::MAX;
+/// Tokens of the listening sockets: slot `u32::MAX`, the listener's index as the tag (see
+/// [`listener_token`]).
+const LISTENER_BASE: u64 = (SLOT_LIMIT as u64) << TAG_BITS;
+/// Listeners a server may have (far more than anyone needs; the tags above are taken).
+pub(crate) const MAX_LISTENERS: usize = 1024;
 /// Token of the notifier's eventfd.
 pub(crate) const NOTIFY: u64 = u64::MAX - 1;
 /// Token of the housekeeping timer.
@@ -38,6 +41,20 @@ const SLOT_LIMIT: usize = u32::MAX as usize;
 pub(crate) fn token(slot: usize, id: u64) -> u64 {
     debug_assert!(slot < SLOT_LIMIT);
     ((slot as u64) << TAG_BITS) | (id & TAG_MASK)
+}
+
+/// The token of the server's `index`th listener.
+#[inline]
+pub(crate) fn listener_token(index: usize) -> u64 {
+    debug_assert!(index < MAX_LISTENERS);
+    LISTENER_BASE | index as u64
+}
+
+/// The listener index a token names, if it names one.
+#[inline]
+pub(crate) fn listener_index(token: u64) -> Option<usize> {
+    let index = token.checked_sub(LISTENER_BASE)?;
+    (index < MAX_LISTENERS as u64).then_some(index as usize)
 }
 
 /// Splits a connection token into its slot and tag.
@@ -195,7 +212,10 @@ mod tests {
     fn token_round_trips() {
         let t = token(12345, (7 << 32) | 99);
         assert_eq!(split(t), (12345, 99));
-        assert_ne!(token(SLOT_LIMIT - 1, u64::MAX), LISTENER);
+        assert_eq!(listener_index(token(SLOT_LIMIT - 1, u64::MAX)), None);
+        assert_eq!(listener_index(listener_token(3)), Some(3));
+        assert_eq!(listener_index(NOTIFY), None);
+        assert_eq!(listener_index(TIMER), None);
         assert_ne!(token(SLOT_LIMIT - 1, u64::MAX - 1), NOTIFY);
         assert_ne!(token(SLOT_LIMIT - 1, u64::MAX - 2), TIMER);
     }

@@ -27,6 +27,8 @@ pub(crate) struct Limits {
     pub frame: Option<u64>,
     /// Applies only while a connection is not established (see [`Stamps::establishing`]).
     pub handshake: Option<u64>,
+    /// Applies only while a connection waits for its PROXY header (see [`Stamps::header`]).
+    pub header: Option<u64>,
 }
 
 /// A connection's activity stamps, in [`clock`](crate::runtime::clock) milliseconds.
@@ -38,21 +40,35 @@ pub(crate) struct Stamps {
     pub partial: u64,
     /// The connection was accepted and is not established yet (0: established).
     pub establishing: u64,
+    /// The connection's PROXY header has not arrived yet (it is establishing since
+    /// `establishing`).
+    pub header: bool,
 }
 
 impl Limits {
     pub fn any(&self) -> bool {
-        self.idle.is_some() || self.frame.is_some() || self.handshake.is_some()
+        self.idle.is_some()
+            || self.frame.is_some()
+            || self.handshake.is_some()
+            || self.header.is_some()
     }
 
     /// Which timeout, if any, has passed at `now` for a connection with these stamps. A
-    /// handshake timeout wins, then a frame timeout.
+    /// PROXY header timeout wins, then a handshake timeout, then a frame timeout.
     pub fn expired(&self, now: u64, stamps: Stamps) -> Option<CloseReason> {
         let Stamps {
             active,
             partial,
             establishing,
+            header,
         } = stamps;
+        if let Some(limit) = self.header
+            && header
+            && establishing != 0
+            && now.saturating_sub(establishing) > limit
+        {
+            return Some(CloseReason::ProxyHeaderTimeout);
+        }
         if let Some(limit) = self.handshake
             && establishing != 0
             && now.saturating_sub(establishing) > limit
@@ -80,6 +96,7 @@ impl Limits {
             active,
             partial,
             establishing,
+            header,
         } = stamps;
         let idle = self.idle.map(|limit| active.saturating_add(limit));
         let frame = self.frame.map(|limit| {
@@ -92,7 +109,14 @@ impl Limits {
             .handshake
             .filter(|_| establishing != 0)
             .map(|limit| establishing.saturating_add(limit));
-        let due = [idle, frame, handshake].into_iter().flatten().min()?;
+        let proxy = self
+            .header
+            .filter(|_| header && establishing != 0)
+            .map(|limit| establishing.saturating_add(limit));
+        let due = [idle, frame, handshake, proxy]
+            .into_iter()
+            .flatten()
+            .min()?;
         // Expired means strictly past the deadline.
         Some(due.saturating_add(1).max(now.saturating_add(1)))
     }
@@ -145,6 +169,7 @@ mod tests {
         idle: Some(1_000),
         frame: Some(300),
         handshake: None,
+        header: None,
     };
 
     fn at(active: u64, partial: u64) -> Stamps {
@@ -152,6 +177,7 @@ mod tests {
             active,
             partial,
             establishing: 0,
+            header: false,
         }
     }
 
@@ -174,6 +200,7 @@ mod tests {
             idle: None,
             frame: None,
             handshake: None,
+            header: None,
         };
         assert!(none.expired(u64::MAX, at(0, 1)).is_none());
         assert_eq!(none.next_check(5, at(5, 0)), None);
@@ -190,6 +217,7 @@ mod tests {
             idle: Some(1_000),
             frame: None,
             handshake: None,
+            header: None,
         };
         assert_eq!(idle_only.next_check(900, at(10, 0)), Some(1_011));
         // Already past: look again at the next tick, not in the past.
@@ -206,6 +234,7 @@ mod tests {
             active: 100,
             partial: 0,
             establishing: 100,
+            header: false,
         };
         assert!(
             limits.expired(600, establishing).is_none(),
@@ -231,9 +260,42 @@ mod tests {
             idle: None,
             frame: None,
             handshake: Some(500),
+            header: None,
         };
         assert_eq!(handshake_only.next_check(100, establishing), Some(601));
         assert_eq!(handshake_only.next_check(100, at(100, 0)), None);
+    }
+
+    #[test]
+    fn proxy_header_timeout_applies_only_while_the_header_is_awaited() {
+        let limits = Limits {
+            idle: None,
+            frame: None,
+            handshake: Some(10_000),
+            header: Some(5_000),
+        };
+        let waiting = Stamps {
+            active: 100,
+            partial: 0,
+            establishing: 100,
+            header: true,
+        };
+        assert_eq!(limits.next_check(100, waiting), Some(5_101));
+        assert!(
+            limits.expired(5_100, waiting).is_none(),
+            "exactly at the limit"
+        );
+        assert!(matches!(
+            limits.expired(5_101, waiting),
+            Some(CloseReason::ProxyHeaderTimeout)
+        ));
+        // Header read, TLS handshake still under way: the handshake timeout only.
+        let handshaking = Stamps {
+            header: false,
+            ..waiting
+        };
+        assert!(limits.expired(5_101, handshaking).is_none());
+        assert_eq!(limits.next_check(100, handshaking), Some(10_101));
     }
 
     /// The sweep was O(connections): it scanned the whole table on every tick. With 15,000

@@ -21,7 +21,7 @@ use crate::runtime::queue::Task;
 use crate::runtime::shared::{ConnOf, Core};
 #[cfg(doc)]
 use crate::runtime::shared::{EVENT_INTERVAL, POLL_GAP_NANOS};
-use crate::runtime::table;
+use crate::runtime::{header, table};
 use crate::sys::epoll::{Event, Events};
 use crate::{Frames, Handler, RecvStatus, Socket, Stream, Transport};
 
@@ -154,17 +154,20 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
             Task::Event(event) => self.on_any_event(event),
             Task::Conn { slot, id } => self.on_turn(slot, table::tag(id)),
             Task::Flush { slot, id } => self.on_flush(slot, id),
-            Task::Accept => self.accept(),
+            Task::Accept(listener) => self.accept(listener),
             Task::Poll | Task::Stop => {}
         }
     }
 
     fn on_any_event(&mut self, event: Event) {
         match event.token {
-            table::LISTENER => self.accept(),
             table::NOTIFY => self.on_notify(),
             table::TIMER => self.on_tick(),
             token => {
+                if let Some(listener) = table::listener_index(token) {
+                    self.accept(listener);
+                    return;
+                }
                 let (slot, tag) = table::split(token);
                 self.on_event(slot, tag, event.readable, event.hangup, event.urgent);
             }
@@ -322,6 +325,20 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
         {
             return Ok(RecvStatus::Drained);
         }
+        if conn.header_pending() {
+            let Some(stream) = state.stream.as_ref() else {
+                return Ok(RecvStatus::Drained);
+            };
+            match header::read(stream.as_fd(), state.hangup) {
+                Ok(None) => return Ok(RecvStatus::Drained),
+                Ok(Some(header)) => conn.set_header(header),
+                Err(reason) => {
+                    tracing::debug!(conn = conn.id, peer = %conn.peer, %reason, "connection refused");
+                    conn.set_closing(&mut state, reason);
+                    return Ok(RecvStatus::Drained);
+                }
+            }
+        }
         let Some(stream) = state.stream.as_mut() else {
             return Ok(RecvStatus::Drained);
         };
@@ -365,7 +382,7 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
         let Some(stream) = state.stream.as_ref() else {
             return;
         };
-        if !stream.is_established() {
+        if conn.header_pending() || !stream.is_established() {
             if !self.frames.is_empty() {
                 self.frames.reset(FRAMES_KEEP);
                 let err = io::Error::new(
@@ -380,7 +397,11 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
         conn.mark_established(tls);
         drop(state);
         self.establishing(false);
-        tracing::debug!(conn = conn.id, peer = %conn.peer, fd = conn.fd, "connection established and opened");
+        if conn.proxy_addr().is_some() {
+            tracing::debug!(conn = conn.id, peer = %conn.addr(), proxy = %conn.peer, fd = conn.fd, "connection opened");
+        } else {
+            tracing::debug!(conn = conn.id, peer = %conn.addr(), fd = conn.fd, "connection opened");
+        }
         let _running = RunningGuard::enter(conn.id);
         self.core
             .handler
@@ -638,7 +659,7 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
             }
             tracing::warn!(
                 conn = conn.id,
-                peer = %conn.peer,
+                peer = %conn.addr(),
                 held,
                 total = core.buffers.total(),
                 "far past max_buffered: closing one of the biggest holders"
@@ -678,7 +699,7 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
         core.stats.count_shutdown(&reason);
         core.telemetry.open.decrement(1.0);
         core.telemetry.closed(&reason);
-        tracing::debug!(conn = conn.id, peer = %conn.peer, %reason, "connection removed");
+        tracing::debug!(conn = conn.id, peer = %conn.addr(), %reason, "connection removed");
         // Frames not delivered are dropped. If a pool job is in a callback of the connection,
         // it calls `on_connection_removed` once that returns, so the two never overlap.
         let mut work = conn.lock_work();

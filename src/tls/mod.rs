@@ -91,13 +91,13 @@ mod config;
 mod stream;
 
 use std::io;
-use std::net::TcpStream;
 
 pub use rustls;
 
 pub use self::config::{TlsConfig, TlsError, TlsErrorKind, client_config, roots_from_pem_file};
 pub use self::stream::{TLS_BUFFER_LIMIT, TlsSocket, TlsStream};
 
+use crate::net::NetStream;
 use crate::transport::Accepted;
 use crate::{Codec, Framing, Transport};
 
@@ -146,17 +146,19 @@ impl<C: Codec + Clone + Sync> TlsTransport<C> {
 }
 
 impl<C: Codec + Clone + Sync> Transport for TlsTransport<C> {
-    type Stream = TlsStream<C, TcpStream>;
+    type Stream = TlsStream<C, NetStream>;
 
     /// Starts a server session for the connection; the handshake runs as the runtime reads.
     ///
     /// # Errors
     ///
     /// rustls refused to start a session (it does not with a working configuration).
-    fn open(&self, conn: Accepted) -> io::Result<TlsStream<C, TcpStream>> {
+    fn open(&self, conn: Accepted) -> io::Result<TlsStream<C, NetStream>> {
         let session = rustls::ServerConnection::new(self.tls.server_config().clone())
             .map_err(|err| io::Error::other(format!("cannot start a TLS session: {err}")))?;
-        Ok(TlsStream::new(session, conn.into_tcp(), self.codec.clone())
-            .with_read_budget(self.read_budget))
+        Ok(
+            TlsStream::new(session, conn.into_stream(), self.codec.clone())
+                .with_read_budget(self.read_budget),
+        )
     }
 }

@@ -21,8 +21,8 @@ use crate::{Frames, RecvStatus, SharedFrame, Stream, TlsInfo};
 /// the socket has taken what rustls holds.
 pub const TLS_BUFFER_LIMIT: usize = 64 * 1024;
 
-/// A socket a [`TlsStream`] can run over: a [`TcpStream`] (what the server accepts) or a
-/// [`UnixStream`]. Sealed.
+/// A socket a [`TlsStream`] can run over: a [`NetStream`](crate::NetStream) (what the server
+/// accepts, TCP or Unix-domain), a [`TcpStream`] or a [`UnixStream`]. Sealed.
 pub trait TlsSocket: Read + Write + AsFd + Send + 'static + sealed::Sealed {
     /// Shuts both directions down; a socket no longer connected is not an error.
     fn shutdown_both(&self) -> io::Result<()>;
@@ -32,6 +32,13 @@ mod sealed {
     pub trait Sealed {}
     impl Sealed for std::net::TcpStream {}
     impl Sealed for std::os::unix::net::UnixStream {}
+    impl Sealed for crate::net::NetStream {}
+}
+
+impl TlsSocket for crate::net::NetStream {
+    fn shutdown_both(&self) -> io::Result<()> {
+        not_connected_is_fine(self.shutdown(Shutdown::Both))
+    }
 }
 
 impl TlsSocket for TcpStream {

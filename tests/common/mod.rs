@@ -143,8 +143,8 @@ impl<C: Codec + Clone + Sync> Transport for Recording<C> {
 
     fn open(&self, conn: Accepted) -> io::Result<Framed<C>> {
         use std::os::fd::AsRawFd;
-        self.fds.lock().push(conn.tcp().as_raw_fd());
-        Ok(Framed::new(conn.into_tcp(), self.codec.clone()))
+        self.fds.lock().push(conn.stream().as_raw_fd());
+        Ok(Framed::new(conn.into_stream(), self.codec.clone()))
     }
 }
 
