@@ -227,13 +227,17 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, HeaderEr
 
 fn parse_v1(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, HeaderError> {
     let window = &buf[..buf.len().min(V1_MAX_LENGTH)];
-    let Some(cr) = window.iter().position(|&b| b == b'\r') else {
+    // The line's only LF is the one after its CR: one before it cannot be a v1 header.
+    let Some(cr) = window.iter().position(|&b| b == b'\r' || b == b'\n') else {
         return if buf.len() >= V1_MAX_LENGTH {
             Err(HeaderError::V1TooLong)
         } else {
             Ok(None)
         };
     };
+    if window[cr] == b'\n' {
+        return Err(HeaderError::V1Malformed("LF without CR".into()));
+    }
     match window.get(cr + 1) {
         Some(b'\n') => {}
         Some(_) => return Err(HeaderError::V1Malformed("CR not followed by LF".into())),
@@ -436,6 +440,7 @@ mod tests {
             b"PROXY TCP5 192.0.2.7 127.0.0.1 1 2\r\n",
             b"PROXY TCP4 192.0.2.7 127.0.0.1 99999 2\r\n",
             b"PROXY TCP4 192.0.2.7 127.0.0.1 1 2\rX",
+            b"PROXY TCP4 192.0.2.7 127.0.0.1 1 2\n",
             b"PROXY \xff\xfe 1 2\r\n",
         ] {
             assert!(
