@@ -26,6 +26,12 @@
 //!   ([`Stream::is_established`], [`Config::handshake_timeout`]), and
 //!   [`Socket::alpn_protocol`], [`Socket::server_name`] and [`Socket::tls_info`] tell what it
 //!   negotiated.
+//! - Behind a load balancer, [`Config::proxy_protocol`] reads a PROXY protocol header (v1 or
+//!   v2, [`proxy`]) from each connection, and [`Socket::peer_addr`] is the client it names.
+//!   A server listens on several addresses ([`Config::listen`]: TCP, IPv6, Unix-domain paths;
+//!   [`PeerAddr`] says which kind of peer), shares its port with other processes
+//!   ([`Config::reuse_port`]), and sets socket options ([`Config::keepalive`],
+//!   [`Config::tcp_user_timeout`], [`Config::recv_buffer`]) through socket2.
 //!
 //! # Guarantees
 //!
@@ -50,7 +56,7 @@
 //! | `hydrogen_connections_open` | gauge | connections open now |
 //! | `hydrogen_connections_accepted_total` | counter | connections accepted (with TLS, those whose handshake then fails included) |
 //! | `hydrogen_connections_refused_total` | counter | connections refused at `max_connections` |
-//! | `hydrogen_connections_closed_total{reason}` | counter | closes, by [`CloseReason::kind`] (`handshake_timeout` among them: connections that never reached the handler) |
+//! | `hydrogen_connections_closed_total{reason}` | counter | closes, by [`CloseReason::kind`] (`handshake_timeout`, `proxy_refused` and `proxy_header_timeout` among them: connections that never reached the handler; a refusal of an untrusted proxy source is counted here and not as accepted) |
 //! | `hydrogen_frames_received_total`, `hydrogen_frame_bytes_received_total` | counter | frames (and their payload bytes) delivered to the handler |
 //! | `hydrogen_frames_sent_total`, `hydrogen_frame_bytes_sent_total` | counter | frames (and payload bytes) queued to connections, broadcast frames counted per member as it takes them |
 //! | `hydrogen_buffered_bytes` | gauge | bytes held in outbound queues and incomplete inbound frames |

@@ -444,3 +444,34 @@ fn many_refusals_at_once_do_not_disturb_a_served_client() {
     assert_eq!(summary.proxy_refused, 50, "{summary:?}");
     drop(silent);
 }
+
+#[test]
+fn a_proxy_on_a_dual_stack_listener_is_trusted_by_its_ipv4_address() {
+    // `[::]` takes IPv4 too (Linux's default), and an IPv4 proxy's address comes as
+    // `::ffff:127.0.0.1`: it must match 127.0.0.0/8 all the same.
+    let mapped_by_default =
+        std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only").map_or(true, |v| v.trim() == "0");
+    assert!(mapped_by_default, "this test needs net.ipv6.bindv6only = 0");
+    let server = hydrogen::Server::bind(Config {
+        addr: "::".into(),
+        port: 0,
+        ..proxy_config()
+    })
+    .unwrap();
+    let port = server.local_addr().unwrap().port();
+    let seen = Arc::new(Seen::default());
+    let shutdown = server.shutdown_handle();
+    let handler = Echoer(seen.clone());
+    let thread = std::thread::spawn(move || server.run(handler));
+    let tcp = connect_from("127.0.0.1", SocketAddr::from(([127, 0, 0, 1], port)));
+    let real = tcp.local_addr().unwrap();
+    let _client = echo_after(tcp, b"PROXY TCP4 192.0.2.60 127.0.0.1 60 70\r\n", b"mapped");
+    let opened = only_opened(&seen);
+    assert_eq!(opened.peer, "192.0.2.60:60".parse::<SocketAddr>().unwrap());
+    let Some(PeerAddr::Tcp(proxy)) = opened.proxy else {
+        panic!("{opened:?}")
+    };
+    assert_eq!(proxy.ip().to_canonical(), real.ip());
+    shutdown.shutdown();
+    thread.join().unwrap().unwrap();
+}

@@ -93,9 +93,10 @@ impl<T: Transport, H: Handler> Worker<'_, T, H> {
         let core = self.core;
         let proxied = core.settings.proxy_protocol;
         // Only a trusted proxy may say who the client is: anyone else's header would be a
-        // claim to any address. A Unix-domain peer is local, so trusted.
+        // claim to any address. A Unix-domain peer is local, so trusted. An IPv4 peer of a
+        // dual-stack listener comes as `::ffff:a.b.c.d`: checked as the IPv4 address.
         if proxied
-            && let Some(ip) = peer.ip()
+            && let Some(ip) = peer.ip().map(|ip| ip.to_canonical())
             && !core.trusted.iter().any(|net| net.contains(&ip))
         {
             let reason = CloseReason::ProxyRefused(io::Error::new(
