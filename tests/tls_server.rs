@@ -126,6 +126,8 @@ struct Seen {
     frames: AtomicU64,
     /// (id, kind, message).
     removed: Mutex<Vec<(u64, &'static str, String)>>,
+    /// `Socket::peer_addr` at `on_connection_opened`, in order.
+    peers: Mutex<Vec<String>>,
 }
 
 /// Echoes every frame; `close me` closes the connection instead.
@@ -136,6 +138,7 @@ impl Handler for Echo {
 
     fn on_connection_opened(&self, _: &mut (), socket: &Socket) {
         let tls = socket.tls_info().expect("a TLS connection has TlsInfo");
+        self.0.peers.lock().push(socket.peer_addr().to_string());
         self.0.opened.lock().push((
             socket.id(),
             socket.alpn_protocol().map(<[u8]>::to_vec),
@@ -850,4 +853,54 @@ fn group_broadcasts_reach_tls_members_in_order() {
     }
     drop(members);
     server.stop().unwrap();
+}
+
+#[test]
+fn a_proxy_header_comes_before_the_tls_handshake() {
+    // HAProxy in TCP mode in front of a TLS server: the header, then the ClientHello,
+    // possibly in one segment. The header is taken off first; the handshake gets the rest.
+    let certs = Certs::make();
+    let config = Config {
+        proxy_protocol: true,
+        ..tls_config(2, Framing::Simple(SimpleFrame))
+    };
+    let (server, seen) = start(&certs, certs.config(), config);
+    let mut config = (*hydrogen::tls::client_config(certs.roots())).clone();
+    config.alpn_protocols = Vec::new();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut tcp = TcpStream::connect(server.addr).unwrap();
+    tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+    // Header and ClientHello in one write.
+    let mut first = b"PROXY TCP4 198.51.100.20 127.0.0.1 3333 443\r\n".to_vec();
+    tls.write_tls(&mut first).unwrap();
+    tcp.write_all(&first).unwrap();
+    let start = Instant::now();
+    while tls.is_handshaking() {
+        assert!(start.elapsed() < DEADLINE, "handshake");
+        tls.complete_io(&mut tcp).unwrap();
+    }
+    tls.writer()
+        .write_all(&[0x01, 0x00, 0x02, b'o', b'k', 0x17])
+        .unwrap();
+    flush_tls(&mut tls, &mut tcp);
+    assert_eq!(
+        read_plain(&mut tls, &mut tcp, 6),
+        [0x01, 0x00, 0x02, b'o', b'k', 0x17]
+    );
+    assert_eq!(seen.peers.lock().as_slice(), ["198.51.100.20:3333"]);
+    // Without the header, the ClientHello is refused as a missing header.
+    let plain_tls = TcpStream::connect(server.addr).unwrap();
+    let mut hello = Vec::new();
+    let mut tls2 = rustls::ClientConnection::new(
+        hydrogen::tls::client_config(certs.roots()),
+        rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
+    tls2.write_tls(&mut hello).unwrap();
+    (&plain_tls).write_all(&hello).unwrap();
+    assert_closed_by_server(&plain_tls, "a ClientHello with no PROXY header");
+    let summary = server.stop().unwrap();
+    assert_eq!(summary.proxy_refused, 1, "{summary:?}");
+    assert_eq!(seen.peers.lock().len(), 1);
 }
