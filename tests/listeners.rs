@@ -138,9 +138,9 @@ fn a_stale_socket_file_is_replaced_and_a_live_one_is_an_error() {
         ..Config::default()
     };
     let first = Server::bind(config()).expect("a stale file is replaced");
-    let err = Server::bind(config())
-        .err()
-        .expect("a live socket is not taken over");
+    let Err(err) = Server::bind(config()) else {
+        panic!("a live socket is not taken over")
+    };
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
     assert!(
         err.to_string().contains(&path.display().to_string()),
