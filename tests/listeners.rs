@@ -372,3 +372,104 @@ fn without_reuse_port_a_second_process_gets_a_clear_error() {
     client.send(b"still mine").unwrap();
     assert_eq!(client.recv().unwrap().as_deref(), Some(&b"still mine"[..]));
 }
+
+/// The options an accepted socket was found with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Options {
+    nodelay: bool,
+    keepalive: bool,
+    idle: std::time::Duration,
+    interval: std::time::Duration,
+    count: u32,
+    user_timeout: Option<std::time::Duration>,
+    recv_buffer: usize,
+    send_buffer: usize,
+}
+
+/// SimpleFrame, recording the options of each accepted socket as the transport gets it.
+struct Inspect(Arc<Mutex<Vec<Options>>>);
+
+impl hydrogen::Transport for Inspect {
+    type Stream = hydrogen::Framed<SimpleFrame>;
+
+    fn open(&self, conn: hydrogen::Accepted) -> std::io::Result<Self::Stream> {
+        let tcp = conn.tcp().expect("a TCP connection");
+        let sock = socket2::SockRef::from(tcp);
+        self.0.lock().push(Options {
+            nodelay: sock.tcp_nodelay()?,
+            keepalive: sock.keepalive()?,
+            idle: sock.tcp_keepalive_time()?,
+            interval: sock.tcp_keepalive_interval()?,
+            count: sock.tcp_keepalive_retries()?,
+            user_timeout: sock.tcp_user_timeout()?,
+            recv_buffer: sock.recv_buffer_size()?,
+            send_buffer: sock.send_buffer_size()?,
+        });
+        Ok(hydrogen::Framed::new(conn.into_stream(), SimpleFrame))
+    }
+}
+
+#[test]
+fn socket_options_from_config_are_set_on_accepted_sockets() {
+    use std::time::Duration;
+    let config = Config {
+        addr: "127.0.0.1".into(),
+        port: 0,
+        max_threads: 1,
+        nodelay: true,
+        keepalive: Some(hydrogen::Keepalive {
+            idle: Duration::from_secs(42),
+            interval: Duration::from_secs(7),
+            count: 3,
+        }),
+        tcp_user_timeout: Some(Duration::from_millis(12_500)),
+        recv_buffer: Some(96 * 1024),
+        send_buffer: Some(160 * 1024),
+        ..Config::default()
+    };
+    let server = Server::bind(config).unwrap();
+    let addr = server.local_addr().unwrap();
+    let shutdown = server.shutdown_handle();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let transport = Inspect(seen.clone());
+    let thread = thread::spawn(move || server.run_with(transport, Peers::default()));
+    let mut client = Client::connect(addr, SimpleFrame).unwrap();
+    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    client.send(b"x").unwrap();
+    assert_eq!(client.recv().unwrap().as_deref(), Some(&b"x"[..]));
+    let options = seen.lock()[0].clone();
+    assert!(options.nodelay && options.keepalive, "{options:?}");
+    assert_eq!(
+        (options.idle, options.interval, options.count),
+        (Duration::from_secs(42), Duration::from_secs(7), 3)
+    );
+    assert_eq!(options.user_timeout, Some(Duration::from_millis(12_500)));
+    // Linux doubles what is asked for its bookkeeping.
+    assert_eq!(options.recv_buffer, 2 * 96 * 1024, "{options:?}");
+    assert_eq!(options.send_buffer, 2 * 160 * 1024, "{options:?}");
+    shutdown.shutdown();
+    thread.join().unwrap().unwrap();
+
+    // The defaults: TCP_NODELAY on, no keepalive, no user timeout.
+    let server = Server::bind(Config {
+        addr: "127.0.0.1".into(),
+        port: 0,
+        max_threads: 1,
+        ..Config::default()
+    })
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    let shutdown = server.shutdown_handle();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let transport = Inspect(seen.clone());
+    let thread = thread::spawn(move || server.run_with(transport, Peers::default()));
+    let mut client = Client::connect(addr, SimpleFrame).unwrap();
+    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    client.send(b"y").unwrap();
+    assert_eq!(client.recv().unwrap().as_deref(), Some(&b"y"[..]));
+    let options = seen.lock()[0].clone();
+    assert!(options.nodelay && !options.keepalive, "{options:?}");
+    assert_eq!(options.user_timeout, None);
+    shutdown.shutdown();
+    thread.join().unwrap().unwrap();
+}
