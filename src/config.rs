@@ -297,6 +297,29 @@ impl Config {
                 "Config::tcp_user_timeout must be positive (use None for the kernel's default)",
             ));
         }
+        if let Some(mode) = self.unix_mode
+            && mode > 0o777
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("Config::unix_mode {mode:#o} is not a permission mode (at most 0o777)"),
+            ));
+        }
+        for (name, size) in [
+            ("recv_buffer", self.recv_buffer),
+            ("send_buffer", self.send_buffer),
+        ] {
+            if let Some(size) = size
+                && (size == 0 || size > i32::MAX as usize / 2)
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "Config::{name} of {size} bytes is out of range (use None for the kernel's auto-tuning)"
+                    ),
+                ));
+            }
+        }
         if self.listen.len() + 1 > crate::runtime::table::MAX_LISTENERS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -365,6 +388,78 @@ mod tests {
         };
         let err = config.validate().unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn fleet_options_out_of_range_are_rejected_by_name() {
+        let cases: Vec<(Config, &str)> = vec![
+            (
+                Config {
+                    proxy_header_timeout: Duration::ZERO,
+                    ..Config::default()
+                },
+                "proxy_header_timeout",
+            ),
+            (
+                Config {
+                    proxy_protocol: true,
+                    proxy_from: Vec::new(),
+                    ..Config::default()
+                },
+                "proxy_from",
+            ),
+            (
+                Config {
+                    keepalive: Some(Keepalive {
+                        idle: Duration::from_millis(10),
+                        ..Keepalive::default()
+                    }),
+                    ..Config::default()
+                },
+                "keepalive",
+            ),
+            (
+                Config {
+                    tcp_user_timeout: Some(Duration::ZERO),
+                    ..Config::default()
+                },
+                "tcp_user_timeout",
+            ),
+            (
+                Config {
+                    unix_mode: Some(0o1777),
+                    ..Config::default()
+                },
+                "unix_mode",
+            ),
+            (
+                Config {
+                    recv_buffer: Some(0),
+                    ..Config::default()
+                },
+                "recv_buffer",
+            ),
+            (
+                Config {
+                    send_buffer: Some(usize::MAX),
+                    ..Config::default()
+                },
+                "send_buffer",
+            ),
+        ];
+        for (config, name) in cases {
+            let err = config.validate().unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+            assert!(err.to_string().contains(name), "{name}: {err}");
+        }
+        let fine = Config {
+            proxy_protocol: true,
+            keepalive: Some(Keepalive::default()),
+            unix_mode: Some(0o660),
+            recv_buffer: Some(1 << 20),
+            ..Config::default()
+        };
+        fine.validate().unwrap();
     }
 
     #[test]
