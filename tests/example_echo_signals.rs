@@ -6,7 +6,6 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -17,27 +16,6 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use common::DEADLINE;
-
-/// The echo example's binary, built by `cargo test` with the other targets (or here, if this
-/// test was selected alone).
-fn echo_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<this test> -> target/<profile>/examples/echo
-    let path = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join("examples/echo");
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--example", "echo"])
-            .status()
-            .expect("run cargo build --example echo");
-        assert!(status.success(), "cargo build --example echo failed");
-    }
-    path
-}
 
 /// Kills the child if the test fails before it exits.
 struct Guard(Child);
@@ -54,7 +32,7 @@ impl Drop for Guard {
 #[test]
 fn sigterm_drains_the_echo_example_and_it_exits_cleanly() {
     let mut child = Guard(
-        Command::new(echo_binary())
+        Command::new(common::example_binary("echo"))
             .args(["--addr", "127.0.0.1:0", "--threads", "2"])
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())

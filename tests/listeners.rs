@@ -232,25 +232,6 @@ fn ipv6_as_the_main_address() {
     thread.join().unwrap().unwrap();
 }
 
-/// The echo example's binary (built by `cargo test` with the other targets, or here).
-fn echo_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let path = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join("examples/echo");
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--example", "echo"])
-            .status()
-            .expect("run cargo build --example echo");
-        assert!(status.success(), "cargo build --example echo failed");
-    }
-    path
-}
-
 /// An echo example process, killed if the test ends first; its stderr collected.
 struct Echo {
     child: Child,
@@ -260,7 +241,7 @@ struct Echo {
 
 impl Echo {
     fn start(args: &[&str]) -> Echo {
-        let mut child = Command::new(echo_binary())
+        let mut child = Command::new(common::example_binary("echo"))
             .args(args)
             .env("RUST_LOG", "hydrogen=debug")
             .env("NO_COLOR", "1")
@@ -409,13 +390,34 @@ impl hydrogen::Transport for Inspect {
     }
 }
 
-#[test]
-fn socket_options_from_config_are_set_on_accepted_sockets() {
-    use std::time::Duration;
-    let config = Config {
+/// Runs an echo server with `config` on a free loopback port, exchanges one frame, and
+/// returns the options its accepted socket had.
+fn options_of(config: Config) -> Options {
+    let server = Server::bind(Config {
         addr: "127.0.0.1".into(),
         port: 0,
         max_threads: 1,
+        ..config
+    })
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    let shutdown = server.shutdown_handle();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let transport = Inspect(seen.clone());
+    let thread = thread::spawn(move || server.run_with(transport, Peers::default()));
+    let mut client = Client::connect(addr, SimpleFrame).unwrap();
+    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    client.send(b"x").unwrap();
+    assert_eq!(client.recv().unwrap().as_deref(), Some(&b"x"[..]));
+    shutdown.shutdown();
+    thread.join().unwrap().unwrap();
+    seen.lock()[0].clone()
+}
+
+#[test]
+fn socket_options_from_config_are_set_on_accepted_sockets() {
+    use std::time::Duration;
+    let options = options_of(Config {
         nodelay: true,
         keepalive: Some(hydrogen::Keepalive {
             idle: Duration::from_secs(42),
@@ -426,18 +428,7 @@ fn socket_options_from_config_are_set_on_accepted_sockets() {
         recv_buffer: Some(96 * 1024),
         send_buffer: Some(160 * 1024),
         ..Config::default()
-    };
-    let server = Server::bind(config).unwrap();
-    let addr = server.local_addr().unwrap();
-    let shutdown = server.shutdown_handle();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let transport = Inspect(seen.clone());
-    let thread = thread::spawn(move || server.run_with(transport, Peers::default()));
-    let mut client = Client::connect(addr, SimpleFrame).unwrap();
-    client.set_read_timeout(Some(DEADLINE)).unwrap();
-    client.send(b"x").unwrap();
-    assert_eq!(client.recv().unwrap().as_deref(), Some(&b"x"[..]));
-    let options = seen.lock()[0].clone();
+    });
     assert!(options.nodelay && options.keepalive, "{options:?}");
     assert_eq!(
         (options.idle, options.interval, options.count),
@@ -447,29 +438,9 @@ fn socket_options_from_config_are_set_on_accepted_sockets() {
     // Linux doubles what is asked for its bookkeeping.
     assert_eq!(options.recv_buffer, 2 * 96 * 1024, "{options:?}");
     assert_eq!(options.send_buffer, 2 * 160 * 1024, "{options:?}");
-    shutdown.shutdown();
-    thread.join().unwrap().unwrap();
 
     // The defaults: TCP_NODELAY on, no keepalive, no user timeout.
-    let server = Server::bind(Config {
-        addr: "127.0.0.1".into(),
-        port: 0,
-        max_threads: 1,
-        ..Config::default()
-    })
-    .unwrap();
-    let addr = server.local_addr().unwrap();
-    let shutdown = server.shutdown_handle();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let transport = Inspect(seen.clone());
-    let thread = thread::spawn(move || server.run_with(transport, Peers::default()));
-    let mut client = Client::connect(addr, SimpleFrame).unwrap();
-    client.set_read_timeout(Some(DEADLINE)).unwrap();
-    client.send(b"y").unwrap();
-    assert_eq!(client.recv().unwrap().as_deref(), Some(&b"y"[..]));
-    let options = seen.lock()[0].clone();
+    let options = options_of(Config::default());
     assert!(options.nodelay && !options.keepalive, "{options:?}");
     assert_eq!(options.user_timeout, None);
-    shutdown.shutdown();
-    thread.join().unwrap().unwrap();
 }
