@@ -40,7 +40,9 @@
 //! (HAProxy connected, the instance never accepted it) is reset by the kernel: HAProxy then
 //! closes the client's connection too, its first request unanswered. The client reconnects
 //! and carries on with its next request; once `a` has exited every connection goes to `b`,
-//! and none of them breaks.
+//! and none of them breaks. In practice (HAProxy 2.6 on loopback, 8 clients) each of `a`'s
+//! four connections ends with end of stream and its one request in flight unanswered; none is
+//! reset, and the reconnections are redispatched to `b`. The test prints these counts.
 
 mod common;
 
@@ -400,16 +402,14 @@ impl Haproxy {
                     failures.push(format!("port {port}: exit {status}: {}", stderr.text()));
                     break;
                 }
-                if let Ok(stat) = query(&stats, "show stat") {
-                    if stat.contains("fe,FRONTEND") {
-                        return Haproxy {
-                            _child: child,
-                            frontend: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-                            stats,
-                            stderr,
-                            _dir: dir,
-                        };
-                    }
+                if query(&stats, "show stat").is_ok_and(|stat| stat.contains("fe,FRONTEND")) {
+                    return Haproxy {
+                        _child: child,
+                        frontend: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                        stats,
+                        stderr,
+                        _dir: dir,
+                    };
                 }
                 assert!(
                     start.elapsed() < DEADLINE,
@@ -422,46 +422,22 @@ impl Haproxy {
         panic!("haproxy failed to start 5 times: {failures:#?}");
     }
 
-    /// `svname` → (`status`, `check_status`) of backend `be`'s servers, from `show stat`.
-    fn servers(&self) -> io::Result<Vec<(String, String, String)>> {
-        let stat = query(&self.stats, "show stat")?;
+    /// Column `column` of server `name` of backend `be`, from `show stat` (CSV).
+    fn stat(&self, name: &str, column: &str) -> Option<String> {
+        let stat = query(&self.stats, "show stat").ok()?;
         let mut lines = stat.lines();
-        let header: Vec<&str> = lines
-            .next()
-            .and_then(|h| h.strip_prefix("# "))
-            .ok_or_else(|| io::Error::other(format!("no CSV header in {stat:?}")))?
-            .split(',')
-            .collect();
-        let column = |name: &str| header.iter().position(|c| *c == name);
-        let (Some(px), Some(sv), Some(status), Some(check)) = (
-            column("pxname"),
-            column("svname"),
-            column("status"),
-            column("check_status"),
-        ) else {
-            return Err(io::Error::other(format!("columns missing: {header:?}")));
-        };
-        Ok(lines
+        let header: Vec<&str> = lines.next()?.strip_prefix("# ")?.split(',').collect();
+        let index = |name: &str| header.iter().position(|c| *c == name);
+        let (px, sv, col) = (index("pxname")?, index("svname")?, index(column)?);
+        lines
             .map(|line| line.split(',').collect::<Vec<_>>())
-            .filter(|row| row.len() > px.max(sv).max(status).max(check))
-            .filter(|row| row[px] == "be" && row[sv] != "BACKEND")
-            .map(|row| {
-                (
-                    row[sv].to_string(),
-                    row[status].to_string(),
-                    row[check].to_string(),
-                )
-            })
-            .collect())
+            .find(|row| row.len() > px.max(sv).max(col) && row[px] == "be" && row[sv] == name)
+            .map(|row| row[col].to_string())
     }
 
     /// Server `name`'s status (`UP`, `DOWN`, `UP 1/2`, ...) and last check result (`L4OK`...).
     fn server(&self, name: &str) -> Option<(String, String)> {
-        self.servers()
-            .ok()?
-            .into_iter()
-            .find(|(sv, _, _)| sv == name)
-            .map(|(_, status, check)| (status, check))
+        Some((self.stat(name, "status")?, self.stat(name, "check_status")?))
     }
 
     /// Waits until server `name` is UP after a check that passed.
@@ -470,10 +446,11 @@ impl Haproxy {
         let start = Instant::now();
         loop {
             let state = self.server(name);
-            if let Some((status, check)) = &state {
-                if status == "UP" && check == "L4OK" {
-                    return;
-                }
+            if state
+                .as_ref()
+                .is_some_and(|(status, check)| status == "UP" && check == "L4OK")
+            {
+                return;
             }
             assert!(
                 start.elapsed() < DEADLINE,
@@ -575,7 +552,11 @@ fn client_addresses_pass_through(name: &str, send_proxy: &'static str, clients: 
     let (on_a, on_b) = (a.client_connections(), b.client_connections());
     for (i, peer) in peers.iter().enumerate() {
         assert_eq!(peer.ip(), source(i), "client {i} bound its source address");
-        let logged: Vec<&Opened> = on_a.iter().chain(&on_b).filter(|o| o.peer == *peer).collect();
+        let logged: Vec<&Opened> = on_a
+            .iter()
+            .chain(&on_b)
+            .filter(|o| o.peer == *peer)
+            .collect();
         assert_eq!(
             logged.len(),
             1,
@@ -825,14 +806,17 @@ fn rolling_restart_behind_haproxy_loses_no_reply() {
     let _stop = StopOnDrop(shared.clone());
 
     // Traffic flows on both instances.
-    wait_until("every client answered a few times, on both instances", || {
-        shared
-            .replies
-            .iter()
-            .all(|r| r.load(Ordering::Relaxed) >= BEFORE)
-            && !a.client_connections().is_empty()
-            && !b.client_connections().is_empty()
-    });
+    wait_until(
+        "every client answered a few times, on both instances",
+        || {
+            shared
+                .replies
+                .iter()
+                .all(|r| r.load(Ordering::Relaxed) >= BEFORE)
+                && !a.client_connections().is_empty()
+                && !b.client_connections().is_empty()
+        },
+    );
     let on_a_before = a.client_connections().len();
 
     // The restart of a: SIGTERM, the drain, a clean exit.
@@ -865,7 +849,27 @@ fn rolling_restart_behind_haproxy_loses_no_reply() {
         a.stdout.text()
     );
 
-    // After a's exit, every client carries on, on b.
+    // After a's exit, every client carries on, on b; and so do new clients, whether or not
+    // HAProxy has marked a DOWN yet (its checks need two failures): until then its connections
+    // to a are refused, and HAProxy redispatches them to b.
+    let fresh: Vec<SocketAddr> = (0..4)
+        .map(|j| {
+            let mut client = connect_from(Ipv4Addr::new(127, 0, 0, 40 + j), haproxy.frontend)
+                .expect("connect a new client");
+            let local = local_addr(&client);
+            let frame = format!("new client {local}");
+            client.send(frame.as_bytes()).expect("send");
+            let reply = client.recv();
+            assert!(
+                matches!(&reply, Ok(Some(r)) if r == frame.as_bytes()),
+                "new client {local} after a exited: {reply:?}"
+            );
+            local
+        })
+        .collect();
+    for local in &fresh {
+        wait_until("a new client in b's log", || b.served(*local));
+    }
     wait_until("every client answered again after a exited", || {
         shared
             .replies_after_exit
@@ -892,13 +896,19 @@ fn rolling_restart_behind_haproxy_loses_no_reply() {
     let send_failed = count(&|c| matches!(c.end, End::SendFailed(_)));
     let unanswered: u64 = all.iter().map(|c| c.unanswered).sum();
     let replies: u64 = all.iter().map(|c| c.replies).sum();
+    let after_exit = count(&|c| c.after_exit);
     let a_peers: Vec<SocketAddr> = parse_opened(&a_log).iter().map(|o| o.peer).collect();
+    let a_stat = |column| haproxy.stat("a", column).unwrap_or_default();
     let report = format!(
-        "{} connections by {CLIENTS} clients, {replies} replies; a served {on_a_before} client \
-         connections before SIGTERM and exited {exit_took:?} after it ({summary}); broken \
-         connections: {broken} ({eof} end of stream, {reset} reset, {send_failed} send \
-         failed), requests unanswered at a close: {unanswered}",
-        all.len()
+        "{} connections by {CLIENTS} clients ({after_exit} opened after a exited), {replies} \
+         replies; a served {on_a_before} client connections before SIGTERM and exited \
+         {exit_took:?} after it ({summary}); broken connections: {broken} ({eof} end of \
+         stream, {reset} reset, {send_failed} send failed), requests unanswered at a close: \
+         {unanswered}; HAProxy on a: {} connection errors, {} retries, {} redispatches",
+        all.len(),
+        a_stat("econ"),
+        a_stat("wretr"),
+        a_stat("wredis"),
     );
     eprintln!("rolling restart: {report}");
 
@@ -912,6 +922,9 @@ fn rolling_restart_behind_haproxy_loses_no_reply() {
         failures.is_empty(),
         "wrong replies, timeouts or cut frames: {failures:#?}; {report}"
     );
+    // A client's source port may come round again for a later connection of the same client:
+    // the log lines of such a port cannot tell its connections apart, so they are not used.
+    let ambiguous = |conn: &Conn| all.iter().filter(|c| c.local == conn.local).count() > 1;
     for (id, conns) in reports.iter().enumerate() {
         for (n, conn) in conns.iter().enumerate() {
             // One request in flight at a time: a close loses at most that one.
@@ -923,7 +936,7 @@ fn rolling_restart_behind_haproxy_loses_no_reply() {
                     "client {id}: a connection opened after a exited broke: {conn:?}; {report}"
                 );
                 assert!(
-                    !b.served(conn.local),
+                    ambiguous(conn) || !b.served(conn.local),
                     "client {id}: a connection to b broke: {conn:?}; {report}"
                 );
                 // ...and the client reconnected and was served again.
@@ -936,7 +949,7 @@ fn rolling_restart_behind_haproxy_loses_no_reply() {
         // Connections opened after a exited were b's, and none broke.
         for conn in conns.iter().filter(|c| c.after_exit) {
             assert!(
-                !a_peers.contains(&conn.local),
+                ambiguous(conn) || !a_peers.contains(&conn.local),
                 "client {id}: {conn:?} in a's log"
             );
             wait_until("a connection opened after a exited in b's log", || {
