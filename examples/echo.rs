@@ -62,8 +62,13 @@ fn serve(args: &support::ServerArgs) -> io::Result<()> {
 
     let summary = args.run(tls, server, Echo)?;
     eprintln!(
-        "drained {} connections, abandoned {} (accepted {}, refused {})",
-        summary.drained, summary.abandoned, summary.accepted, summary.refused
+        "drained {} connections, abandoned {} (accepted {}, refused {}, PROXY header refused {}, timed out {})",
+        summary.drained,
+        summary.abandoned,
+        summary.accepted,
+        summary.refused,
+        summary.proxy_refused,
+        summary.proxy_timed_out
     );
     Ok(())
 }

@@ -88,6 +88,13 @@ pub struct Config {
     /// On shutdown, how long to keep flushing queued writes before closing the connections
     /// that still have some. Default 5 s; zero closes at once; `Duration::MAX` waits for as
     /// long as it takes.
+    ///
+    /// The drain delivers no new frames: what has been handed to the handler gets its
+    /// replies, and a frame not yet handed over when the drain began (in flight, or still in
+    /// the socket) is dropped with the connection, which then ends with a clean end of
+    /// stream. A request/reply client sees its last request unanswered and the connection
+    /// closed, and retries it elsewhere (`tests/haproxy.rs` measures this in a rolling
+    /// restart behind HAProxy).
     pub drain_timeout: Duration,
     /// A ceiling on the bytes held across all connections, in incomplete inbound frames plus
     /// outbound queues. Past it the server stops reading from the connections holding the

@@ -17,7 +17,7 @@ pub(crate) trait Link: Send + Sync {
     fn peer_addr(&self) -> PeerAddr;
     /// The PROXY header the connection began with.
     fn proxy_header(&self) -> Option<&ProxyHeader>;
-    /// The socket's peer, when a PROXY header named another client.
+    /// The socket's peer (the proxy), when a PROXY header was read.
     fn proxy_addr(&self) -> Option<&PeerAddr>;
     /// What the stream learned while being established, if it said anything.
     fn tls_info(&self) -> Option<&TlsInfo>;

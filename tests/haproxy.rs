@@ -125,29 +125,6 @@ impl Output {
     }
 }
 
-/// The echo example's binary, built by `cargo test` with the other targets (or here, if this
-/// test was selected alone).
-fn echo_binary() -> PathBuf {
-    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_build = BUILD.lock().unwrap_or_else(|p| p.into_inner());
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<this test> -> target/<profile>/examples/echo
-    let path = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join("examples/echo");
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--example", "echo"])
-            .status()
-            .expect("run cargo build --example echo");
-        assert!(status.success(), "cargo build --example echo failed");
-    }
-    path
-}
-
 /// HAProxy's binary: `$HAPROXY`, else `haproxy` found on `PATH`. Panics if there is none:
 /// these tests need a real HAProxy (CI installs the `haproxy` package).
 fn haproxy_binary() -> PathBuf {
@@ -189,7 +166,7 @@ struct Echo {
 impl Echo {
     fn start() -> Echo {
         let mut child = Guard(
-            Command::new(echo_binary())
+            Command::new(common::example_binary("echo"))
                 .args([
                     "--proxy-protocol",
                     "--addr",

@@ -14,8 +14,9 @@
 //! - a v1 line ends in CRLF within [`V1_MAX_LENGTH`] (107) bytes, or it is refused;
 //! - a v2 header may be at most [`MAX_V2_LENGTH`] bytes, far more than any real proxy sends
 //!   (the format allows 64 KiB, which would let every connection pin that much);
-//! - v2 `LOCAL` (a proxy's own health check) and v1 `UNKNOWN` are accepted, with no client
-//!   address: the connection's real addresses stand;
+//! - v2 `LOCAL` (a proxy's own connection: HAProxy's health checks with `send-proxy-v2`) and
+//!   v1 `UNKNOWN` are accepted, with no client address: the connection's real addresses
+//!   stand. (HAProxy's checks with v1 `send-proxy` name its own addresses in a `TCP4` line.)
 //! - an unknown version, command, address family or protocol, a datagram protocol, and TLVs
 //!   that run past the header are refused.
 //!
@@ -45,8 +46,9 @@ pub enum ProxyCommand {
     /// The connection was relayed for a client, whose addresses the header names (v2
     /// `PROXY`; v1 `TCP4` and `TCP6`).
     Proxy,
-    /// The proxy opened the connection on its own behalf, a health check for instance (v2
-    /// `LOCAL`; also v1 `UNKNOWN`): the connection's real addresses stand.
+    /// The proxy opened the connection on its own behalf (v2 `LOCAL`, as HAProxy's health
+    /// checks over `send-proxy-v2` say; also v1 `UNKNOWN`): the connection's real addresses
+    /// stand.
     Local,
 }
 

@@ -550,7 +550,7 @@ impl<S: Stream, U> Conn<S, U> {
         self.header_pending.store(true, Ordering::Release);
     }
 
-    /// The socket's peer, if a PROXY header named another client (or none, for LOCAL).
+    /// The socket's peer (the proxy) once a PROXY header was read, `LOCAL` included.
     pub fn proxy_addr(&self) -> Option<&PeerAddr> {
         self.proxy.get().map(|_| &self.peer)
     }

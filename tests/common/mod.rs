@@ -404,6 +404,9 @@ impl RssProbe {
 /// The binary of the example `name` (`target/<profile>/examples/<name>`), built by
 /// `cargo test` with the other targets, or here if this test was selected alone.
 pub fn example_binary(name: &str) -> std::path::PathBuf {
+    // One build at a time when the tests of a binary start together.
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_build = BUILD.lock().unwrap_or_else(|p| p.into_inner());
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<this test> -> target/<profile>/examples/<name>
     let path = exe
