@@ -23,29 +23,21 @@ fn with_frame(mut header: Vec<u8>) -> (Vec<u8>, usize) {
 /// The headers: (name, buffer with header and frame, header length).
 fn headers() -> Vec<(&'static str, Vec<u8>, usize)> {
     let v1_tcp4 = b"PROXY TCP4 203.0.113.7 192.0.2.1 51234 443\r\n".to_vec();
-    let v1_tcp6 =
-        b"PROXY TCP6 2001:db8:85a3::8a2e:370:7334 2001:db8::1 51234 443\r\n".to_vec();
+    let v1_tcp6 = b"PROXY TCP6 2001:db8:85a3::8a2e:370:7334 2001:db8::1 51234 443\r\n".to_vec();
     let addresses = IPv4::new([203, 0, 113, 7], [192, 0, 2, 1], 51234, 443);
-    let v2 = Builder::with_addresses(
-        Version::Two | Command::Proxy,
-        Protocol::Stream,
-        addresses,
-    )
-    .build()
-    .expect("a v2 header");
+    let v2 = Builder::with_addresses(Version::Two | Command::Proxy, Protocol::Stream, addresses)
+        .build()
+        .expect("a v2 header");
     // HAProxy's `send-proxy-v2` with `proxy-v2-options authority,unique-id` and ALPN: the
     // unique ID in its default `%{+X}o %ci:%cp_%fi:%fp_%Ts_%rt:%pid` shape, 40 bytes.
     let unique_id = b"CB007107:C822_C0000201:01BB_66A1B2C3_A2F";
-    let v2_tlvs = Builder::with_addresses(
-        Version::Two | Command::Proxy,
-        Protocol::Stream,
-        addresses,
-    )
-    .write_tlv(Type::ALPN, b"h2")
-    .and_then(|b| b.write_tlv(Type::Authority, b"www.example.com"))
-    .and_then(|b| b.write_tlv(Type::UniqueId, unique_id))
-    .and_then(Builder::build)
-    .expect("a v2 header with TLVs");
+    let v2_tlvs =
+        Builder::with_addresses(Version::Two | Command::Proxy, Protocol::Stream, addresses)
+            .write_tlv(Type::ALPN, b"h2")
+            .and_then(|b| b.write_tlv(Type::Authority, b"www.example.com"))
+            .and_then(|b| b.write_tlv(Type::UniqueId, unique_id))
+            .and_then(Builder::build)
+            .expect("a v2 header with TLVs");
     [
         ("v1-tcp4", v1_tcp4),
         ("v1-tcp6", v1_tcp6),

@@ -308,10 +308,7 @@ impl LoadCli {
         if let Some(p) = proxy
             && mode != Mode::Churn
         {
-            return Err(format!(
-                "--proxy {}: only with --mode churn",
-                p.name()
-            ));
+            return Err(format!("--proxy {}: only with --mode churn", p.name()));
         }
         if proxy.is_some() && tls_ca.is_some() {
             return Err("--proxy with --tls-ca is not supported".to_string());
@@ -1630,7 +1627,12 @@ mod tests {
     #[test]
     fn proxy_headers_parse() {
         let dst = PROXY_DESTINATION;
-        for (version, seq) in [(Proxy::V1, 0), (Proxy::V2, 0), (Proxy::V1, 70_000), (Proxy::V2, 63_999)] {
+        for (version, seq) in [
+            (Proxy::V1, 0),
+            (Proxy::V2, 0),
+            (Proxy::V1, 70_000),
+            (Proxy::V2, 63_999),
+        ] {
             let src = proxy_client(300, seq);
             let mut wire = Vec::new();
             proxy_header(version, src, dst, &mut wire);
@@ -1651,7 +1653,10 @@ mod tests {
         proxy_header(Proxy::V2, proxy_client(6, 5), dst, &mut v2);
         assert_eq!(v2.len(), 28);
         assert_eq!(proxy_client(253, 0).ip().octets()[3], 254);
-        assert_eq!(proxy_client(254, 64_000), SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 1), 1024));
+        assert_eq!(
+            proxy_client(254, 64_000),
+            SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 1), 1024)
+        );
     }
 
     #[test]

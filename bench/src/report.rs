@@ -1568,7 +1568,9 @@ mod tests {
         };
         let md = tables(&cases, &runs, &settings);
         assert!(
-            md.contains("### Accept throughput, with and without the PROXY header (8 loops × 64 B)"),
+            md.contains(
+                "### Accept throughput, with and without the PROXY header (8 loops × 64 B)"
+            ),
             "{md}"
         );
         // churn keeps its own table; the accept cases are only in theirs.
@@ -1585,9 +1587,17 @@ mod tests {
             md.contains("| accept | none | tokio | 9,500 (9,000–10,000) | 1.00 | 1.00, 1.00 |"),
             "{md}"
         );
-        assert!(md.contains("| accept-proxy-v2 | v2 IPv4, 28 B | hydrogen |"), "{md}");
-        assert!(!md.contains("accept-proxy-v2 | v2 IPv4, 28 B | tokio"), "{md}");
-        assert!(md.contains("**tokio was skipped in the PROXY protocol scenarios**: no PROXY reader."));
+        assert!(
+            md.contains("| accept-proxy-v2 | v2 IPv4, 28 B | hydrogen |"),
+            "{md}"
+        );
+        assert!(
+            !md.contains("accept-proxy-v2 | v2 IPv4, 28 B | tokio"),
+            "{md}"
+        );
+        assert!(
+            md.contains("**tokio was skipped in the PROXY protocol scenarios**: no PROXY reader.")
+        );
         // No accept table, and no note, without accept cases.
         let md = tables(&cases[..1], &runs, &settings);
         assert!(!md.contains("Accept") && !md.contains("PROXY"), "{md}");

@@ -396,10 +396,7 @@ pub fn refuse_max_buffered(name: &'static str, args: &ServerArgs) {
 /// header for the connection's first frame.
 pub fn refuse_proxy_protocol(name: &'static str, args: &ServerArgs) {
     if args.proxy_protocol {
-        usage_error(
-            name,
-            "--proxy-protocol is only supported by hydrogen_echo",
-        );
+        usage_error(name, "--proxy-protocol is only supported by hydrogen_echo");
     }
 }
 

@@ -697,7 +697,7 @@ fn run_suite(args: &Args) -> Result<bool, String> {
             };
             let log = log_files.get_mut(server).expect("log file per server");
             eprint!(
-                "[{:>3}/{total}] {:<12} round {round} {:<9} ",
+                "[{:>3}/{total}] {:<15} round {round} {:<9} ",
                 runs.len() + 1,
                 case.name,
                 server
@@ -974,7 +974,10 @@ mod tests {
         );
         // Churn's load, with the header or not; only the accept cases are in the accept table.
         for c in &cs[..4] {
-            assert_eq!((c.kind, c.conns, c.depth, c.size, c.tls), (Kind::Loadgen(Mode::Churn), 8, 1, 64, false));
+            assert_eq!(
+                (c.kind, c.conns, c.depth, c.size, c.tls),
+                (Kind::Loadgen(Mode::Churn), 8, 1, 64, false)
+            );
             assert_eq!(c.is_accept(), c.name != "churn", "{}", c.name);
             assert_eq!(server_binary(c, "hydrogen"), "hydrogen_echo");
         }
@@ -1014,7 +1017,10 @@ mod tests {
         for v in [&[][..], &["--smoke"]] {
             let all = cases(&args(v).unwrap());
             let churn = all.iter().position(|c| c.name == "churn").unwrap();
-            let next: Vec<&str> = all[churn + 1..churn + 4].iter().map(|c| c.name.as_str()).collect();
+            let next: Vec<&str> = all[churn + 1..churn + 4]
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect();
             assert_eq!(next, ["accept", "accept-proxy-v1", "accept-proxy-v2"]);
         }
     }
