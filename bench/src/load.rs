@@ -12,6 +12,14 @@
 //!   close. The client closes abortively (`SO_LINGER` 0) so that ephemeral ports do not pile up in
 //!   `TIME_WAIT`.
 //!
+//! With `--proxy v1|v2` (churn only) every connection starts with a PROXY protocol header, as a
+//! load balancer in front of the server would send it: [`proxy_header`], a v1 `TCP4` line or a
+//! v2 `PROXY` header with IPv4 addresses and no TLVs, for a made-up client (203.0.113.x, a
+//! documentation range, its port varying with the cycle) and destination (192.0.2.1:443). It
+//! goes out in the same `write` as the cycle's frame, so the header costs the client no extra
+//! system call; the server (hydrogen_echo `--proxy-protocol`) must strip it before the frame,
+//! and a server that takes it for a frame fails the cycle.
+//!
 //! With `--tls-ca FILE` every connection speaks TLS: rustls's client (`ClientConnection`, see
 //! [`crate::tls`]) over the same non-blocking sockets and the same mio loops, verifying the
 //! server's certificate for `localhost` against FILE as the only root. The frames, their checks
@@ -27,7 +35,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -157,7 +165,70 @@ pub struct Options {
     /// `--tls-ca`: speak TLS with this client configuration (the file's certificates as the
     /// roots, server name `localhost`).
     pub tls: Option<Arc<ClientConfig>>,
+    /// `--proxy`: start every connection with a PROXY protocol header of this version (churn
+    /// mode only).
+    pub proxy: Option<Proxy>,
 }
+
+/// A PROXY protocol version, for `--proxy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Proxy {
+    /// The text line: `PROXY TCP4 SRC DST SPORT DPORT\r\n`
+    V1,
+    /// The binary header: signature, version 2 PROXY, TCP over IPv4, 12 address bytes
+    V2,
+}
+
+impl Proxy {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Proxy::V1 => "v1",
+            Proxy::V2 => "v2",
+        }
+    }
+}
+
+/// The 12-byte signature that starts every v2 header.
+pub const PROXY_V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+
+/// Appends the PROXY header of `version` saying that the client `src` connected to `dst`:
+/// a v1 `TCP4` line, or a v2 `PROXY` command for TCP over IPv4 with no TLVs (28 bytes), built
+/// by hand from the specification (HAProxy's `doc/proxy-protocol.txt`).
+pub fn proxy_header(version: Proxy, src: SocketAddrV4, dst: SocketAddrV4, out: &mut Vec<u8>) {
+    match version {
+        Proxy::V1 => {
+            let _ = write!(
+                out,
+                "PROXY TCP4 {} {} {} {}\r\n",
+                src.ip(),
+                dst.ip(),
+                src.port(),
+                dst.port()
+            );
+        }
+        Proxy::V2 => {
+            out.extend_from_slice(&PROXY_V2_SIGNATURE);
+            // Version 2, command PROXY; AF_INET, STREAM; 12 bytes of addresses follow.
+            out.extend_from_slice(&[0x21, 0x11, 0, 12]);
+            out.extend_from_slice(&src.ip().octets());
+            out.extend_from_slice(&dst.ip().octets());
+            out.extend_from_slice(&src.port().to_be_bytes());
+            out.extend_from_slice(&dst.port().to_be_bytes());
+        }
+    }
+}
+
+/// The made-up client of loop `index`'s cycle `seq`, for its PROXY header: 203.0.113.1–254
+/// (TEST-NET-3), port 1024–65023.
+fn proxy_client(index: u32, seq: u64) -> SocketAddrV4 {
+    let host = (index % 254) as u8 + 1;
+    let port = 1024 + (seq % 64_000) as u16;
+    SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, host), port)
+}
+
+/// The made-up destination of every PROXY header: 192.0.2.1:443 (TEST-NET-1).
+const PROXY_DESTINATION: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 443);
 
 /// The command line of `loadgen`; [`parse_args`] checks it and makes it [`Options`].
 #[derive(Debug, Clone, Parser)]
@@ -204,6 +275,10 @@ pub struct LoadCli {
     /// name localhost
     #[arg(long, value_name = "FILE")]
     tls_ca: Option<PathBuf>,
+    /// Churn only: start every connection with a PROXY protocol header of this version (the
+    /// server must expect it: hydrogen_echo --proxy-protocol)
+    #[arg(long, value_enum, value_name = "VERSION")]
+    proxy: Option<Proxy>,
 }
 
 /// `--addr`: the first address `HOST:PORT` resolves to.
@@ -228,7 +303,16 @@ impl LoadCli {
             warmup,
             threads,
             tls_ca,
+            proxy,
         } = self;
+        if let Some(p) = proxy
+            && mode != Mode::Churn
+        {
+            return Err(format!("--proxy {}: only with --mode churn", p.name()));
+        }
+        if proxy.is_some() && tls_ca.is_some() {
+            return Err("--proxy with --tls-ca is not supported".to_string());
+        }
         if size > framing.max_payload() {
             return Err(format!(
                 "--size {size}: the {} framing carries at most {} bytes",
@@ -256,6 +340,7 @@ impl LoadCli {
             warmup,
             threads,
             tls,
+            proxy,
         })
     }
 }
@@ -1284,9 +1369,11 @@ fn run_churn(opts: &Options) -> Result<(), String> {
         return Err("no cycle completed during the measured window".to_string());
     }
     print_line(&format!(
-        "RESULT mode=churn conns={} size={} secs={:.2} cycles={} cps={:.1} {} retries={} errors=0",
+        "RESULT mode=churn conns={} size={} proxy={} secs={:.2} cycles={} cps={:.1} {} retries={} \
+         errors=0",
         opts.conns,
         opts.size,
+        opts.proxy.map_or("none", Proxy::name),
         window,
         tally.count,
         tally.count as f64 / window,
@@ -1401,6 +1488,10 @@ fn churn_worker(loops: &[u32], opts: &Options, shared: &Shared) -> Result<Tally,
                         c.stream
                             .set_nodelay(true)
                             .map_err(|e| c.err("TCP_NODELAY", e))?;
+                        if let Some(version) = opts.proxy {
+                            let client = proxy_client(cy.index, cy.seq);
+                            proxy_header(version, client, PROXY_DESTINATION, &mut c.wbuf);
+                        }
                         c.queue(&mut frames, 1, Instant::now());
                     }
                     Err(e) => {
@@ -1523,6 +1614,49 @@ mod tests {
         let help = args("--help").unwrap_err();
         assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
         assert!(args("--addr 127.0.0.1:9").unwrap().tls.is_none());
+        assert!(args("--addr 127.0.0.1:9").unwrap().proxy.is_none());
+        let o = args("--addr 127.0.0.1:9 --mode churn --proxy v2").unwrap();
+        assert_eq!(o.proxy, Some(Proxy::V2));
+        assert!(args("--addr 127.0.0.1:9 --mode churn --proxy v3").is_err());
+        assert!(args("--addr 127.0.0.1:9 --proxy v1").is_err());
+        assert!(args("--addr 127.0.0.1:9 --mode idle --proxy v1").is_err());
+    }
+
+    /// The headers loadgen sends are what hydrogen's own parser reads back, whole, for the
+    /// addresses given.
+    #[test]
+    fn proxy_headers_parse() {
+        let dst = PROXY_DESTINATION;
+        for (version, seq) in [
+            (Proxy::V1, 0),
+            (Proxy::V2, 0),
+            (Proxy::V1, 70_000),
+            (Proxy::V2, 63_999),
+        ] {
+            let src = proxy_client(300, seq);
+            let mut wire = Vec::new();
+            proxy_header(version, src, dst, &mut wire);
+            let (header, len) = hydrogen::proxy::parse_header(&wire).unwrap().unwrap();
+            assert_eq!(len, wire.len(), "{version:?}");
+            assert_eq!(header.version(), if version == Proxy::V1 { 1 } else { 2 });
+            assert_eq!(header.source(), Some(SocketAddr::V4(src)));
+            assert_eq!(header.destination(), Some(SocketAddr::V4(dst)));
+            // A frame after it is left alone.
+            wire.extend_from_slice(&[0, 0, 0, 1, 7]);
+            let (_, again) = hydrogen::proxy::parse_header(&wire).unwrap().unwrap();
+            assert_eq!(again, len);
+        }
+        let mut v1 = Vec::new();
+        proxy_header(Proxy::V1, proxy_client(6, 5), dst, &mut v1);
+        assert_eq!(v1, b"PROXY TCP4 203.0.113.7 192.0.2.1 1029 443\r\n");
+        let mut v2 = Vec::new();
+        proxy_header(Proxy::V2, proxy_client(6, 5), dst, &mut v2);
+        assert_eq!(v2.len(), 28);
+        assert_eq!(proxy_client(253, 0).ip().octets()[3], 254);
+        assert_eq!(
+            proxy_client(254, 64_000),
+            SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 1), 1024)
+        );
     }
 
     #[test]

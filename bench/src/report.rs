@@ -12,7 +12,11 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use procfs::Current as _;
 
-use crate::load::Mode;
+use crate::load::{Mode, Proxy};
+
+/// The scenario of plain accepts, the baseline of the PROXY protocol scenarios: the other
+/// accept scenarios are named after it (`accept-proxy-v1`, `accept-proxy-v2`).
+pub const ACCEPT: &str = "accept";
 
 /// A fan-out room: members that only receive, and members that send `rate` frames per second
 /// each (and receive the other senders' frames).
@@ -75,6 +79,9 @@ pub struct Case {
     /// Whether the connections speak TLS (the `tls-*` scenarios: `--tls-cert`/`--tls-key` to
     /// the server, `--tls-ca` to loadgen).
     pub tls: bool,
+    /// Whether every connection starts with a PROXY protocol header, and which version (the
+    /// `accept-proxy-*` scenarios: `--proxy-protocol` to the server, `--proxy` to loadgen).
+    pub proxy: Option<Proxy>,
 }
 
 impl Case {
@@ -101,6 +108,23 @@ impl Case {
     /// Whether this case is loadgen in `mode`.
     pub fn is(&self, mode: Mode) -> bool {
         self.kind == Kind::Loadgen(mode)
+    }
+
+    /// Whether this is one of the accept scenarios ([`ACCEPT`] and its PROXY variants), which
+    /// the report puts in a table of their own, as ratios to plain accepts.
+    pub fn is_accept(&self) -> bool {
+        self.scenario
+            .strip_prefix(ACCEPT)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
+    }
+
+    /// The header column of the accept table.
+    fn header(&self) -> &'static str {
+        match self.proxy {
+            None => "none",
+            Some(Proxy::V1) => "v1 TCP4 line",
+            Some(Proxy::V2) => "v2 IPv4, 28 B",
+        }
     }
 }
 
@@ -361,6 +385,8 @@ pub struct Settings {
     pub smoke: bool,
     /// Servers left out of the TLS scenarios, each with the reason (the report says so).
     pub tls_skipped: Vec<(String, String)>,
+    /// Servers left out of the PROXY protocol scenarios, each with the reason.
+    pub proxy_skipped: Vec<(String, String)>,
 }
 
 /// Successful runs of one case and server.
@@ -447,7 +473,9 @@ pub fn tables(cases: &[Case], runs: &[Run], settings: &Settings) -> String {
         md.push('\n');
     }
 
-    for c in cases.iter().filter(|c| c.is(Mode::Churn)) {
+    accept_table(&mut md, cases, runs, settings, &rounds_note);
+
+    for c in cases.iter().filter(|c| c.is(Mode::Churn) && !c.is_accept()) {
         if c.tls {
             let _ = writeln!(md, "### TLS handshakes ({})\n", c.load());
             let _ = writeln!(
@@ -579,6 +607,92 @@ pub fn tables(cases: &[Case], runs: &[Run], settings: &Settings) -> String {
         md.push('\n');
     }
     md
+}
+
+/// The accept table, if there are accept cases: connections per second and server CPU per
+/// connection, with and without the PROXY header, as ratios to the same server's plain
+/// accepts in the same run.
+fn accept_table(md: &mut String, cases: &[Case], runs: &[Run], settings: &Settings, note: &str) {
+    let accept: Vec<&Case> = cases.iter().filter(|c| c.is_accept()).collect();
+    let Some(first) = accept.first() else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "### Accept throughput, with and without the PROXY header ({})\n",
+        first.load()
+    );
+    let _ = writeln!(
+        md,
+        "Each loop: connect, send one frame (after a PROXY protocol header in the same write, \
+         for accept-proxy-*), read and verify its echo, close (SO_LINGER 0); conn/s = cycles \
+         per second. The PROXY scenarios run hydrogen_echo with --proxy-protocol \
+         (Config::proxy_protocol). Server CPU per connection = server CPU over the window / \
+         cycles. The accept cases' rounds are interleaved (round 1 of each, then round 2, ...). \
+         {note} `x plain`: ratio of medians to the same server's `{ACCEPT}` in this run; \
+         `per round`: the same ratio round by round; `+CPU`: the extra server CPU per \
+         connection (median − plain's median).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| Scenario | Header | Server | conn/s | x plain | per round | p50 µs | p99 µs \
+         | CPU µs/conn | x plain | +CPU µs/conn |"
+    );
+    let _ = writeln!(md, "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for c in &accept {
+        for s in settings
+            .servers
+            .iter()
+            .filter(|s| was_run(runs, &c.name, s))
+        {
+            let rs = ok_runs(runs, &c.name, s);
+            let plain = ok_runs(runs, ACCEPT, s);
+            let rate = stat_of(&rs, |r| Some(r.rate));
+            let cpu = stat_of(&rs, Run::cpu_us_per_op);
+            let p_rate = stat_of(&plain, |r| Some(r.rate));
+            let p_cpu = stat_of(&plain, Run::cpu_us_per_op);
+            // Paired by round: the runs of a round are next to each other in time.
+            let per_round: Vec<String> = rs
+                .iter()
+                .filter_map(|r| {
+                    let p = plain.iter().find(|p| p.round == r.round)?;
+                    (p.rate > 0.0).then(|| format!("{:.2}", r.rate / p.rate))
+                })
+                .collect();
+            let extra = match (cpu, p_cpu) {
+                (Some(v), Some(p)) => format!("{:+.2}", v.median - p.median),
+                _ => "—".to_string(),
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                c.name,
+                c.header(),
+                s,
+                cell(rate, thousands, true),
+                ratio(rate, p_rate),
+                if per_round.is_empty() {
+                    "—".to_string()
+                } else {
+                    per_round.join(", ")
+                },
+                cell(stat_of(&rs, |r| Some(r.p50_us)), sig3, false),
+                cell(stat_of(&rs, |r| Some(r.p99_us)), sig3, true),
+                cell(cpu, sig3, true),
+                ratio(cpu, p_cpu),
+                extra,
+            );
+        }
+    }
+    md.push('\n');
+    if accept.iter().any(|c| c.proxy.is_some()) {
+        for (server, why) in &settings.proxy_skipped {
+            let _ = writeln!(
+                md,
+                "**{server} was skipped in the PROXY protocol scenarios**: {why}.\n"
+            );
+        }
+    }
 }
 
 /// What the TLS scenarios were, and which servers sat them out and why, if there are any.
@@ -1186,6 +1300,7 @@ mod tests {
             depth: 0,
             size: 64,
             tls: false,
+            proxy: None,
         };
         assert_eq!(case.load(), "100 receivers + 10 senders × 1,000/s");
         let mut runs = Vec::new();
@@ -1225,6 +1340,7 @@ mod tests {
             clk_tck: 100,
             smoke: false,
             tls_skipped: Vec::new(),
+            proxy_skipped: Vec::new(),
         };
         let md = tables(std::slice::from_ref(&case), &runs, &settings);
         assert!(md.contains("### Fan-out (chat room)"), "{md}");
@@ -1284,6 +1400,7 @@ mod tests {
                 depth: 1,
                 size: 64,
                 tls: false,
+                proxy: None,
             })
             .collect();
         let mut runs = Vec::new();
@@ -1310,6 +1427,7 @@ mod tests {
             clk_tck: 100,
             smoke: false,
             tls_skipped: Vec::new(),
+            proxy_skipped: Vec::new(),
         };
         (cases, runs, settings)
     }
@@ -1324,6 +1442,7 @@ mod tests {
             depth: 1,
             size: 64,
             tls: true,
+            proxy: None,
         };
         let cases = [
             case("tls-latency", Mode::Echo, 1),
@@ -1353,6 +1472,7 @@ mod tests {
                 ("hydrogen".into(), "built without it".into()),
                 ("mio".into(), "no TLS peer".into()),
             ],
+            proxy_skipped: Vec::new(),
         };
         let md = tables(&cases, &runs, &settings);
         assert!(md.contains("### TLS handshakes (8 loops × 64 B)"), "{md}");
@@ -1381,6 +1501,106 @@ mod tests {
             ..cases[0].clone()
         };
         assert!(!tables(&[plain], &runs, &settings).contains("TLS"));
+    }
+
+    #[test]
+    fn accept_table_gives_ratios_to_plain_accepts() {
+        let case = |name: &'static str, proxy| Case {
+            scenario: name,
+            name: name.into(),
+            kind: Kind::Loadgen(Mode::Churn),
+            conns: 8,
+            depth: 1,
+            size: 64,
+            tls: false,
+            proxy,
+        };
+        let cases = [
+            case("churn", None),
+            case(ACCEPT, None),
+            case("accept-proxy-v1", Some(Proxy::V1)),
+            case("accept-proxy-v2", Some(Proxy::V2)),
+        ];
+        assert_eq!(
+            cases.iter().map(Case::is_accept).collect::<Vec<_>>(),
+            [false, true, true, true]
+        );
+        let mut runs = Vec::new();
+        for (c, rates) in cases.iter().zip([
+            [10_000.0, 10_000.0],
+            [20_000.0, 10_000.0],
+            [19_000.0, 9_000.0],
+            [20_000.0, 9_500.0],
+        ]) {
+            for (server, rate) in ["hydrogen", "tokio"].into_iter().zip(rates) {
+                if c.proxy.is_some() && server == "tokio" {
+                    continue;
+                }
+                for round in 1..=2 {
+                    runs.push(Run {
+                        case: c.name.clone(),
+                        scenario: c.scenario.into(),
+                        server: server.into(),
+                        round,
+                        mode: "churn".into(),
+                        conns: 8,
+                        size: 64,
+                        window_secs: 1.0,
+                        ops: rate as u64,
+                        // Round 2 is 10% slower.
+                        rate: rate * if round == 2 { 0.9 } else { 1.0 },
+                        cpu_ticks: Some(if c.proxy.is_some() { 42 } else { 40 }),
+                        clk_tck: 100,
+                        ..Run::default()
+                    });
+                }
+            }
+        }
+        let settings = Settings {
+            rounds: 2,
+            secs: 1.0,
+            warmup: 0.5,
+            servers: vec!["hydrogen".into(), "tokio".into()],
+            clk_tck: 100,
+            smoke: false,
+            tls_skipped: Vec::new(),
+            proxy_skipped: vec![("tokio".into(), "no PROXY reader".into())],
+        };
+        let md = tables(&cases, &runs, &settings);
+        assert!(
+            md.contains(
+                "### Accept throughput, with and without the PROXY header (8 loops × 64 B)"
+            ),
+            "{md}"
+        );
+        // churn keeps its own table; the accept cases are only in theirs.
+        assert!(md.contains("### Connection churn (8 loops × 64 B)"), "{md}");
+        assert_eq!(md.matches("### Connection churn").count(), 1, "{md}");
+        // hydrogen: 19,000 / 20,000 (and 0.95 in each round); CPU 420 µs / 19,000 cycles
+        // against 400 / 20,000.
+        assert!(
+            md.contains("| accept-proxy-v1 | v1 TCP4 line | hydrogen | 18,050 (17,100–19,000) | 0.95 | 0.95, 0.95 |"),
+            "{md}"
+        );
+        assert!(md.contains("| 22.1 | 1.11 | +2.11 |"), "{md}");
+        assert!(
+            md.contains("| accept | none | tokio | 9,500 (9,000–10,000) | 1.00 | 1.00, 1.00 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| accept-proxy-v2 | v2 IPv4, 28 B | hydrogen |"),
+            "{md}"
+        );
+        assert!(
+            !md.contains("accept-proxy-v2 | v2 IPv4, 28 B | tokio"),
+            "{md}"
+        );
+        assert!(
+            md.contains("**tokio was skipped in the PROXY protocol scenarios**: no PROXY reader.")
+        );
+        // No accept table, and no note, without accept cases.
+        let md = tables(&cases[..1], &runs, &settings);
+        assert!(!md.contains("Accept") && !md.contains("PROXY"), "{md}");
     }
 
     #[test]

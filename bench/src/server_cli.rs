@@ -8,7 +8,8 @@
 //!   `--threads N` (default 2), `--max-frame BYTES` (default 1 MiB: the largest `u32` payload),
 //!   `--block-ms N` (default 0: a frame whose payload starts with [`BLOCK_PREFIX`] makes the
 //!   frame handling sleep N ms, blocking its thread, before the echo), and `--max-buffered BYTES`
-//!   (hydrogen only: `Config::max_buffered`; the other servers refuse it); anything else prints
+//!   (hydrogen only: `Config::max_buffered`; the other servers refuse it), `--proxy-protocol`
+//!   (hydrogen_echo only: `Config::proxy_protocol`; the others refuse it); anything else prints
 //!   the usage on stderr and exits with status 2. [`ServerCli`] is the clap definition.
 //! - Once bound, exactly one line `listening on ADDR` goes to stdout, and nothing else.
 //! - Every frame is echoed on its connection, in order, in the same framing. (The chat servers
@@ -271,6 +272,10 @@ pub struct ServerCli {
     /// The PEM private key of --tls-cert
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// hydrogen_echo only: Config::proxy_protocol (every connection starts with a PROXY v1 or
+    /// v2 header, from loopback); the other servers refuse it
+    #[arg(long)]
+    pub proxy_protocol: bool,
 }
 
 /// The names of the framings on the command line.
@@ -311,6 +316,10 @@ pub struct ServerArgs {
     /// hydrogen_echo built with the `hydrogen-tls` feature do; the others refuse it (see
     /// [`refuse_tls`]).
     pub tls: Option<TlsFiles>,
+    /// `--proxy-protocol`: hydrogen's `Config::proxy_protocol` (the default `proxy_from`,
+    /// loopback, trusts the load generator). The other servers refuse it (see
+    /// [`refuse_proxy_protocol`]).
+    pub proxy_protocol: bool,
 }
 
 /// The PEM files of `--tls-cert` and `--tls-key` (always given together).
@@ -340,6 +349,7 @@ impl From<ServerCli> for ServerArgs {
                 // clap requires each with the other.
                 _ => None,
             },
+            proxy_protocol: cli.proxy_protocol,
         }
     }
 }
@@ -378,6 +388,15 @@ pub fn refuse_max_buffered(name: &'static str, args: &ServerArgs) {
                 "--max-buffered is only supported by hydrogen_echo",
             )
             .exit();
+    }
+}
+
+/// For the servers without a PROXY protocol reader (all but hydrogen_echo): `--proxy-protocol`
+/// prints an error and the usage on stderr and exits with status 2, rather than taking the
+/// header for the connection's first frame.
+pub fn refuse_proxy_protocol(name: &'static str, args: &ServerArgs) {
+    if args.proxy_protocol {
+        usage_error(name, "--proxy-protocol is only supported by hydrogen_echo");
     }
 }
 
@@ -561,6 +580,9 @@ mod tests {
         assert_eq!(a.block, Duration::ZERO);
         assert_eq!(a.max_buffered, None);
         assert_eq!(a.tls, None);
+        assert!(!a.proxy_protocol);
+        assert!(args(&["--proxy-protocol"]).unwrap().unwrap().proxy_protocol);
+        assert!(args(&["--proxy-protocol=yes"]).is_err());
         let a = args(&["--tls-cert", "c.pem", "--tls-key", "/k.pem"])
             .unwrap()
             .unwrap();

@@ -13,6 +13,11 @@
 //! runs with `run_with(TlsTransport::new(tls, framing), ...)`, the framing decoding the
 //! decrypted bytes. Built without it, the flags are a usage error (status 2).
 //!
+//! With `--proxy-protocol`, `Config::proxy_protocol` is on: every connection must start with a
+//! PROXY protocol header (v1 or v2), from a source in the default `Config::proxy_from`
+//! (loopback), which the library reads and strips before the first frame (the suite's
+//! `accept-proxy-*` scenarios).
+//!
 //! See `hydrogen_bench::server_cli` for the command line and the framings.
 #![forbid(unsafe_code)]
 
@@ -62,6 +67,7 @@ fn serve(
         max_threads: args.threads,
         backlog: server_cli::BACKLOG as u32,
         max_buffered: args.max_buffered,
+        proxy_protocol: args.proxy_protocol,
         ..Config::default()
     };
     let server = Server::bind(config)?;

@@ -357,6 +357,7 @@ fn reactors(
 fn main() {
     let args = server_cli::parse_args(NAME);
     server_cli::refuse_max_buffered(NAME, &args);
+    server_cli::refuse_proxy_protocol(NAME, &args);
     server_cli::refuse_tls(NAME, &args);
     server_cli::raise_nofile_limit();
 

@@ -90,6 +90,7 @@ fn main() {
          connection.",
     );
     server_cli::refuse_max_buffered(NAME, &args);
+    server_cli::refuse_proxy_protocol(NAME, &args);
     server_cli::refuse_tls(NAME, &args);
     server_cli::raise_nofile_limit();
     let result = match args.framing {

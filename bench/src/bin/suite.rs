@@ -19,18 +19,21 @@ use hydrogen_bench::child::{
     start_binary,
 };
 use hydrogen_bench::cli::{self, List};
-use hydrogen_bench::load::Mode;
+use hydrogen_bench::load::{Mode, Proxy};
 use hydrogen_bench::report::{self, Case, Kind, Room, Run, Settings};
 use hydrogen_bench::tls::{self, CertFiles};
 
 const ALL_SERVERS: [&str; 3] = ["hydrogen", "tokio", "mio"];
-const ALL_SCENARIOS: [&str; 12] = [
+const ALL_SCENARIOS: [&str; 15] = [
     "latency",
     "c100",
     "c1000",
     "large",
     "idle",
     "churn",
+    "accept",
+    "accept-proxy-v1",
+    "accept-proxy-v2",
     "sweep",
     "fanout",
     "tls-latency",
@@ -108,8 +111,8 @@ struct Cli {
     #[arg(long, value_name = "LIST", default_value_t = List::of(&ALL_SERVERS),
           value_parser = cli::list_of_names)]
     servers: List,
-    /// Comma-separated, from latency,c100,c1000,large,idle,churn,sweep,fanout,tls-latency,
-    /// tls-c100,tls-handshake,tls-idle
+    /// Comma-separated, from latency,c100,c1000,large,idle,churn,accept,accept-proxy-v1,
+    /// accept-proxy-v2,sweep,fanout,tls-latency,tls-c100,tls-handshake,tls-idle
     #[arg(long, value_name = "LIST", default_value_t = List::of(&ALL_SCENARIOS),
           value_parser = cli::list_of(&ALL_SCENARIOS))]
     scenarios: List,
@@ -162,8 +165,20 @@ fn cases(args: &Args) -> Vec<Case> {
         depth,
         size,
         tls: false,
+        proxy: None,
     };
     let tls = |case: Case| Case { tls: true, ..case };
+    // Churn's load: 8 loops of connect, one 64 B echo, close; with a PROXY header or not.
+    let accept = |scenario: &'static str, proxy| Case {
+        scenario,
+        name: scenario.to_string(),
+        kind: Kind::Loadgen(Mode::Churn),
+        conns: 8,
+        depth: 1,
+        size: 64,
+        tls: false,
+        proxy,
+    };
     let mut out = Vec::new();
     for s in &args.scenarios {
         match s.as_str() {
@@ -179,6 +194,7 @@ fn cases(args: &Args) -> Vec<Case> {
                 depth: 1,
                 size: 64,
                 tls: false,
+                proxy: None,
             }),
             "churn" => out.push(Case {
                 scenario: "churn",
@@ -188,7 +204,11 @@ fn cases(args: &Args) -> Vec<Case> {
                 depth: 1,
                 size: 64,
                 tls: false,
+                proxy: None,
             }),
+            "accept" => out.push(accept(report::ACCEPT, None)),
+            "accept-proxy-v1" => out.push(accept("accept-proxy-v1", Some(Proxy::V1))),
+            "accept-proxy-v2" => out.push(accept("accept-proxy-v2", Some(Proxy::V2))),
             "sweep" => {
                 let points: &[usize] = if args.smoke {
                     &[1, 10, 100]
@@ -214,6 +234,7 @@ fn cases(args: &Args) -> Vec<Case> {
                         depth: 0,
                         size: 64,
                         tls: false,
+                        proxy: None,
                     });
                 }
             }
@@ -227,6 +248,7 @@ fn cases(args: &Args) -> Vec<Case> {
                 depth: 1,
                 size: 64,
                 tls: true,
+                proxy: None,
             }),
             "tls-idle" => out.push(Case {
                 scenario: "tls-idle",
@@ -236,6 +258,7 @@ fn cases(args: &Args) -> Vec<Case> {
                 depth: 1,
                 size: 64,
                 tls: true,
+                proxy: None,
             }),
             _ => unreachable!("validated scenario"),
         }
@@ -263,13 +286,48 @@ fn tls_skip_reason(server: &str) -> Option<String> {
     }
 }
 
+/// Why `server` sits out the PROXY protocol scenarios, or `None` if it takes part: only
+/// hydrogen_echo reads the header (`--proxy-protocol`, the library's `Config::proxy_protocol`).
+fn proxy_skip_reason(server: &str) -> Option<String> {
+    match server {
+        "hydrogen" => None,
+        other => Some(format!(
+            "only hydrogen_echo takes --proxy-protocol, not {other}_echo"
+        )),
+    }
+}
+
 /// Whether `server` runs `case`: a server without a chat server sits out the rooms, one
-/// without TLS the TLS scenarios.
+/// without TLS the TLS scenarios, one without a PROXY protocol reader the PROXY scenarios.
 fn takes_part(case: &Case, server: &str, no_chat: &[&String]) -> bool {
     match case.kind {
         Kind::Fanout(_) => !no_chat.iter().any(|s| *s == server),
-        Kind::Loadgen(_) => !case.tls || tls_skip_reason(server).is_none(),
+        Kind::Loadgen(_) => {
+            (!case.tls || tls_skip_reason(server).is_none())
+                && (case.proxy.is_none() || proxy_skip_reason(server).is_none())
+        }
     }
+}
+
+/// The order of the runs: every case's rounds in turn, except the accept cases, whose rounds
+/// are interleaved (round 1 of each accept case, then round 2, ...) so that the PROXY and plain
+/// runs the report divides are close in time. Each entry is a case index and a round; within
+/// it, every server in turn.
+fn schedule(cases: &[Case], rounds: u32) -> Vec<(usize, u32)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < cases.len() {
+        let group = if cases[i].is_accept() {
+            cases[i..].iter().take_while(|c| c.is_accept()).count()
+        } else {
+            1
+        };
+        for round in 1..=rounds {
+            out.extend((i..i + group).map(|c| (c, round)));
+        }
+        i += group;
+    }
+    out
 }
 
 /// Raises this process's soft RLIMIT_NOFILE to the hard limit; the servers and loadgen inherit
@@ -326,6 +384,9 @@ fn measure(ctx: &Ctx, case: &Case, run: &mut Run, log: &mut File) -> Result<(), 
     if let Some((cert, key)) = &tls {
         server_args.extend(["--tls-cert", cert, "--tls-key", key]);
     }
+    if case.proxy.is_some() {
+        server_args.push("--proxy-protocol");
+    }
     let (mut server, addr) = start_binary(&ctx.bin_dir, &bin, &server_args, log)?;
     let pid = server.pid();
     run.rss_base_kib = Some(rss_kib(pid)?);
@@ -344,6 +405,9 @@ fn measure(ctx: &Ctx, case: &Case, run: &mut Run, log: &mut File) -> Result<(), 
                 .args(["--size", &case.size.to_string()]);
             if let Some((cert, _)) = &tls {
                 c.args(["--tls-ca", cert]);
+            }
+            if let Some(proxy) = case.proxy {
+                c.args(["--proxy", proxy.name()]);
             }
             (&ctx.loadgen, c)
         }
@@ -529,6 +593,18 @@ fn run_suite(args: &Args) -> Result<bool, String> {
     for (server, why) in &tls_skipped {
         eprintln!("suite: note: {server} skipped in the TLS scenarios: {why}");
     }
+    // The PROXY protocol scenarios: who sits them out.
+    let proxy_skipped: Vec<(String, String)> = if cases.iter().any(|c| c.proxy.is_some()) {
+        args.servers
+            .iter()
+            .filter_map(|s| proxy_skip_reason(s).map(|why| (s.clone(), why)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for (server, why) in &proxy_skipped {
+        eprintln!("suite: note: {server} skipped in the PROXY protocol scenarios: {why}");
+    }
     let tls = if tls_cases > 0 {
         let files = tls::write_test_cert(&args.out.join("tls"))?;
         eprintln!(
@@ -574,6 +650,7 @@ fn run_suite(args: &Args) -> Result<bool, String> {
         clk_tck: ctx.clk_tck,
         smoke: args.smoke,
         tls_skipped: tls_skipped.clone(),
+        proxy_skipped: proxy_skipped.clone(),
     };
     let runs_per_round = |case: &Case| {
         args.servers
@@ -587,7 +664,10 @@ fn run_suite(args: &Args) -> Result<bool, String> {
         cases.len(),
         args.rounds,
         args.servers.len(),
-        if (rooms > 0 && !no_chat.is_empty()) || !tls_skipped.is_empty() {
+        if (rooms > 0 && !no_chat.is_empty())
+            || !tls_skipped.is_empty()
+            || !proxy_skipped.is_empty()
+        {
             " (fewer where a server sits a scenario out)"
         } else {
             ""
@@ -597,39 +677,38 @@ fn run_suite(args: &Args) -> Result<bool, String> {
     let csv_path = args.out.join("results.csv");
     let started = Instant::now();
     let mut runs: Vec<Run> = Vec::new();
-    for case in &cases {
-        for round in 1..=args.rounds {
-            for server in &args.servers {
-                if !takes_part(case, server, &no_chat) {
-                    continue;
-                }
-                let mut run = Run {
-                    case: case.name.clone(),
-                    scenario: case.scenario.to_string(),
-                    server: server.clone(),
-                    round,
-                    mode: case.kind.name().to_string(),
-                    conns: case.conns,
-                    depth: case.depth,
-                    size: case.size,
-                    clk_tck: ctx.clk_tck,
-                    ..Run::default()
-                };
-                let log = log_files.get_mut(server).expect("log file per server");
-                eprint!(
-                    "[{:>3}/{total}] {:<12} round {round} {:<9} ",
-                    runs.len() + 1,
-                    case.name,
-                    server
-                );
-                if let Err(e) = measure(&ctx, case, &mut run, log) {
-                    run.error = Some(e);
-                }
-                eprintln!("{}", progress(&run));
-                runs.push(run);
-                // Keep the raw results on disk as they come, in case the suite is interrupted.
-                write(&csv_path, &report::csv(&runs))?;
+    for (case, round) in schedule(&cases, args.rounds) {
+        let case = &cases[case];
+        for server in &args.servers {
+            if !takes_part(case, server, &no_chat) {
+                continue;
             }
+            let mut run = Run {
+                case: case.name.clone(),
+                scenario: case.scenario.to_string(),
+                server: server.clone(),
+                round,
+                mode: case.kind.name().to_string(),
+                conns: case.conns,
+                depth: case.depth,
+                size: case.size,
+                clk_tck: ctx.clk_tck,
+                ..Run::default()
+            };
+            let log = log_files.get_mut(server).expect("log file per server");
+            eprint!(
+                "[{:>3}/{total}] {:<15} round {round} {:<9} ",
+                runs.len() + 1,
+                case.name,
+                server
+            );
+            if let Err(e) = measure(&ctx, case, &mut run, log) {
+                run.error = Some(e);
+            }
+            eprintln!("{}", progress(&run));
+            runs.push(run);
+            // Keep the raw results on disk as they come, in case the suite is interrupted.
+            write(&csv_path, &report::csv(&runs))?;
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -867,6 +946,83 @@ mod tests {
         let c = &cases(&args(&["--scenarios", "tls-idle,tls-c100"]).unwrap());
         assert_eq!(c[0].name, "tls-c100");
         assert_eq!(server_binary(&c[1], "tokio"), "tokio_echo");
+    }
+
+    #[test]
+    fn accept_scenarios() {
+        let a = args(&[
+            "--scenarios",
+            "accept-proxy-v2,sweep,accept,churn,accept-proxy-v1",
+            "--smoke",
+            "--rounds",
+            "2",
+        ])
+        .unwrap();
+        let cs = cases(&a);
+        let names: Vec<&str> = cs.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "churn",
+                "accept",
+                "accept-proxy-v1",
+                "accept-proxy-v2",
+                "sweep-1",
+                "sweep-10",
+                "sweep-100"
+            ]
+        );
+        // Churn's load, with the header or not; only the accept cases are in the accept table.
+        for c in &cs[..4] {
+            assert_eq!(
+                (c.kind, c.conns, c.depth, c.size, c.tls),
+                (Kind::Loadgen(Mode::Churn), 8, 1, 64, false)
+            );
+            assert_eq!(c.is_accept(), c.name != "churn", "{}", c.name);
+            assert_eq!(server_binary(c, "hydrogen"), "hydrogen_echo");
+        }
+        assert!(cs[4..].iter().all(|c| !c.is_accept() && c.proxy.is_none()));
+        let proxies: Vec<_> = cs[..4].iter().map(|c| c.proxy).collect();
+        assert_eq!(proxies, [None, None, Some(Proxy::V1), Some(Proxy::V2)]);
+        // Plain accepts for every server, the PROXY ones for hydrogen only.
+        for s in ["hydrogen", "tokio", "mio", "old_hydrogen"] {
+            assert!(takes_part(&cs[1], s, &[]), "{s}");
+            for c in &cs[2..4] {
+                assert_eq!(takes_part(c, s, &[]), s == "hydrogen", "{s}");
+            }
+        }
+        assert_eq!(proxy_skip_reason("hydrogen"), None);
+        assert!(proxy_skip_reason("tokio").unwrap().contains("tokio_echo"));
+        // The accept cases' rounds are interleaved, the others' are not.
+        assert_eq!(
+            schedule(&cs, 2),
+            [
+                (0, 1),
+                (0, 2),
+                (1, 1),
+                (2, 1),
+                (3, 1),
+                (1, 2),
+                (2, 2),
+                (3, 2),
+                (4, 1),
+                (4, 2),
+                (5, 1),
+                (5, 2),
+                (6, 1),
+                (6, 2)
+            ]
+        );
+        // In the default and smoke runs, right after churn.
+        for v in [&[][..], &["--smoke"]] {
+            let all = cases(&args(v).unwrap());
+            let churn = all.iter().position(|c| c.name == "churn").unwrap();
+            let next: Vec<&str> = all[churn + 1..churn + 4]
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect();
+            assert_eq!(next, ["accept", "accept-proxy-v1", "accept-proxy-v2"]);
+        }
     }
 
     #[test]

@@ -185,6 +185,7 @@ fn main() {
          relayed to every other connection.",
     );
     server_cli::refuse_max_buffered(NAME, &args);
+    server_cli::refuse_proxy_protocol(NAME, &args);
     server_cli::refuse_tls(NAME, &args);
     server_cli::raise_nofile_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -304,6 +304,7 @@ async fn run(args: server_cli::ServerArgs) -> io::Result<()> {
 fn main() {
     let args = server_cli::parse_args(NAME);
     server_cli::refuse_max_buffered(NAME, &args);
+    server_cli::refuse_proxy_protocol(NAME, &args);
     server_cli::raise_nofile_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads)
