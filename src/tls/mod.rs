@@ -87,8 +87,11 @@
 //! produce (handshake messages, alerts, session tickets, a key update's answer) is written
 //! without waiting for a frame to be sent.
 
+mod buffered;
 mod config;
+mod sni;
 mod stream;
+mod unbuffered;
 
 use std::io;
 
@@ -154,10 +157,11 @@ impl<C: Codec + Clone + Sync> Transport for TlsTransport<C> {
     ///
     /// rustls refused to start a session (it does not with a working configuration).
     fn open(&self, conn: Accepted) -> io::Result<TlsStream<C, NetStream>> {
-        let session = rustls::ServerConnection::new(self.tls.server_config().clone())
-            .map_err(|err| io::Error::other(format!("cannot start a TLS session: {err}")))?;
+        let session =
+            rustls::server::UnbufferedServerConnection::new(self.tls.server_config().clone())
+                .map_err(|err| io::Error::other(format!("cannot start a TLS session: {err}")))?;
         Ok(
-            TlsStream::new(session, conn.into_stream(), self.codec.clone())
+            TlsStream::unbuffered(session, conn.into_stream(), self.codec.clone())
                 .with_read_budget(self.read_budget),
         )
     }
