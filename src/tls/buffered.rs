@@ -40,7 +40,12 @@ pub(super) struct Buffered<C, S> {
 impl<C: Codec, S: TlsSocket> Buffered<C, S> {
     /// Runs `session` (a new rustls server session) over `socket` (non-blocking, as the server
     /// gives it), framing the plaintext with `codec`.
-    pub(super) fn new(mut session: ServerConnection, socket: S, codec: C, read_budget: usize) -> Buffered<C, S> {
+    pub(super) fn new(
+        mut session: ServerConnection,
+        socket: S,
+        codec: C,
+        read_budget: usize,
+    ) -> Buffered<C, S> {
         session.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
         Buffered {
             socket,

@@ -160,7 +160,11 @@ mod tests {
         for size in [msg.len(), 100, 3, 1] {
             let wire = records(&msg, size);
             for cut in 0..wire.len() {
-                assert_eq!(server_name(&wire[..cut]), Hello::Incomplete, "size {size} cut {cut}");
+                assert_eq!(
+                    server_name(&wire[..cut]),
+                    Hello::Incomplete,
+                    "size {size} cut {cut}"
+                );
             }
             assert_eq!(server_name(&wire), Hello::Done(Some("alt.example".into())));
         }

@@ -98,6 +98,9 @@ pub struct TlsStream<C, S = TcpStream> {
     inner: Inner<C, S>,
 }
 
+/// The unbuffered session, what every connection the transport accepts has, is kept inline: a
+/// box would cost each connection an allocation and a pointer to follow on every call.
+#[allow(clippy::large_enum_variant)]
 enum Inner<C, S> {
     Unbuffered(Unbuffered<C, S>),
     Buffered(Box<Buffered<C, S>>),
@@ -124,11 +127,7 @@ impl<C: Codec, S: TlsSocket> TlsStream<C, S> {
     /// Runs `session` (a new rustls unbuffered server session) over `socket` (non-blocking,
     /// as the server gives it), framing the plaintext with `codec`. What
     /// [`TlsTransport`](super::TlsTransport) does for each connection.
-    pub fn unbuffered(
-        session: UnbufferedServerConnection,
-        socket: S,
-        codec: C,
-    ) -> TlsStream<C, S> {
+    pub fn unbuffered(session: UnbufferedServerConnection, socket: S, codec: C) -> TlsStream<C, S> {
         TlsStream {
             inner: Inner::Unbuffered(Unbuffered::new(
                 session,

@@ -483,7 +483,9 @@ fn encode<D>(own: &mut EncodeTlsData<'_, D>, out: &mut Vec<u8>) -> io::Result<()
         }
         Err(err) => {
             out.truncate(start);
-            Err(io::Error::other(format!("TLS: cannot encode a record: {err}")))
+            Err(io::Error::other(format!(
+                "TLS: cannot encode a record: {err}"
+            )))
         }
     }
 }
@@ -605,11 +607,11 @@ impl<C: Codec, S: TlsSocket> Stream for Unbuffered<C, S> {
             out.clear();
             let sealed = self.seal(&mut out);
             let written = write_some(&mut self.socket, &out);
-            if let Ok(n) = written {
-                if n < out.len() {
-                    self.outgoing = out[n..].to_vec();
-                    self.sent = 0;
-                }
+            if let Ok(n) = written
+                && n < out.len()
+            {
+                self.outgoing = out[n..].to_vec();
+                self.sent = 0;
             }
             let full = matches!(written, Ok(n) if n < out.len());
             put_scratch(&WRITE_SCRATCH, out);
