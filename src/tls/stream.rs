@@ -71,8 +71,9 @@ fn not_connected_is_fine(result: io::Result<()>) -> io::Result<()> {
 /// plaintext with a [`Codec`]: what [`TlsTransport`](super::TlsTransport) gives each
 /// connection.
 ///
-/// - Reads: TLS records are read until the socket reports `WouldBlock`, the peer closes, or
-///   the read budget is spent ([`RecvStatus::MoreAvailable`]); rustls processes the records
+/// - Reads: TLS records are read until the socket reports `WouldBlock` (with the unbuffered
+///   session, or a read comes back short, as in [`Framed`](crate::Framed)), the peer closes,
+///   or the read budget is spent ([`RecvStatus::MoreAvailable`]); rustls processes the records
 ///   as they arrive, and their plaintext goes at once into a [`Deframer`](crate::codec::Deframer),
 ///   which keeps only an incomplete frame's bytes.
 /// - Writes: frames are encoded into a [`WriteQueue`](crate::codec::WriteQueue) (broadcasts by
@@ -189,8 +190,8 @@ impl<C: Codec, S: TlsSocket> TlsStream<C, S> {
 }
 
 impl<C: Codec, S: TlsSocket> Stream for TlsStream<C, S> {
-    /// Reads TLS records until the socket reports `WouldBlock` ([`RecvStatus::Drained`]), the
-    /// peer closes ([`RecvStatus::Eof`] after its `close_notify`) or the read budget is spent
+    /// Reads TLS records until the socket reports `WouldBlock` or, with the unbuffered
+    /// session, a read comes back short ([`RecvStatus::Drained`]), the peer closes ([`RecvStatus::Eof`] after its `close_notify`) or the read budget is spent
     /// ([`RecvStatus::MoreAvailable`]), pushing every complete frame of the plaintext.
     ///
     /// # Errors

@@ -8,7 +8,9 @@
 //!
 //! - Reads go into a per-thread buffer (64 KiB of room, shared by every connection the thread
 //!   serves); rustls decrypts the records there and their plaintext goes at once into the
-//!   frame decoder. Only bytes rustls has not discarded (an incomplete record, or the records
+//!   frame decoder. Reads go on until `WouldBlock`, the end of the stream, the read budget, or
+//!   a short read (which took all the socket had: more data raises a new edge), as
+//!   [`Framed`](crate::Framed)'s do; after a hang-up the runtime reads on past short reads. Only bytes rustls has not discarded (an incomplete record, or the records
 //!   of a handshake message it is still joining) are copied out and kept, exactly, until the
 //!   rest arrives.
 //! - Writes encrypt the queue's bytes (at most [`TLS_BUFFER_LIMIT`] of plaintext at a time)
@@ -177,6 +179,7 @@ impl<C: Codec, S: TlsSocket> Unbuffered<C, S> {
             if buf.len() - *held < READ_ROOM_MIN {
                 buf.resize(*held + READ_ROOM, 0);
             }
+            let room = buf.len() - *held;
             let got = match self.socket.read(&mut buf[*held..]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -201,6 +204,12 @@ impl<C: Codec, S: TlsSocket> Unbuffered<C, S> {
             read += got;
             if read >= self.read_budget {
                 return Ok(RecvStatus::MoreAvailable);
+            }
+            if got < room {
+                // A short read took all the socket had, as in `Framed`: data arriving from now
+                // on raises a new edge, so another read now would only return WouldBlock (the
+                // runtime reads on after a hang-up, when no new edge comes).
+                return Ok(RecvStatus::Drained);
             }
         }
     }
