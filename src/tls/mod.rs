@@ -78,17 +78,25 @@
 //!
 //! Each connection's plaintext waits in hydrogen's own write queue (where
 //! [`Config::max_outbound`](crate::Config::max_outbound), group lag policies and the memory
-//! ceiling see it) and is handed to rustls as the socket drains: rustls holds at most
-//! [`TLS_BUFFER_LIMIT`] bytes of encrypted output per connection. A frame is never dropped or
-//! torn: whatever rustls does not take yet stays queued, in order. Reads go until the socket
-//! is drained (rustls reads at most a record or so at a time, and the socket is watched
-//! edge-triggered) or the read budget is spent, and every record's plaintext is moved into the
-//! frame decoder at once, so rustls's 16 KiB plaintext buffer never fills. Output that reads
-//! produce (handshake messages, alerts, session tickets, a key update's answer) is written
-//! without waiting for a frame to be sent.
+//! ceiling see it) and is encrypted as the socket drains, at most [`TLS_BUFFER_LIMIT`] bytes
+//! ahead of it. A frame is never dropped or torn: whatever the socket does not take stays
+//! queued, in order. The transport runs rustls's unbuffered server session, and hydrogen owns
+//! every buffer: records are read into a per-thread buffer and decrypted there, their
+//! plaintext moved into the frame decoder at once, and only an incomplete record's bytes are
+//! kept; frames are encrypted into a per-thread buffer and written with one `write`, and only
+//! what the socket does not take is kept. An idle TLS connection thus holds no buffer, only
+//! the session's keys and state (about 2.3 KB of heap; rustls's buffered `ServerConnection`,
+//! which [`TlsStream::new`] still runs, holds 4 KB more for its incoming records). Reads go
+//! until the socket is drained (`WouldBlock` or a short read: the socket is watched
+//! edge-triggered) or the read budget is spent. Output that reads produce (handshake
+//! messages, alerts, session tickets, a key update's answer) is written without waiting for
+//! a frame to be sent.
 
+mod buffered;
 mod config;
+mod sni;
 mod stream;
+mod unbuffered;
 
 use std::io;
 
@@ -154,10 +162,11 @@ impl<C: Codec + Clone + Sync> Transport for TlsTransport<C> {
     ///
     /// rustls refused to start a session (it does not with a working configuration).
     fn open(&self, conn: Accepted) -> io::Result<TlsStream<C, NetStream>> {
-        let session = rustls::ServerConnection::new(self.tls.server_config().clone())
-            .map_err(|err| io::Error::other(format!("cannot start a TLS session: {err}")))?;
+        let session =
+            rustls::server::UnbufferedServerConnection::new(self.tls.server_config().clone())
+                .map_err(|err| io::Error::other(format!("cannot start a TLS session: {err}")))?;
         Ok(
-            TlsStream::new(session, conn.into_stream(), self.codec.clone())
+            TlsStream::unbuffered(session, conn.into_stream(), self.codec.clone())
                 .with_read_budget(self.read_budget),
         )
     }

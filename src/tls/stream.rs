@@ -1,24 +1,31 @@
 //! [`TlsStream`]: a rustls server session between a socket and hydrogen's frame decoder and
-//! write queue.
+//! write queue. The session is rustls's unbuffered one (`unbuffered.rs`, what
+//! [`TlsTransport`](super::TlsTransport) uses) or its buffered `ServerConnection`
+//! (`buffered.rs`, for [`TlsStream::new`]).
 //!
-//! Sans-I/O all the way: rustls only ever sees the socket through `read_tls` and `write_tls`,
-//! one non-blocking call at a time, never through `rustls::Stream` or `complete_io` (which
-//! loop until the session is satisfied and can spin or deadlock on a non-blocking socket).
+//! Sans-I/O all the way: rustls never sees the socket but through hydrogen's own
+//! non-blocking reads and writes (or `read_tls` and `write_tls`, one call at a time), never
+//! through `rustls::Stream` or `complete_io` (which loop until the session is satisfied and
+//! can spin or deadlock on a non-blocking socket).
 
 use std::fmt;
-use std::io::{self, BufRead, IoSlice, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 
 use rustls::ServerConnection;
+use rustls::server::UnbufferedServerConnection;
 
-use crate::codec::{Codec, Deframer, WriteQueue};
+use super::buffered::Buffered;
+use super::unbuffered::Unbuffered;
+use crate::codec::Codec;
 use crate::{Frames, RecvStatus, SharedFrame, Stream, TlsInfo};
 
-/// The most encrypted output rustls holds for one connection, in bytes (its own default,
-/// set explicitly): plaintext beyond it waits in hydrogen's write queue, unencrypted, until
-/// the socket has taken what rustls holds.
+/// The most plaintext encrypted ahead of the socket for one connection, in bytes: plaintext
+/// beyond it waits in hydrogen's write queue, unencrypted, until the socket has taken the
+/// records made of it. (For the buffered session of [`TlsStream::new`], the most encrypted
+/// output rustls holds, set explicitly: its own default.)
 pub const TLS_BUFFER_LIMIT: usize = 64 * 1024;
 
 /// A socket a [`TlsStream`] can run over: a [`NetStream`](crate::NetStream) (what the server
@@ -64,40 +71,50 @@ fn not_connected_is_fine(result: io::Result<()>) -> io::Result<()> {
 /// plaintext with a [`Codec`]: what [`TlsTransport`](super::TlsTransport) gives each
 /// connection.
 ///
-/// - Reads: TLS records are read until the socket reports `WouldBlock`, the peer closes, or
-///   the read budget is spent ([`RecvStatus::MoreAvailable`]); after each read rustls
-///   processes the records, and their plaintext goes at once into a [`Deframer`], which
-///   keeps only an incomplete frame's bytes.
-/// - Writes: frames are encoded into a [`WriteQueue`] (broadcasts by reference, as in
-///   [`Framed`](crate::Framed)); [`flush`](Stream::flush) hands the queue's bytes to rustls as
-///   far as its [`TLS_BUFFER_LIMIT`] allows, and writes the records to the socket, until the
-///   queue is empty or the socket is full. Output of rustls's own (handshake, alerts, session
-///   tickets, key updates) counts as pending, so the server writes it without a frame being
-///   sent.
+/// - Reads: TLS records are read until the socket reports `WouldBlock` (with the unbuffered
+///   session, or a read comes back short, as in [`Framed`](crate::Framed)), the peer closes,
+///   or the read budget is spent ([`RecvStatus::MoreAvailable`]); rustls processes the records
+///   as they arrive, and their plaintext goes at once into a [`Deframer`](crate::codec::Deframer),
+///   which keeps only an incomplete frame's bytes.
+/// - Writes: frames are encoded into a [`WriteQueue`](crate::codec::WriteQueue) (broadcasts by
+///   reference, as in [`Framed`](crate::Framed)); [`flush`](Stream::flush) encrypts the
+///   queue's bytes ([`TLS_BUFFER_LIMIT`] at a time) and writes the records to the socket,
+///   until the queue is empty or the socket is full. Output of rustls's own (handshake, alerts,
+///   session tickets, key updates) counts as pending, so the server writes it without a frame
+///   being sent.
 /// - The stream is [established](Stream::is_established) once the handshake is over; the
 ///   handler hears of the connection then.
 /// - [`shutdown`](Stream::shutdown) writes what the socket takes at once, then
 ///   `close_notify`, then closes the socket.
 ///
+/// With rustls's unbuffered session ([`TlsStream::unbuffered`], what the transport uses) the
+/// stream owns every buffer, and an idle connection holds none: reads go into a per-thread
+/// buffer and only an incomplete record's bytes are kept, records are encrypted into a
+/// per-thread buffer and only what the socket does not take is kept. rustls's buffered
+/// `ServerConnection` ([`TlsStream::new`]) keeps about 4 KB more per connection, for the
+/// connection's whole life (its 4 KiB incoming-record buffer).
+///
 /// See the [module documentation](super) for how each end of a connection is reported.
 pub struct TlsStream<C, S = TcpStream> {
-    socket: S,
-    tls: ServerConnection,
-    /// The plaintext's read side, and the codec.
-    input: Deframer<C>,
-    /// Encoded frames not yet handed to rustls.
-    output: WriteQueue,
-    /// Plaintext handed to rustls since its output was last written out: an estimate of the
-    /// encrypted bytes it holds, for [`pending_output`](Stream::pending_output).
-    in_tls: usize,
-    read_budget: usize,
-    /// rustls failed (a protocol error, its alert queued or sent) or the framing did: nothing
-    /// more is read.
-    failed: bool,
-    /// The peer's `close_notify` arrived (or the TCP stream ended): nothing more is read.
-    read_done: bool,
-    /// rustls processed the peer's `close_notify`.
-    peer_closed: bool,
+    inner: Inner<C, S>,
+}
+
+/// The unbuffered session, what every connection the transport accepts has, is kept inline: a
+/// box would cost each connection an allocation and a pointer to follow on every call.
+#[allow(clippy::large_enum_variant)]
+enum Inner<C, S> {
+    Unbuffered(Unbuffered<C, S>),
+    Buffered(Box<Buffered<C, S>>),
+}
+
+/// Runs `$body` with `$s` bound to the session, whichever kind it is.
+macro_rules! each {
+    ($self:expr, $s:ident => $body:expr) => {
+        match $self {
+            Inner::Unbuffered($s) => $body,
+            Inner::Buffered($s) => $body,
+        }
+    };
 }
 
 impl<C> TlsStream<C> {
@@ -108,147 +125,73 @@ impl<C> TlsStream<C> {
 }
 
 impl<C: Codec, S: TlsSocket> TlsStream<C, S> {
-    /// Runs `session` (a new rustls server session) over `socket` (non-blocking, as the server
-    /// gives it), framing the plaintext with `codec`.
-    pub fn new(mut session: ServerConnection, socket: S, codec: C) -> TlsStream<C, S> {
-        session.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
+    /// Runs `session` (a new rustls unbuffered server session) over `socket` (non-blocking,
+    /// as the server gives it), framing the plaintext with `codec`. What
+    /// [`TlsTransport`](super::TlsTransport) does for each connection.
+    pub fn unbuffered(session: UnbufferedServerConnection, socket: S, codec: C) -> TlsStream<C, S> {
         TlsStream {
-            socket,
-            tls: session,
-            input: Deframer::new(codec),
-            output: WriteQueue::new(),
-            in_tls: 0,
-            read_budget: TlsStream::<C>::DEFAULT_READ_BUDGET,
-            failed: false,
-            read_done: false,
-            peer_closed: false,
+            inner: Inner::Unbuffered(Unbuffered::new(
+                session,
+                socket,
+                codec,
+                TlsStream::<C>::DEFAULT_READ_BUDGET,
+            )),
+        }
+    }
+
+    /// Runs `session` (a new rustls buffered server session) over `socket` (non-blocking, as
+    /// the server gives it), framing the plaintext with `codec`. It behaves as
+    /// [`unbuffered`](TlsStream::unbuffered) does, but rustls keeps its own buffers, about 4 KB
+    /// more per connection.
+    pub fn new(session: ServerConnection, socket: S, codec: C) -> TlsStream<C, S> {
+        TlsStream {
+            inner: Inner::Buffered(Box::new(Buffered::new(
+                session,
+                socket,
+                codec,
+                TlsStream::<C>::DEFAULT_READ_BUDGET,
+            ))),
         }
     }
 
     /// Sets how many bytes of TLS records one [`recv`](Stream::recv) reads at most before it
     /// returns [`RecvStatus::MoreAvailable`]. A budget of 0 is treated as 1.
     pub fn with_read_budget(mut self, bytes: usize) -> TlsStream<C, S> {
-        self.read_budget = bytes.max(1);
+        each!(&mut self.inner, s => s.read_budget = bytes.max(1));
         self
     }
 
     /// The socket.
     pub fn get_ref(&self) -> &S {
-        &self.socket
+        each!(&self.inner, s => s.get_ref())
     }
 
-    /// The rustls session, to look at what was negotiated.
-    pub fn session(&self) -> &ServerConnection {
-        &self.tls
+    /// The rustls session's state, to look at what was negotiated (protocol version, cipher
+    /// suite, ALPN protocol, the peer's certificates).
+    pub fn session(&self) -> &rustls::CommonState {
+        match &self.inner {
+            Inner::Unbuffered(s) => s.session(),
+            Inner::Buffered(s) => s.session(),
+        }
+    }
+
+    /// The server name (SNI) the client asked for, once the handshake is over.
+    pub fn server_name(&self) -> Option<&str> {
+        match &self.inner {
+            Inner::Unbuffered(s) => s.server_name(),
+            Inner::Buffered(s) => s.session().server_name(),
+        }
     }
 
     /// The codec.
     pub fn codec(&self) -> &C {
-        self.input.codec()
-    }
-
-    /// Moves the plaintext rustls holds into the frame decoder. Called after every
-    /// `process_new_packets`, so rustls's plaintext buffer (16 KiB) never fills: a full one
-    /// would make `read_tls` refuse, with the socket still readable and no new edge to come.
-    fn drain_plaintext(&mut self, frames: &mut Frames) -> io::Result<()> {
-        let mut reader = self.tls.reader();
-        loop {
-            let taken = match reader.fill_buf() {
-                Ok([]) => return Ok(()), // `close_notify`: the end, seen by the caller
-                Ok(plain) => {
-                    let n = plain.len();
-                    self.input.ingest(plain, frames)?;
-                    n
-                }
-                // Nothing more for now, or the TCP stream ended without `close_notify`
-                // (the caller reports that).
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::UnexpectedEof
-                    ) =>
-                {
-                    return Ok(());
-                }
-                Err(e) => return Err(e),
-            };
-            reader.consume(taken);
-        }
-    }
-
-    /// Lets rustls process what `read_tls` gave it and takes the plaintext out. On a TLS
-    /// error the alert rustls queued is written at once (as far as the socket takes it) and
-    /// nothing is read again.
-    fn process(&mut self, frames: &mut Frames) -> io::Result<()> {
-        match self.tls.process_new_packets() {
-            Ok(state) => self.peer_closed |= state.peer_has_closed(),
-            Err(err) => {
-                self.failed = true;
-                let _ = self.write_tls_out();
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("TLS error: {err}"),
-                ));
-            }
-        }
-        if !self.tls.is_handshaking() {
-            // rustls queues its answer to a peer's KeyUpdate until the next record it sends;
-            // an empty write moves it into the output now (it sends no empty record), so an
-            // idle connection answers too.
-            let _ = self.tls.writer().write(&[]);
-        }
-        if let Err(err) = self.drain_plaintext(frames) {
-            self.failed = true;
-            return Err(err);
-        }
-        Ok(())
-    }
-
-    /// Writes rustls's encrypted output to the socket until none is left (`Ok(true)`) or the
-    /// socket is full (`Ok(false)`).
-    fn write_tls_out(&mut self) -> io::Result<bool> {
-        while self.tls.wants_write() {
-            match self.tls.write_tls(&mut self.socket) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::WriteZero,
-                        "socket accepted no bytes",
-                    ));
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(e),
-            }
-        }
-        self.in_tls = 0;
-        Ok(true)
-    }
-
-    /// How the stream ended once reading is over: the peer's `close_notify` is a clean end
-    /// (between frames), a TCP end without it a truncation.
-    fn end(&self) -> io::Result<RecvStatus> {
-        if self.tls.is_handshaking() && !self.peer_closed {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the peer closed the connection during the TLS handshake",
-            ));
-        }
-        if !self.peer_closed {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the peer ended the TCP stream without a TLS close_notify: a possible \
-                 truncation, not a clean close",
-            ));
-        }
-        self.input.eof()?;
-        Ok(RecvStatus::Eof)
+        each!(&self.inner, s => s.codec())
     }
 }
 
 impl<C: Codec, S: TlsSocket> Stream for TlsStream<C, S> {
-    /// Reads TLS records until the socket reports `WouldBlock` ([`RecvStatus::Drained`]), the
-    /// peer closes ([`RecvStatus::Eof`] after its `close_notify`) or the read budget is spent
+    /// Reads TLS records until the socket reports `WouldBlock` or, with the unbuffered
+    /// session, a read comes back short ([`RecvStatus::Drained`]), the peer closes ([`RecvStatus::Eof`] after its `close_notify`) or the read budget is spent
     /// ([`RecvStatus::MoreAvailable`]), pushing every complete frame of the plaintext.
     ///
     /// # Errors
@@ -259,44 +202,7 @@ impl<C: Codec, S: TlsSocket> Stream for TlsStream<C, S> {
     ///   of a frame: [`io::ErrorKind::UnexpectedEof`], after the frames before it.
     /// - Any socket error other than `WouldBlock` and `Interrupted`.
     fn recv(&mut self, frames: &mut Frames) -> io::Result<RecvStatus> {
-        if self.failed {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the TLS session has failed",
-            ));
-        }
-        if self.read_done {
-            return self.end();
-        }
-        let mut read = 0;
-        loop {
-            // rustls reads a record or so per call: loop until the socket is drained, as
-            // edge-triggered readiness needs.
-            let got = match self.tls.read_tls(&mut self.socket) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.process(frames)?;
-                    return if self.peer_closed {
-                        self.read_done = true;
-                        self.end()
-                    } else {
-                        Ok(RecvStatus::Drained)
-                    };
-                }
-                Err(e) => return Err(e),
-            };
-            self.process(frames)?;
-            if got == 0 || self.peer_closed {
-                // The TCP stream's end, or `close_notify` (after which rustls reads no more).
-                self.read_done = true;
-                return self.end();
-            }
-            read += got;
-            if read >= self.read_budget {
-                return Ok(RecvStatus::MoreAvailable);
-            }
-        }
+        each!(&mut self.inner, s => s.recv(frames))
     }
 
     /// Encodes `frame` onto the write queue. Nothing is written until [`flush`](Stream::flush).
@@ -306,144 +212,67 @@ impl<C: Codec, S: TlsSocket> Stream for TlsStream<C, S> {
     /// The codec's [`FrameError`](crate::FrameError) as [`io::ErrorKind::InvalidData`]; the
     /// queue is then unchanged.
     fn send(&mut self, frame: &[u8]) -> io::Result<()> {
-        self.output.push(self.input.codec_mut(), frame)?;
-        Ok(())
+        each!(&mut self.inner, s => s.send(frame))
     }
 
-    /// Writes rustls's output, then hands it more of the queue and writes again, until the
-    /// queue is empty or the socket reports `WouldBlock`. Before the handshake is over only
-    /// rustls's own messages go out.
+    /// Writes the encrypted output kept, then encrypts more of the queue and writes again,
+    /// until the queue is empty or the socket reports `WouldBlock`. Before the handshake is
+    /// over only rustls's own messages go out.
     ///
     /// # Errors
     ///
     /// Any socket error other than `WouldBlock` and `Interrupted`, or
     /// [`io::ErrorKind::WriteZero`] if the socket accepts no bytes.
     fn flush(&mut self) -> io::Result<()> {
-        loop {
-            if !self.write_tls_out()? {
-                return Ok(());
-            }
-            if self.output.is_empty() || self.tls.is_handshaking() {
-                return Ok(());
-            }
-            let before = self.output.pending();
-            self.output.write_to(&mut IntoTls(&mut self.tls))?;
-            self.in_tls += before - self.output.pending();
-            if before == self.output.pending() {
-                return Ok(()); // rustls took nothing (its session failed): nothing to write
-            }
-        }
+        each!(&mut self.inner, s => s.flush())
     }
 
     /// Queues the frame's shared encoding as [`Framed`](crate::Framed) does (a small one
     /// copied, a larger one by reference); it is encrypted once it reaches the front of the
     /// queue.
     fn send_shared(&mut self, frame: &SharedFrame) -> io::Result<()> {
-        let wire = frame.wire(self.input.codec_mut())?;
-        if wire.len() <= crate::framed::SHARED_COPY {
-            self.output.push_bytes(&wire);
-        } else {
-            self.output.push_shared(wire.into_owned());
-        }
-        Ok(())
+        each!(&mut self.inner, s => s.send_shared(frame))
     }
 
-    /// The queue's bytes, plus an estimate of rustls's encrypted output (never 0 while it has
+    /// The queue's bytes, plus the encrypted output not yet written (never 0 while there is
     /// some, handshake messages and alerts included).
     fn pending_output(&self) -> usize {
-        let tls = if self.tls.wants_write() {
-            self.in_tls.max(1)
-        } else {
-            0
-        };
-        self.output.pending() + tls
+        each!(&self.inner, s => s.pending_output())
     }
 
     fn buffered_input(&self) -> usize {
-        self.input.buffered_input()
+        each!(&self.inner, s => s.buffered_input())
     }
 
     fn has_partial_frame(&self) -> bool {
-        self.input.has_partial_frame()
+        each!(&self.inner, s => s.has_partial_frame())
     }
 
     /// Once the TLS handshake is over.
     fn is_established(&self) -> bool {
-        !self.tls.is_handshaking()
+        each!(&self.inner, s => s.is_established())
     }
 
     /// The ALPN protocol, the SNI name, the protocol version and the cipher suite.
     fn tls_info(&self) -> Option<TlsInfo> {
-        let mut info = TlsInfo::new();
-        if let Some(alpn) = self.tls.alpn_protocol() {
-            info = info.with_alpn_protocol(alpn.to_vec());
-        }
-        if let Some(name) = self.tls.server_name() {
-            info = info.with_server_name(name);
-        }
-        if let Some(version) = self.tls.protocol_version() {
-            info = info.with_protocol_version(format!("{version:?}"));
-        }
-        if let Some(suite) = self.tls.negotiated_cipher_suite() {
-            info = info.with_cipher_suite(format!("{:?}", suite.suite()));
-        }
-        Some(info)
+        each!(&self.inner, s => s.tls_info())
     }
 
     /// Writes what the socket takes at once of the queue, then `close_notify` (unless the
     /// session failed: its alert goes instead), then shuts the socket down.
     fn shutdown(&mut self) -> io::Result<()> {
-        if !self.failed {
-            let _ = self.flush();
-            self.tls.send_close_notify();
-        }
-        let _ = self.write_tls_out();
-        self.socket.shutdown_both()
-    }
-}
-
-/// rustls's plaintext writer as a non-blocking writer for [`WriteQueue::write_to`]: a full
-/// buffer (no byte taken) is `WouldBlock`, so the rest stays queued, in order.
-struct IntoTls<'a>(&'a mut ServerConnection);
-
-impl Write for IntoTls<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        took(self.0.writer().write(buf)?, buf.is_empty())
-    }
-
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let empty = bufs.iter().all(|b| b.is_empty());
-        took(self.0.writer().write_vectored(bufs)?, empty)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-fn took(n: usize, empty: bool) -> io::Result<usize> {
-    if n == 0 && !empty {
-        Err(io::ErrorKind::WouldBlock.into())
-    } else {
-        Ok(n)
+        each!(&mut self.inner, s => s.shutdown())
     }
 }
 
 impl<C, S: AsFd> AsFd for TlsStream<C, S> {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.socket.as_fd()
+        each!(&self.inner, s => s.as_fd())
     }
 }
 
 impl<C: fmt::Debug, S: fmt::Debug> fmt::Debug for TlsStream<C, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsStream")
-            .field("socket", &self.socket)
-            .field("codec", self.input.codec())
-            .field("handshaking", &self.tls.is_handshaking())
-            .field("buffered_in", &self.input.partial().len())
-            .field("pending_out", &self.output.pending())
-            .field("read_budget", &self.read_budget)
-            .finish()
+        each!(&self.inner, s => s.fmt(f))
     }
 }
