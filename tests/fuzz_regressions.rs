@@ -349,3 +349,27 @@ fn proxy_header_regressions() {
         }
     }
 }
+
+/// The `tls_read` target's check (`fuzz/src/tls.rs`, compiled here too), with the TLS
+/// feature.
+#[cfg(feature = "tls")]
+#[path = "../fuzz/src/tls.rs"]
+mod tls_check;
+
+/// Replays `fuzz/regressions/tls_read` through both TLS streams' read paths.
+#[cfg(feature = "tls")]
+#[test]
+fn tls_read_regressions() {
+    let files = regression_files("tls_read");
+    check_named(
+        "tls_read",
+        &files,
+        &[
+            "plaintext-second-fatal-alert",
+            "handshake-record-then-bad-record",
+        ],
+    );
+    for (_, data) in &files {
+        tls_check::check_tls_read(data);
+    }
+}

@@ -904,3 +904,33 @@ fn a_proxy_header_comes_before_the_tls_handshake() {
     assert_eq!(summary.proxy_refused, 1, "{summary:?}");
     assert_eq!(seen.peers.lock().len(), 1);
 }
+
+#[test]
+fn plaintext_sent_a_second_fatal_alert() {
+    // Found by the tls_read fuzz target on the unbuffered session: after a record error,
+    // the stream asked rustls for its alert while handing it the bad bytes again, so rustls
+    // failed on them a second time and queued a second fatal alert (a debug assertion in
+    // rustls, a panic on the worker). The stream must send one alert and stop.
+    use hydrogen::Stream;
+    use std::os::unix::net::UnixStream;
+    let certs = Certs::make();
+    let session =
+        rustls::server::UnbufferedServerConnection::new(certs.config().server_config().clone())
+            .unwrap();
+    let (server, mut peer) = UnixStream::pair().unwrap();
+    server.set_nonblocking(true).unwrap();
+    peer.write_all(&[0x01, 0x00, 0x05, b'h', b'e', b'l', b'l', b'o', 0x17])
+        .unwrap();
+    let mut stream = hydrogen::tls::TlsStream::unbuffered(session, server, SimpleFrame);
+    let mut frames = hydrogen::Frames::new();
+    let err = stream.recv(&mut frames).expect_err("not TLS");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+    assert!(frames.is_empty());
+    let _ = stream.shutdown();
+    drop(stream);
+    let mut sent = Vec::new();
+    peer.read_to_end(&mut sent).unwrap();
+    // One alert record (content type 21, 2 bytes of alert), nothing after it.
+    assert_eq!(sent.len(), 7, "{sent:?}");
+    assert_eq!(sent[0], 0x15, "{sent:?}");
+}

@@ -10,6 +10,7 @@ use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, OnceLock};
 
+use hydrogen::tls::rustls::server::UnbufferedServerConnection;
 use hydrogen::tls::rustls::{ServerConfig, ServerConnection};
 use hydrogen::tls::{TlsConfig, TlsStream};
 use hydrogen::{Frames, LengthPrefixed, RecvStatus, Stream};
@@ -35,20 +36,48 @@ fn config() -> Arc<ServerConfig> {
         .clone()
 }
 
-/// Feeds `data` to a server-side TLS stream's read path.
+/// Feeds `data` to both server-side TLS streams' read paths: the unbuffered session, which
+/// `TlsTransport` uses, and the buffered one (`TlsStream::new`).
 pub fn check_tls_read(data: &[u8]) {
     let data = &data[..data.len().min(MAX_INPUT)];
+    check_unbuffered(data);
+    check_buffered(data);
+}
+
+/// A socket pair whose peer end has written `data` and closed its side: (server end, peer
+/// end). The peer end is kept open until the stream is done, so that what the server writes
+/// (alerts) does not meet a closed socket (libFuzzer's process does not ignore SIGPIPE).
+fn peer_sent(data: &[u8]) -> (UnixStream, UnixStream) {
     let (server, mut peer) = UnixStream::pair().expect("socketpair");
     server.set_nonblocking(true).expect("non-blocking");
     peer.write_all(data)
         .expect("the socket buffer takes the input");
     peer.shutdown(std::net::Shutdown::Write)
         .expect("half-close");
+    (server, peer)
+}
+
+/// The unbuffered stream stops at a short read (`Drained`), as `Framed` does; the server
+/// then reads on after the peer's hang-up, and so does this loop.
+fn check_unbuffered(data: &[u8]) {
+    let (server, _peer) = peer_sent(data);
+    let session = UnbufferedServerConnection::new(config()).expect("a server session");
+    let stream = TlsStream::unbuffered(session, server, LengthPrefixed::new(1 << 16));
+    drive(stream, data.len(), true);
+}
+
+fn check_buffered(data: &[u8]) {
+    let (server, _peer) = peer_sent(data);
     let session = ServerConnection::new(config()).expect("a server session");
-    let mut stream = TlsStream::new(session, server, LengthPrefixed::new(1 << 16));
+    let stream = TlsStream::new(session, server, LengthPrefixed::new(1 << 16));
+    drive(stream, data.len(), false);
+}
+
+/// Runs `recv` (and `flush`) until the end or an error: at most one call per input byte
+/// and two more, each of which must end.
+fn drive(mut stream: TlsStream<LengthPrefixed, UnixStream>, len: usize, drained_ok: bool) {
     let mut frames = Frames::new();
-    // Each call reads at least one byte or ends, so the input bounds the calls.
-    for _ in 0..=data.len() + 1 {
+    for _ in 0..=len + 2 {
         let status = stream.recv(&mut frames);
         frames.clear();
         let _ = stream.flush();
@@ -57,6 +86,7 @@ pub fn check_tls_read(data: &[u8]) {
             "the frame buffer grew past the frame limit"
         );
         match status {
+            Ok(RecvStatus::Drained) if drained_ok => {}
             Ok(RecvStatus::Drained) => panic!("Drained with the peer's end in the socket"),
             Ok(RecvStatus::MoreAvailable) => {}
             Ok(RecvStatus::Eof) | Err(_) => {
@@ -65,5 +95,5 @@ pub fn check_tls_read(data: &[u8]) {
             }
         }
     }
-    panic!("recv never reached the end of {} bytes", data.len());
+    panic!("recv never reached the end of {len} bytes");
 }

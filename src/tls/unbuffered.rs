@@ -330,20 +330,21 @@ impl<C: Codec, S: TlsSocket> Unbuffered<C, S> {
 
     /// After a TLS error: encodes the alert rustls queued, writes what the socket takes of the
     /// output at once, and reads nothing more.
+    ///
+    /// rustls hands out queued output before it looks at input again, and its error left
+    /// exactly one record queued, the alert (it returns queued output before deframing, so
+    /// none was waiting). So one call gives the alert, and no more calls are made: a second
+    /// one would deframe the bad bytes again and queue a second fatal alert (a debug
+    /// assertion in rustls). `rest` is the input as rustls last saw it, which it requires
+    /// (its handshake joiner keeps offsets into it).
     fn fail(&mut self, err: rustls::Error, rest: &mut [u8]) -> io::Error {
         self.failed = true;
         self.incoming = Vec::new();
         self.hello = Vec::new();
-        for _ in 0..MAX_OWN_RECORDS {
-            match self.tls.process_tls_records(rest).state {
-                Ok(ConnectionState::EncodeTlsData(mut own)) => {
-                    if encode(&mut own, &mut self.outgoing).is_err() {
-                        break;
-                    }
-                }
-                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
-                _ => break,
-            }
+        if let Ok(ConnectionState::EncodeTlsData(mut own)) =
+            self.tls.process_tls_records(rest).state
+        {
+            let _ = encode(&mut own, &mut self.outgoing);
         }
         let _ = self.write_out();
         io::Error::new(io::ErrorKind::InvalidData, format!("TLS error: {err}"))
