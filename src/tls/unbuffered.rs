@@ -10,9 +10,9 @@
 //!   serves); rustls decrypts the records there and their plaintext goes at once into the
 //!   frame decoder. Reads go on until `WouldBlock`, the end of the stream, the read budget, or
 //!   a short read (which took all the socket had: more data raises a new edge), as
-//!   [`Framed`](crate::Framed)'s do; after a hang-up the runtime reads on past short reads. Only bytes rustls has not discarded (an incomplete record, or the records
-//!   of a handshake message it is still joining) are copied out and kept, exactly, until the
-//!   rest arrives.
+//!   [`Framed`](crate::Framed)'s do; after a hang-up the runtime reads on past short reads.
+//!   Only bytes rustls has not discarded (an incomplete record, or the records of a handshake
+//!   message it is still joining) are copied out and kept, exactly, until the rest arrives.
 //! - Writes encrypt the queue's bytes (at most [`TLS_BUFFER_LIMIT`] of plaintext at a time)
 //!   straight into a per-thread buffer, after whatever rustls has of its own (handshake
 //!   messages, alerts, a key update's answer), and write the records with one `write`; only
