@@ -328,23 +328,32 @@ impl<C: Codec, S: TlsSocket> Unbuffered<C, S> {
         Ok(())
     }
 
-    /// After a TLS error: encodes the alert rustls queued, writes what the socket takes of the
-    /// output at once, and reads nothing more.
+    /// After a TLS error: encodes what rustls queued (the alert, after whatever of its own it
+    /// had produced first: a ServerHello, when the failure came later in the handshake),
+    /// writes what the socket takes of it at once, and reads nothing more.
     ///
-    /// rustls hands out queued output before it looks at input again, and its error left
-    /// exactly one record queued, the alert (it returns queued output before deframing, so
-    /// none was waiting). So one call gives the alert, and no more calls are made: a second
-    /// one would deframe the bad bytes again and queue a second fatal alert (a debug
-    /// assertion in rustls). `rest` is the input as rustls last saw it, which it requires
-    /// (its handshake joiner keeps offsets into it).
+    /// rustls hands out queued records before it looks at input again, one per call, and
+    /// [`wants_write`](rustls::CommonState::wants_write) says whether any is left. No call is
+    /// made once none is: it would deframe the bad bytes again and, after a record error,
+    /// queue a second fatal alert (a debug assertion in rustls). `rest` is the input as
+    /// rustls last saw it, which it requires (its handshake joiner keeps offsets into it).
     fn fail(&mut self, err: rustls::Error, rest: &mut [u8]) -> io::Error {
         self.failed = true;
         self.incoming = Vec::new();
         self.hello = Vec::new();
-        if let Ok(ConnectionState::EncodeTlsData(mut own)) =
-            self.tls.process_tls_records(rest).state
-        {
-            let _ = encode(&mut own, &mut self.outgoing);
+        for _ in 0..MAX_OWN_RECORDS {
+            if !self.tls.wants_write() {
+                break;
+            }
+            match self.tls.process_tls_records(rest).state {
+                Ok(ConnectionState::EncodeTlsData(mut own)) => {
+                    if encode(&mut own, &mut self.outgoing).is_err() {
+                        break;
+                    }
+                }
+                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
+                _ => break,
+            }
         }
         let _ = self.write_out();
         io::Error::new(io::ErrorKind::InvalidData, format!("TLS error: {err}"))
