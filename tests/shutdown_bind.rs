@@ -25,9 +25,10 @@ fn threads() -> usize {
 #[test]
 fn bind_and_shutdown() {
     // Everything in one test: the counts below are per process.
+    let threads_at_start = threads();
     busy_port_is_an_error();
     shutdown_before_run_returns_at_once();
-    shutdown_joins_threads_and_closes_descriptors();
+    shutdown_joins_threads_and_closes_descriptors(threads_at_start);
     several_servers_in_one_process();
 }
 
@@ -52,7 +53,18 @@ fn shutdown_before_run_returns_at_once() {
     server.run(Recorder::echo(SimpleFrame)).unwrap();
 }
 
-fn shutdown_joins_threads_and_closes_descriptors() {
+/// Waits until the process has `n` threads. `run` joins its threads before it returns, but a
+/// joined thread (`std::thread::scope` waits for each closure's end) can still be listed in
+/// `/proc/self/task` for a moment while the kernel finishes its exit: only a thread count that
+/// stays wrong past the deadline is a thread left running.
+#[track_caller]
+fn wait_for_threads(n: usize, what: &str) {
+    wait_until(what, || threads() == n);
+}
+
+fn shutdown_joins_threads_and_closes_descriptors(threads_at_start: usize) {
+    // The servers of the tests before this one have exited.
+    wait_for_threads(threads_at_start, "the earlier servers' threads to exit");
     let fds_before = open_fds();
     let threads_before = threads();
 
@@ -76,7 +88,7 @@ fn shutdown_joins_threads_and_closes_descriptors() {
         assert_eq!(client.recv().unwrap(), None, "server closed the connection");
     }
     drop(clients);
-    assert_eq!(threads(), threads_before, "every worker thread joined");
+    wait_for_threads(threads_before, "every worker thread to be joined");
     // The handle still held must not keep any server descriptor open.
     assert_eq!(open_fds(), fds_before, "every descriptor closed");
     drop(kept);
