@@ -6,32 +6,17 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use hydrogen::SimpleFrame;
 use hydrogen::client::Client;
 use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
-use common::DEADLINE;
-
-/// Kills the child if the test fails before it exits.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
+use common::{ChildGuard, DEADLINE};
 
 #[test]
 fn sigterm_drains_the_echo_example_and_it_exits_cleanly() {
-    let mut child = Guard(
+    let mut child = ChildGuard(
         Command::new(common::example_binary("echo"))
             .args(["--addr", "127.0.0.1:0", "--threads", "2"])
             .env_remove("RUST_LOG")
@@ -55,22 +40,14 @@ fn sigterm_drains_the_echo_example_and_it_exits_cleanly() {
     client.send(b"before the signal").unwrap();
     assert_eq!(client.recv().unwrap().unwrap(), b"before the signal");
 
-    kill(Pid::from_raw(child.0.id() as i32), Signal::SIGTERM).expect("send SIGTERM");
+    kill(child.pid(), Signal::SIGTERM).expect("send SIGTERM");
 
     // The drain closes the idle connection cleanly (end of stream, not a reset)...
     assert_eq!(client.recv().unwrap(), None, "closed by the drain");
     // ...and the process ends by itself, successfully.
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "the example did not exit after SIGTERM"
-        );
-        thread::sleep(Duration::from_millis(10));
-    };
+    let status = child
+        .wait_exit(DEADLINE)
+        .expect("the example did not exit after SIGTERM");
     assert!(status.success(), "exit status {status}");
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();

@@ -50,7 +50,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
@@ -59,46 +59,13 @@ use std::time::{Duration, Instant};
 use hydrogen::SimpleFrame;
 use hydrogen::client::Client;
 use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use parking_lot::Mutex;
 use socket2::{Domain, Type};
 
-use common::{DEADLINE, wait_until};
+use common::{ChildGuard as Guard, DEADLINE, wait_until};
 
 // ---------------------------------------------------------------------------------------------
 // Child processes.
-
-/// Kills the child if the test ends (or fails) while it still runs.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-impl Guard {
-    /// Waits up to `limit` for the child to exit.
-    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.0.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            if start.elapsed() > limit {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.0.id() as i32)
-    }
-}
 
 /// A text buffer a reader thread fills from a child's pipe until it closes.
 #[derive(Clone, Default)]

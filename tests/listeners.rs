@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
@@ -19,7 +19,7 @@ use hydrogen::client::Client;
 use hydrogen::{Config, Handler, ListenAddr, PeerAddr, Server, SimpleFrame, Socket};
 use parking_lot::Mutex;
 
-use common::DEADLINE;
+use common::{ChildGuard, DEADLINE, wait_until};
 
 /// Echoes, and records each opened connection's peer.
 #[derive(Clone, Default)]
@@ -234,7 +234,7 @@ fn ipv6_as_the_main_address() {
 
 /// An echo example process, killed if the test ends first; its stderr collected.
 struct Echo {
-    child: Child,
+    child: ChildGuard,
     addr: Option<SocketAddr>,
     stderr: Arc<Mutex<String>>,
 }
@@ -268,7 +268,7 @@ impl Echo {
             .strip_prefix("listening on ")
             .and_then(|a| a.parse().ok());
         Echo {
-            child,
+            child: ChildGuard(child),
             addr,
             stderr,
         }
@@ -281,28 +281,12 @@ impl Echo {
 
     /// Waits for it to exit by itself, and returns its stderr.
     fn wait_exit(&mut self) -> (std::process::ExitStatus, String) {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // The reader thread may still be copying the last lines.
-                let deadline = Instant::now() + DEADLINE;
-                while Instant::now() < deadline && Arc::strong_count(&self.stderr) > 1 {
-                    thread::sleep(std::time::Duration::from_millis(5));
-                }
-                return (status, self.stderr.lock().clone());
-            }
-            assert!(start.elapsed() < DEADLINE, "did not exit");
-            thread::sleep(std::time::Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        let status = self.child.wait_exit(DEADLINE).expect("did not exit");
+        // The reader thread may still be copying the last lines.
+        wait_until("stderr to be read to its end", || {
+            Arc::strong_count(&self.stderr) == 1
+        });
+        (status, self.stderr.lock().clone())
     }
 }
 

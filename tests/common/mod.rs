@@ -425,3 +425,38 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
     }
     path
 }
+
+/// A child process (an example server, HAProxy), killed if the test ends or fails while it
+/// still runs.
+pub struct ChildGuard(pub std::process::Child);
+
+impl ChildGuard {
+    /// Waits up to `limit` for the child to exit by itself: its status, or `None` if it is
+    /// still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.0.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if start.elapsed() > limit {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The child's process id, for signals.
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.0.id() as i32)
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
