@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use rustls::ServerConnection;
 
-use super::stream::{TLS_BUFFER_LIMIT, TlsSocket};
+use super::stream::{TLS_BUFFER_LIMIT, TlsSocket, end_of_stream, session_info};
 use crate::codec::{Codec, Deframer, WriteQueue};
 use crate::{Frames, RecvStatus, SharedFrame, Stream, TlsInfo};
 
@@ -151,24 +151,9 @@ impl<C: Codec, S: TlsSocket> Buffered<C, S> {
         Ok(true)
     }
 
-    /// How the stream ended once reading is over: the peer's `close_notify` is a clean end
-    /// (between frames), a TCP end without it a truncation.
+    /// How the stream ended once reading is over (see [`end_of_stream`]).
     fn end(&self) -> io::Result<RecvStatus> {
-        if self.tls.is_handshaking() && !self.peer_closed {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the peer closed the connection during the TLS handshake",
-            ));
-        }
-        if !self.peer_closed {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the peer ended the TCP stream without a TLS close_notify: a possible \
-                 truncation, not a clean close",
-            ));
-        }
-        self.input.eof()?;
-        Ok(RecvStatus::Eof)
+        end_of_stream(self.tls.is_handshaking(), self.peer_closed, &self.input)
     }
 }
 
@@ -300,20 +285,7 @@ impl<C: Codec, S: TlsSocket> Stream for Buffered<C, S> {
 
     /// The ALPN protocol, the SNI name, the protocol version and the cipher suite.
     fn tls_info(&self) -> Option<TlsInfo> {
-        let mut info = TlsInfo::new();
-        if let Some(alpn) = self.tls.alpn_protocol() {
-            info = info.with_alpn_protocol(alpn.to_vec());
-        }
-        if let Some(name) = self.tls.server_name() {
-            info = info.with_server_name(name);
-        }
-        if let Some(version) = self.tls.protocol_version() {
-            info = info.with_protocol_version(format!("{version:?}"));
-        }
-        if let Some(suite) = self.tls.negotiated_cipher_suite() {
-            info = info.with_cipher_suite(format!("{:?}", suite.suite()));
-        }
-        Some(info)
+        Some(session_info(&self.tls, self.tls.server_name()))
     }
 
     /// Writes what the socket takes at once of the queue, then `close_notify` (unless the

@@ -19,7 +19,7 @@ use rustls::server::UnbufferedServerConnection;
 
 use super::buffered::Buffered;
 use super::unbuffered::Unbuffered;
-use crate::codec::Codec;
+use crate::codec::{Codec, Deframer};
 use crate::{Frames, RecvStatus, SharedFrame, Stream, TlsInfo};
 
 /// The most plaintext encrypted ahead of the socket for one connection, in bytes: plaintext
@@ -58,6 +58,46 @@ impl TlsSocket for UnixStream {
     fn shutdown_both(&self) -> io::Result<()> {
         not_connected_is_fine(self.shutdown(Shutdown::Both))
     }
+}
+
+/// What a session negotiated, for [`Stream::tls_info`]: the ALPN protocol, `server_name`
+/// (SNI), the protocol version and the cipher suite. Shared by both session kinds.
+pub(super) fn session_info(tls: &rustls::CommonState, server_name: Option<&str>) -> TlsInfo {
+    let mut info = TlsInfo::new();
+    if let Some(alpn) = tls.alpn_protocol() {
+        info = info.with_alpn_protocol(alpn.to_vec());
+    }
+    if let Some(name) = server_name {
+        info = info.with_server_name(name);
+    }
+    if let Some(version) = tls.protocol_version() {
+        info = info.with_protocol_version(format!("{version:?}"));
+    }
+    if let Some(suite) = tls.negotiated_cipher_suite() {
+        info = info.with_cipher_suite(format!("{:?}", suite.suite()));
+    }
+    info
+}
+
+/// How a session's stream ended once reading is over: the peer's `close_notify` is a clean
+/// end (between frames: `input` must hold no partial frame), a TCP end without it a
+/// truncation, or a close during the handshake. Shared by both session kinds.
+pub(super) fn end_of_stream<C: Codec>(
+    handshaking: bool,
+    peer_closed: bool,
+    input: &Deframer<C>,
+) -> io::Result<RecvStatus> {
+    if !peer_closed {
+        let why = if handshaking {
+            "the peer closed the connection during the TLS handshake"
+        } else {
+            "the peer ended the TCP stream without a TLS close_notify: a possible truncation, \
+             not a clean close"
+        };
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, why));
+    }
+    input.eof()?;
+    Ok(RecvStatus::Eof)
 }
 
 fn not_connected_is_fine(result: io::Result<()>) -> io::Result<()> {
