@@ -253,22 +253,14 @@ fn parse_v1(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, HeaderError> {
         v1::Header::try_from(line).map_err(|err| HeaderError::V1Malformed(err.to_string()))?;
     let (command, source, destination) = match parsed.addresses {
         v1::Addresses::Unknown => (ProxyCommand::Local, None, None),
-        v1::Addresses::Tcp4(a) => (
-            ProxyCommand::Proxy,
-            Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port)),
-            Some(SocketAddr::new(
-                IpAddr::V4(a.destination_address),
-                a.destination_port,
-            )),
-        ),
-        v1::Addresses::Tcp6(a) => (
-            ProxyCommand::Proxy,
-            Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port)),
-            Some(SocketAddr::new(
-                IpAddr::V6(a.destination_address),
-                a.destination_port,
-            )),
-        ),
+        v1::Addresses::Tcp4(a) => {
+            let (source, destination) = ipv4_ends(&a);
+            (ProxyCommand::Proxy, source, destination)
+        }
+        v1::Addresses::Tcp6(a) => {
+            let (source, destination) = ipv6_ends(&a);
+            (ProxyCommand::Proxy, source, destination)
+        }
     };
     let header = ProxyHeader {
         version: 1,
@@ -278,6 +270,28 @@ fn parse_v1(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, HeaderError> {
         tlvs: Box::default(),
     };
     Ok(Some((header, len)))
+}
+
+/// The source and destination of an IPv4 header (ppp's type, the same for v1 and v2).
+fn ipv4_ends(a: &v2::IPv4) -> (Option<SocketAddr>, Option<SocketAddr>) {
+    (
+        Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port)),
+        Some(SocketAddr::new(
+            IpAddr::V4(a.destination_address),
+            a.destination_port,
+        )),
+    )
+}
+
+/// The source and destination of an IPv6 header.
+fn ipv6_ends(a: &v2::IPv6) -> (Option<SocketAddr>, Option<SocketAddr>) {
+    (
+        Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port)),
+        Some(SocketAddr::new(
+            IpAddr::V6(a.destination_address),
+            a.destination_port,
+        )),
+    )
 }
 
 fn parse_v2(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, HeaderError> {
@@ -322,20 +336,8 @@ fn parse_v2(buf: &[u8]) -> Result<Option<(ProxyHeader, usize)>, HeaderError> {
             // addresses.
             v2::Protocol::Unspecified => (None, None),
             v2::Protocol::Stream => match parsed.addresses {
-                v2::Addresses::IPv4(a) => (
-                    Some(SocketAddr::new(IpAddr::V4(a.source_address), a.source_port)),
-                    Some(SocketAddr::new(
-                        IpAddr::V4(a.destination_address),
-                        a.destination_port,
-                    )),
-                ),
-                v2::Addresses::IPv6(a) => (
-                    Some(SocketAddr::new(IpAddr::V6(a.source_address), a.source_port)),
-                    Some(SocketAddr::new(
-                        IpAddr::V6(a.destination_address),
-                        a.destination_port,
-                    )),
-                ),
+                v2::Addresses::IPv4(a) => ipv4_ends(&a),
+                v2::Addresses::IPv6(a) => ipv6_ends(&a),
                 v2::Addresses::Unspecified | v2::Addresses::Unix(_) => (None, None),
             },
         }
