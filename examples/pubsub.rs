@@ -146,14 +146,17 @@ fn report(handle: ShutdownHandle, every: Duration) {
             if conns.is_empty() && handle.is_stopped() {
                 return;
             }
-            let queued: usize = conns.iter().map(|c| c.queued_bytes).sum();
-            let most = conns.iter().max_by_key(|c| c.queued_bytes);
+            // Behind: what its write queue holds, and what its topics broadcast that it has
+            // not taken into the queue yet.
+            let behind = |c: &hydrogen::ConnectionInfo| c.queued_bytes as u64 + c.group_backlog;
+            let most = conns.iter().max_by_key(|c| behind(c));
             tracing::info!(
                 connections = conns.len(),
-                queued_bytes = queued,
+                queued_bytes = conns.iter().map(|c| c.queued_bytes).sum::<usize>(),
+                group_backlog = conns.iter().map(|c| c.group_backlog).sum::<u64>(),
                 frames_in = conns.iter().map(|c| c.frames_in).sum::<u64>(),
                 frames_out = conns.iter().map(|c| c.frames_out).sum::<u64>(),
-                most_behind = ?most.map(|c| (c.id, c.peer.clone(), c.queued_bytes)),
+                most_behind = ?most.map(|c| (c.id, c.peer.clone(), behind(c))),
                 "connections"
             );
         }

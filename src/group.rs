@@ -514,6 +514,22 @@ pub(crate) fn leave_all(id: u64, groups: Vec<Membership>) {
     }
 }
 
+/// Payload bytes broadcast to the groups in `groups` and not taken into the connection's
+/// stream yet (frames sent past it with `broadcast_except` included): what the member lags
+/// behind, on top of its own write queue.
+pub(crate) fn backlog(groups: &[Membership]) -> u64 {
+    groups
+        .iter()
+        .filter(|m| !m.sub.cut.load(Ordering::Acquire))
+        .filter_map(|m| {
+            let group = m.group.upgrade()?;
+            let ring = group.ring.read();
+            let next = m.sub.next.load(Ordering::Acquire);
+            Some(ring.end - ring.start_of(next))
+        })
+        .sum()
+}
+
 /// What [`pull`] moved.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Pulled {

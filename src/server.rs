@@ -250,8 +250,13 @@ impl fmt::Debug for Server {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RunSummary {
-    /// Connections accepted and opened.
+    /// Connections accepted from the listener, including those that never reached the
+    /// handler: refused by the transport, failing or timing out in their TLS handshake, or
+    /// without a valid PROXY header. Refusals at `max_connections` are counted in `refused`
+    /// instead.
     pub accepted: u64,
+    /// Connections that reached the handler: `on_connection_opened` ran for each.
+    pub opened: u64,
     /// Connections closed at once because `max_connections` were open.
     pub refused: u64,
     /// Connections the shutdown closed after writing everything queued for them.
@@ -283,8 +288,12 @@ pub struct ConnectionInfo {
     /// The peer's address ([`Socket::peer_addr`](crate::Socket::peer_addr): with the PROXY
     /// protocol, the client's).
     pub peer: crate::PeerAddr,
-    /// Bytes queued for it and not yet written.
+    /// Bytes in its write queue, not yet written.
     pub queued_bytes: usize,
+    /// Payload bytes broadcast to its [`Group`](crate::Group)s that it has not taken into its
+    /// write queue yet: how far it lags behind its groups (what a
+    /// [`LagPolicy`](crate::LagPolicy) bounds), on top of `queued_bytes`.
+    pub group_backlog: u64,
     /// How long since bytes last moved either way (to the housekeeping clock's millisecond).
     pub idle: std::time::Duration,
     /// Frames handed to the handler.

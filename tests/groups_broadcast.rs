@@ -342,3 +342,67 @@ fn a_send_after_a_broadcast_is_written_after_it() {
     drop(client);
     server.stop().unwrap();
 }
+
+/// `ShutdownHandle::connections` shows how far a member lags behind its group: frames broadcast
+/// and not yet taken into its write queue count as `group_backlog`, beside `queued_bytes`, and
+/// drop back to nothing once it reads.
+#[test]
+fn connections_show_a_lagging_members_group_backlog() {
+    const FRAMES: u32 = 1_000;
+    let group = Group::with_policy(LagPolicy {
+        max_lag: 64 * 1024 * 1024,
+        on_lag: OnLag::Disconnect,
+    });
+    let room = Room::new(group);
+    let server = TestServer::start_with(length_config(2), LengthPrefixed::default(), room.clone());
+    // Does not read until the end: the kernel's buffers and its 64 KiB window of output fill
+    // up, the rest waits in the group's ring.
+    let mut stalled = TcpStream::connect(server.addr).unwrap();
+    let mut sender = server.connect_length();
+    wait_until("two members", || room.group.len() == 2);
+    let stalled_id = room.opened.lock()[0].id();
+    let payload = vec![7u8; 16 * 1024];
+    for seq in 0..FRAMES {
+        let mut f = b"say:".to_vec();
+        f.extend_from_slice(&seq.to_be_bytes());
+        f.extend_from_slice(&payload);
+        sender.feed(&f).unwrap();
+    }
+    sender.flush().unwrap();
+    let sent = u64::from(FRAMES) * (payload.len() as u64 + 4);
+    let behind = |info: &hydrogen::ConnectionInfo| info.group_backlog;
+    let stalled_info = || {
+        server
+            .shutdown
+            .connections()
+            .into_iter()
+            .find(|c| c.id == stalled_id)
+            .expect("the stalled member is open")
+    };
+    // Everything broadcast is in the ring, the queue or the kernel's buffers (a few MiB at
+    // most on loopback): much of the 16 MB must still wait in the ring.
+    wait_until("the broadcasts to reach the ring", || {
+        let info = stalled_info();
+        info.frames_out > 0 && behind(&info) > sent / 4
+    });
+    let info = stalled_info();
+    assert!(behind(&info) <= sent, "{info:?}");
+    assert!(
+        info.queued_bytes > 0,
+        "its window of output is queued: {info:?}"
+    );
+
+    // It reads everything, in order: nothing is behind any more.
+    stalled.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut client = Client::from_stream(stalled, LengthPrefixed::default());
+    for seq in 0..FRAMES {
+        let frame = client.recv().unwrap().expect("every frame");
+        assert_eq!(u32::from_be_bytes(frame[..4].try_into().unwrap()), seq);
+    }
+    wait_until("the backlog to clear", || {
+        let info = stalled_info();
+        behind(&info) == 0 && info.queued_bytes == 0
+    });
+    drop((client, sender));
+    server.stop().unwrap();
+}

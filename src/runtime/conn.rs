@@ -123,6 +123,9 @@ pub(crate) struct State<S> {
     /// The groups the connection is in, to leave them when it closes (allocated on the first
     /// join).
     pub groups: Option<Box<Memberships>>,
+    /// Frames queued to the connection (sends and broadcasts), for introspection: counted
+    /// under the lock every send takes anyway, so a send pays no atomic for it.
+    pub frames_out: u64,
 }
 
 /// The groups a connection is in (boxed in [`State`], which most connections leave empty).
@@ -157,6 +160,7 @@ impl<S> State<S> {
             read_paused: false,
             closing: None,
             groups: None,
+            frames_out: 0,
         }
     }
 
@@ -383,10 +387,8 @@ pub(crate) struct Conn<S, U> {
     paused_hint: AtomicBool,
     /// [`Hold`](crate::Hold)s the application keeps on the connection.
     holds: AtomicU32,
-    /// Frames handed to the handler, and frames queued to the connection (sends and
-    /// broadcasts), for introspection.
+    /// Frames handed to the handler, for introspection (frames out are in [`State`]).
     pub frames_in: AtomicU64,
-    frames_out: AtomicU64,
     /// A flush task is queued for broadcast frames ([`Task::Flush`]): later ones ride on it.
     flush_wanted: AtomicBool,
     /// Set, besides `State::closing`, once a close is requested: the owner reads it between
@@ -443,7 +445,6 @@ impl<S: Stream, U: Default> Conn<S, U> {
             holds: AtomicU32::new(0),
             flush_wanted: AtomicBool::new(false),
             frames_in: AtomicU64::new(0),
-            frames_out: AtomicU64::new(0),
             closing_hint: AtomicBool::new(false),
             last_active: AtomicU64::new(clock::now()),
             partial_since: AtomicU64::new(0),
@@ -674,7 +675,7 @@ impl<S: Stream, U> Conn<S, U> {
         };
         let pulled = crate::group::pull(stream, self.id, &groups.0, window);
         if pulled.frames > 0 {
-            self.frames_out.fetch_add(pulled.frames, Ordering::Relaxed);
+            state.frames_out += pulled.frames;
             let telemetry = telemetry::get();
             telemetry.frames_out.increment(pulled.frames);
             telemetry.bytes_out.increment(pulled.bytes);
@@ -721,9 +722,13 @@ impl<S: Stream, U> Conn<S, U> {
             id: self.id,
             peer: self.addr().clone(),
             queued_bytes: stream.pending_output(),
+            group_backlog: state
+                .groups
+                .as_ref()
+                .map_or(0, |g| crate::group::backlog(&g.0)),
             idle: std::time::Duration::from_millis(idle),
             frames_in: self.frames_in.load(Ordering::Relaxed),
-            frames_out: self.frames_out.load(Ordering::Relaxed),
+            frames_out: state.frames_out,
             groups: state.groups.as_ref().map_or(0, |g| g.0.len()),
             reading_paused: self.reading_paused(),
             closing: state.closing.is_some(),
@@ -786,7 +791,7 @@ impl<S: Stream, U: Send + 'static> Link for Conn<S, U> {
             }
         }
         stream.send(frame).map_err(SendError::Rejected)?;
-        self.frames_out.fetch_add(1, Ordering::Relaxed);
+        state.frames_out += 1;
         let telemetry = telemetry::get();
         telemetry.frames_out.increment(1);
         telemetry.bytes_out.increment(frame.len() as u64);
@@ -797,7 +802,11 @@ impl<S: Stream, U: Send + 'static> Link for Conn<S, U> {
         // Another thread, or another connection's callback. The lock makes this thread the only
         // writer for now, whoever owns the turn; write at once. If the socket is full, the
         // kernel reports it writable later and a worker flushes the rest.
-        match stream.flush() {
+        let flushed = match state.stream.as_mut() {
+            Some(stream) => stream.flush(),
+            None => Ok(()),
+        };
+        match flushed {
             Ok(()) => {
                 self.touch();
                 self.account(&mut state);
