@@ -55,6 +55,7 @@
 //! |---|---|---|
 //! | `hydrogen_connections_open` | gauge | connections open now |
 //! | `hydrogen_connections_accepted_total` | counter | connections accepted (with TLS, those whose handshake then fails included) |
+//! | `hydrogen_connections_opened_total` | counter | connections that reached the handler (`on_connection_opened` ran): accepted ones less those refused by the transport, the TLS handshake or the PROXY check |
 //! | `hydrogen_connections_refused_total` | counter | connections refused at `max_connections` |
 //! | `hydrogen_connections_closed_total{reason}` | counter | closes, by [`CloseReason::kind`] (`handshake_timeout`, `proxy_refused` and `proxy_header_timeout` among them: connections that never reached the handler; a refusal of an untrusted proxy source is counted here and not as accepted) |
 //! | `hydrogen_frames_received_total`, `hydrogen_frame_bytes_received_total` | counter | frames (and their payload bytes) delivered to the handler |

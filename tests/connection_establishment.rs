@@ -147,6 +147,7 @@ fn opened_only_after_the_header_and_never_for_those_that_end_or_stall_before() {
     assert_eq!(handler.removal_of(socket.id()), "peer_closed");
     let summary = server.stop().unwrap();
     assert_eq!(summary.accepted, 4);
+    assert_eq!(summary.opened, 1, "{summary:?}");
     assert_eq!(handler.opened.lock().len(), 1);
     assert_eq!(
         handler.removed.lock().len(),

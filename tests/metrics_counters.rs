@@ -99,6 +99,8 @@ fn counters_follow_connections_frames_and_closes() {
         store.counter("hydrogen_connections_closed_total{reason=protocol}") == 1
     });
     assert_eq!(store.counter("hydrogen_connections_accepted_total"), 2);
+    // Plaintext has no handshake: both reached the handler, the bad one included.
+    assert_eq!(store.counter("hydrogen_connections_opened_total"), 2);
     assert_eq!(store.counter("hydrogen_frames_received_total"), 10);
     assert_eq!(store.counter("hydrogen_frame_bytes_received_total"), 1000);
     assert_eq!(store.counter("hydrogen_frames_sent_total"), 10);

@@ -147,6 +147,10 @@ fn still_serving(server: TestServer, seen: &Seen, refused: usize) -> RunSummary 
         "{summary:?}"
     );
     assert_eq!(
+        summary.opened, 1,
+        "refused ones are not opened: {summary:?}"
+    );
+    assert_eq!(
         seen.removed.load(Ordering::SeqCst),
         1,
         "only the good client was removed"

@@ -410,6 +410,7 @@ fn plaintext_to_the_tls_port_is_closed_and_others_are_served() {
     drop(client);
     let summary = server.stop().unwrap();
     assert_eq!(summary.accepted, 2, "the plaintext client was accepted");
+    assert_eq!(summary.opened, 1, "but not opened: {summary:?}");
     assert_eq!(seen.opened.lock().len(), 1, "but never reached the handler");
     assert_eq!(seen.removed.lock().len(), 1, "and got no removal either");
 }

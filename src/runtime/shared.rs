@@ -186,6 +186,7 @@ impl<T: Transport, H: Handler> Core<T, H> {
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     pub accepted: AtomicU64,
+    pub opened: AtomicU64,
     pub refused: AtomicU64,
     pub drained: AtomicU64,
     pub abandoned: AtomicU64,
@@ -203,6 +204,7 @@ impl Stats {
     pub fn summary(&self) -> RunSummary {
         RunSummary {
             accepted: self.accepted.load(Ordering::Relaxed),
+            opened: self.opened.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
             drained: self.drained.load(Ordering::Relaxed),
             abandoned: self.abandoned.load(Ordering::Relaxed),

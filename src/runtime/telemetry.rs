@@ -17,6 +17,7 @@ use crate::CloseReason;
 pub(crate) struct Telemetry {
     pub open: Gauge,
     pub accepted: Counter,
+    pub opened: Counter,
     pub refused: Counter,
     closed: Vec<(&'static str, Counter)>,
     pub frames_in: Counter,
@@ -40,6 +41,7 @@ fn register() -> Telemetry {
     Telemetry {
         open: gauge!("hydrogen_connections_open"),
         accepted: counter!("hydrogen_connections_accepted_total"),
+        opened: counter!("hydrogen_connections_opened_total"),
         refused: counter!("hydrogen_connections_refused_total"),
         closed: CloseReason::KINDS
             .iter()
