@@ -33,6 +33,8 @@ const COALESCE_MAX: usize = 64 * 1024;
 
 /// Segments an empty queue keeps room for.
 const FRONT_KEEP: usize = 32;
+/// The most a freed buffer's successor reserves up front (`WriteQueue::hint`).
+const HINT_MAX: usize = 16 * 1024;
 
 /// A run of queued bytes that comes before the queue's own tail buffer.
 #[derive(Clone)]
@@ -95,7 +97,12 @@ pub struct WriteQueue {
     buf: Vec<u8>,
     pos: usize,
     /// An empty buffer keeps its allocation only up to this capacity.
-    keep: usize,
+    keep: u32,
+    /// The bytes the last batch queued, if that was more than `keep` (at most [`HINT_MAX`]):
+    /// the first frame after the buffer is freed reserves that much at once, instead of
+    /// growing it again by doubling from nothing (five or six reallocs for each batch of 16
+    /// small replies).
+    hint: u32,
 }
 
 impl WriteQueue {
@@ -115,7 +122,12 @@ impl WriteQueue {
             front: None,
             buf: Vec::new(),
             pos: 0,
-            keep,
+            keep: if keep > u32::MAX as usize {
+                u32::MAX
+            } else {
+                keep as u32
+            },
+            hint: 0,
         }
     }
 
@@ -130,6 +142,7 @@ impl WriteQueue {
         codec: &mut C,
         payload: &[u8],
     ) -> Result<(), FrameError> {
+        self.reserve_hint();
         let before = self.buf.len();
         if let Err(e) = codec.encode(payload, &mut self.buf) {
             self.buf.truncate(before);
@@ -140,6 +153,7 @@ impl WriteQueue {
 
     /// Appends bytes already encoded (by a framing that is not a [`Codec`], say).
     pub fn push_bytes(&mut self, bytes: &[u8]) {
+        self.reserve_hint();
         self.buf.extend_from_slice(bytes);
     }
 
@@ -397,10 +411,26 @@ impl WriteQueue {
     /// Empties the written-out buffer, freeing it unless it is small enough to keep.
     fn release_buf(&mut self) {
         self.pos = 0;
-        if self.buf.capacity() > self.keep {
+        // What this batch used, not what the buffer grew to: a small batch after a big one
+        // takes the hint back to nothing.
+        let used = self.buf.len();
+        self.hint = if used > self.keep as usize {
+            used.min(HINT_MAX) as u32
+        } else {
+            0
+        };
+        if self.buf.capacity() > self.keep as usize {
             self.buf = Vec::new();
         } else {
             self.buf.clear();
+        }
+    }
+
+    /// Before the first frame into a freed buffer: allocates what the last one grew to.
+    #[inline]
+    fn reserve_hint(&mut self) {
+        if self.hint != 0 && self.buf.capacity() == 0 {
+            self.buf.reserve_exact(self.hint as usize);
         }
     }
 
@@ -655,6 +685,26 @@ mod tests {
         queue.push(&mut SimpleFrame, &[1; 1000]).unwrap();
         queue.advance(1004);
         assert!(queue.capacity() >= 1004, "kept");
+    }
+
+    #[test]
+    fn a_freed_buffer_is_reserved_again_at_its_last_size_in_one_allocation() {
+        let mut queue = WriteQueue::new();
+        for _ in 0..16 {
+            queue.push(&mut SimpleFrame, &[1; 64]).unwrap();
+        }
+        let grown = queue.capacity();
+        assert!(grown > WriteQueue::DEFAULT_KEEP);
+        queue.advance(queue.pending());
+        assert_eq!(queue.capacity(), 0, "freed once written");
+        // The next batch starts at the size the last one used: one allocation.
+        queue.push(&mut SimpleFrame, b"a").unwrap();
+        assert_eq!(queue.capacity(), 16 * 68);
+        queue.advance(queue.pending());
+        assert_eq!(queue.capacity(), 0, "over the keep: freed again");
+        // That batch was small: the one after it starts small again.
+        queue.push(&mut SimpleFrame, b"b").unwrap();
+        assert!(queue.capacity() <= WriteQueue::DEFAULT_KEEP);
     }
 
     #[test]
