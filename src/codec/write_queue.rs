@@ -98,10 +98,9 @@ pub struct WriteQueue {
     pos: usize,
     /// An empty buffer keeps its allocation only up to this capacity.
     keep: u32,
-    /// The bytes the last batch queued, if that was more than `keep` (at most [`HINT_MAX`]):
-    /// the first frame after the buffer is freed reserves that much at once, instead of
-    /// growing it again by doubling from nothing (five or six reallocs for each batch of 16
-    /// small replies).
+    /// About the bytes the last batches queued, if more than `keep` (at most [`HINT_MAX`]):
+    /// the first frame into the empty buffer reserves that much at once, instead of growing it
+    /// again by doubling (five or six reallocs for each batch of 16 small replies).
     hint: u32,
 }
 
@@ -411,11 +410,13 @@ impl WriteQueue {
     /// Empties the written-out buffer, freeing it unless it is small enough to keep.
     fn release_buf(&mut self) {
         self.pos = 0;
-        // What this batch used, not what the buffer grew to: a small batch after a big one
-        // takes the hint back to nothing.
-        let used = self.buf.len();
-        self.hint = if used > self.keep as usize {
-            used.min(HINT_MAX) as u32
+        // What the batches used lately: this one's bytes, or three quarters of the hint if
+        // that is more, so batches of varying size do not each grow the buffer again, and
+        // the hint fades once they get small.
+        let used = self.buf.len().min(HINT_MAX) as u32;
+        let hint = used.max(self.hint - self.hint / 4);
+        self.hint = if hint as usize > self.keep as usize {
+            hint
         } else {
             0
         };
@@ -426,11 +427,11 @@ impl WriteQueue {
         }
     }
 
-    /// Before the first frame into a freed buffer: allocates what the last one grew to.
+    /// Before the first frame into an empty buffer: allocates what the last batches used.
     #[inline]
     fn reserve_hint(&mut self) {
-        if self.hint != 0 && self.buf.capacity() == 0 {
-            self.buf.reserve_exact(self.hint as usize);
+        if self.hint != 0 && self.buf.is_empty() && self.buf.capacity() < self.hint as usize {
+            self.buf = Vec::with_capacity(self.hint as usize);
         }
     }
 
@@ -702,9 +703,21 @@ mod tests {
         assert_eq!(queue.capacity(), 16 * 68);
         queue.advance(queue.pending());
         assert_eq!(queue.capacity(), 0, "over the keep: freed again");
-        // That batch was small: the one after it starts small again.
-        queue.push(&mut SimpleFrame, b"b").unwrap();
-        assert!(queue.capacity() <= WriteQueue::DEFAULT_KEEP);
+        // Small batches make the hint fade by a quarter each time: 1,088, 816, 612, then
+        // under the keep, forgotten.
+        for batch in 0..3 {
+            queue.push(&mut SimpleFrame, b"b").unwrap();
+            let capacity = queue.capacity();
+            queue.advance(queue.pending());
+            if batch < 2 {
+                assert!(
+                    capacity > WriteQueue::DEFAULT_KEEP,
+                    "batch {batch}: {capacity}"
+                );
+            } else {
+                assert!(capacity <= WriteQueue::DEFAULT_KEEP, "faded: {capacity}");
+            }
+        }
     }
 
     #[test]
