@@ -429,7 +429,8 @@ impl WriteQueue {
         }
     }
 
-    /// Makes room for `additional` more bytes, growing the buffer to the keep first: growth
+    /// Makes room for `additional` more bytes, growing the buffer to the keep from its second
+    /// frame on (a lone frame takes what it needs): growth
     /// by doubling alone would pass it (68, 136, 272, 544 bytes), and a buffer past the keep
     /// is freed once written, so a queue of a few small frames at a time would allocate and
     /// free it on every write (from two threads, contending on the allocator's lock). Past the
@@ -446,7 +447,10 @@ impl WriteQueue {
         if len == 0 && (self.hint as usize) > need {
             self.buf = Vec::with_capacity(self.hint as usize);
         } else if need <= keep {
-            self.buf.reserve_exact(keep - len);
+            // A lone small frame takes what it needs (most connections send one at a time);
+            // a second one takes the buffer to the keep at once.
+            let to = if len == 0 { need } else { keep };
+            self.buf.reserve_exact(to - len);
         } else {
             self.buf.reserve(additional);
         }
@@ -712,6 +716,13 @@ mod tests {
     #[test]
     fn a_few_small_frames_per_write_freed_and_reallocated_the_buffer() {
         let mut queue = WriteQueue::new();
+        queue.push_bytes(&[3; 68]);
+        assert_eq!(
+            queue.capacity(),
+            68,
+            "a lone small frame takes what it needs"
+        );
+        queue.advance(68);
         let mut first = None;
         for _ in 0..10 {
             for _ in 0..5 {
