@@ -357,7 +357,7 @@ fn connections_show_a_lagging_members_group_backlog() {
     let server = TestServer::start_with(length_config(2), LengthPrefixed::default(), room.clone());
     // Does not read until the end: the kernel's buffers and its 64 KiB window of output fill
     // up, the rest waits in the group's ring.
-    let mut stalled = TcpStream::connect(server.addr).unwrap();
+    let stalled = TcpStream::connect(server.addr).unwrap();
     let mut sender = server.connect_length();
     wait_until("two members", || room.group.len() == 2);
     let stalled_id = room.opened.lock()[0].id();
