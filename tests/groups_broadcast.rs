@@ -52,6 +52,26 @@ impl Handler for Room {
     }
 }
 
+/// A server whose every connection joins one room with `policy`.
+fn start_room(policy: LagPolicy) -> (Arc<Room>, TestServer) {
+    let room = Room::new(Group::with_policy(policy));
+    let server = TestServer::start_with(length_config(2), LengthPrefixed::default(), room.clone());
+    (room, server)
+}
+
+/// A `say:` frame carrying sequence number `seq` and then `payload`.
+fn say(seq: u32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = b"say:".to_vec();
+    frame.extend_from_slice(&seq.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// The sequence number at the start of a relayed `say` frame.
+fn seq_of(frame: &[u8]) -> u32 {
+    u32::from_be_bytes(frame[..4].try_into().unwrap())
+}
+
 #[test]
 fn broadcasts_reach_every_other_member_in_order() {
     const MEMBERS: usize = 5;
@@ -124,12 +144,10 @@ fn a_member_past_its_lag_budget_is_disconnected_and_holds_nobody_up() {
     const FRAMES: u32 = 4_000;
     // More than a read batch of the sender's (256 KiB): a member that reads is never behind
     // by that much.
-    let group = Group::with_policy(LagPolicy {
+    let (room, server) = start_room(LagPolicy {
         max_lag: 2 * 1024 * 1024,
         on_lag: OnLag::Disconnect,
     });
-    let room = Room::new(group);
-    let server = TestServer::start_with(length_config(2), LengthPrefixed::default(), room.clone());
     // Never reads: once the kernel's buffers are full, its backlog grows past the budget.
     let stalled = TcpStream::connect(server.addr).unwrap();
     let mut reader = server.connect_length();
@@ -142,15 +160,12 @@ fn a_member_past_its_lag_budget_is_disconnected_and_holds_nobody_up() {
     let payload = vec![7u8; 4096];
     for step in 0..FRAMES / 100 {
         for seq in step * 100..(step + 1) * 100 {
-            let mut f = b"say:".to_vec();
-            f.extend_from_slice(&seq.to_be_bytes());
-            f.extend_from_slice(&payload);
-            sender.feed(&f).unwrap();
+            sender.feed(&say(seq, &payload)).unwrap();
         }
         sender.flush().unwrap();
         for seq in step * 100..(step + 1) * 100 {
             let frame = reader.recv().unwrap().expect("every frame");
-            assert_eq!(u32::from_be_bytes(frame[..4].try_into().unwrap()), seq);
+            assert_eq!(seq_of(&frame), seq);
         }
     }
     wait_until("the stalled member's removal", || {
@@ -174,12 +189,10 @@ fn a_member_past_its_lag_budget_is_disconnected_and_holds_nobody_up() {
 #[test]
 fn a_lagging_member_under_drop_oldest_keeps_the_newest_frames() {
     const FRAMES: u32 = 8_000;
-    let group = Group::with_policy(LagPolicy {
+    let (room, server) = start_room(LagPolicy {
         max_lag: 1024 * 1024,
         on_lag: OnLag::DropOldest,
     });
-    let room = Room::new(group);
-    let server = TestServer::start_with(length_config(2), LengthPrefixed::default(), room.clone());
     // Reads nothing until the end is sent: 32 MiB of broadcasts against a few MiB of kernel
     // buffers and a 1 MiB budget.
     let lagging = TcpStream::connect(server.addr).unwrap();
@@ -188,10 +201,7 @@ fn a_lagging_member_under_drop_oldest_keeps_the_newest_frames() {
 
     let payload = vec![9u8; 4096];
     for seq in 0..FRAMES {
-        let mut f = b"say:".to_vec();
-        f.extend_from_slice(&seq.to_be_bytes());
-        f.extend_from_slice(&payload);
-        sender.feed(&f).unwrap();
+        sender.feed(&say(seq, &payload)).unwrap();
     }
     // The last frame says where the end is.
     sender.feed(b"say:end").unwrap();
@@ -205,7 +215,7 @@ fn a_lagging_member_under_drop_oldest_keeps_the_newest_frames() {
         if frame == b"end" {
             break;
         }
-        seen.push(u32::from_be_bytes(frame[..4].try_into().unwrap()));
+        seen.push(seq_of(&frame));
     }
     assert!(
         seen.windows(2).all(|w| w[0] < w[1]),
@@ -312,7 +322,7 @@ fn a_member_of_two_groups_gets_their_frames_in_broadcast_order() {
             let frame = client.recv().unwrap().expect("a broadcast");
             assert_eq!(frame.len(), 3000);
             assert_eq!(
-                u32::from_be_bytes(frame[..4].try_into().unwrap()),
+                seq_of(&frame),
                 seq,
                 "frames of both groups in broadcast order"
             );
@@ -349,12 +359,10 @@ fn a_send_after_a_broadcast_is_written_after_it() {
 #[test]
 fn connections_show_a_lagging_members_group_backlog() {
     const FRAMES: u32 = 1_000;
-    let group = Group::with_policy(LagPolicy {
+    let (room, server) = start_room(LagPolicy {
         max_lag: 64 * 1024 * 1024,
         on_lag: OnLag::Disconnect,
     });
-    let room = Room::new(group);
-    let server = TestServer::start_with(length_config(2), LengthPrefixed::default(), room.clone());
     // Does not read until the end: the kernel's buffers and its 64 KiB window of output fill
     // up, the rest waits in the group's ring.
     let stalled = TcpStream::connect(server.addr).unwrap();
@@ -363,10 +371,7 @@ fn connections_show_a_lagging_members_group_backlog() {
     let stalled_id = room.opened.lock()[0].id();
     let payload = vec![7u8; 16 * 1024];
     for seq in 0..FRAMES {
-        let mut f = b"say:".to_vec();
-        f.extend_from_slice(&seq.to_be_bytes());
-        f.extend_from_slice(&payload);
-        sender.feed(&f).unwrap();
+        sender.feed(&say(seq, &payload)).unwrap();
     }
     sender.flush().unwrap();
     let sent = u64::from(FRAMES) * (payload.len() as u64 + 4);
@@ -397,7 +402,7 @@ fn connections_show_a_lagging_members_group_backlog() {
     let mut client = Client::from_stream(stalled, LengthPrefixed::default());
     for seq in 0..FRAMES {
         let frame = client.recv().unwrap().expect("every frame");
-        assert_eq!(u32::from_be_bytes(frame[..4].try_into().unwrap()), seq);
+        assert_eq!(seq_of(&frame), seq);
     }
     wait_until("the backlog to clear", || {
         let info = stalled_info();
