@@ -429,13 +429,13 @@ impl WriteQueue {
         }
     }
 
-    /// Makes room for `additional` more bytes, growing the buffer to the keep from its second
-    /// frame on (a lone frame takes what it needs): growth
-    /// by doubling alone would pass it (68, 136, 272, 544 bytes), and a buffer past the keep
-    /// is freed once written, so a queue of a few small frames at a time would allocate and
-    /// free it on every write (from two threads, contending on the allocator's lock). Past the
-    /// keep: an empty buffer starts at what the last batches used (the hint), if they passed
-    /// the keep.
+    /// Makes room for `additional` more bytes.
+    ///
+    /// From its second frame on, the buffer grows to the keep at once (a lone frame takes what
+    /// it needs): doubling alone would pass the keep (68, 136, 272, 544 bytes), and a buffer
+    /// past it is freed once written, so a few small frames per write would allocate and free
+    /// it on every write, from two threads contending on the allocator's lock. An empty buffer
+    /// starts at the hint when the last batches passed the keep.
     #[inline]
     fn make_room(&mut self, additional: usize) {
         let len = self.buf.len();

@@ -196,8 +196,7 @@ impl<T: Transport, H: Handler> Worker<'_, T, H> {
         }
         if established {
             tracing::debug!(conn = id, %peer, fd = conn.fd, "connection opened");
-            core.stats.opened.fetch_add(1, Ordering::Relaxed);
-            core.telemetry.opened.increment(1);
+            core.count_opened();
             let opened = panic::catch_unwind(AssertUnwindSafe(|| {
                 let socket = Socket::new(conn.clone());
                 let _running = RunningGuard::enter(id);

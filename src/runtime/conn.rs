@@ -770,7 +770,9 @@ impl<S: Stream, U: Send + 'static> Link for Conn<S, U> {
         }
         // Frames broadcast before this send go before it.
         self.pull_groups(&mut state, usize::MAX);
-        let Some(stream) = state.stream.as_mut() else {
+        // One borrow of the guard, so the stream and the count are borrowed apart.
+        let fields = &mut *state;
+        let Some(stream) = fields.stream.as_mut() else {
             return Err(SendError::Closed);
         };
         let over = |queued: usize| queued > 0 && queued + frame.len() > self.limits.max_outbound;
@@ -791,7 +793,7 @@ impl<S: Stream, U: Send + 'static> Link for Conn<S, U> {
             }
         }
         stream.send(frame).map_err(SendError::Rejected)?;
-        state.frames_out += 1;
+        fields.frames_out += 1;
         let telemetry = telemetry::get();
         telemetry.frames_out.increment(1);
         telemetry.bytes_out.increment(frame.len() as u64);
@@ -802,11 +804,7 @@ impl<S: Stream, U: Send + 'static> Link for Conn<S, U> {
         // Another thread, or another connection's callback. The lock makes this thread the only
         // writer for now, whoever owns the turn; write at once. If the socket is full, the
         // kernel reports it writable later and a worker flushes the rest.
-        let flushed = match state.stream.as_mut() {
-            Some(stream) => stream.flush(),
-            None => Ok(()),
-        };
-        match flushed {
+        match stream.flush() {
             Ok(()) => {
                 self.touch();
                 self.account(&mut state);

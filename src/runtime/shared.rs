@@ -180,6 +180,12 @@ impl<T: Transport, H: Handler> Core<T, H> {
     pub fn lifecycle(&self) -> &Lifecycle {
         self.queue.lifecycle()
     }
+
+    /// Counts a connection reaching the handler, for [`RunSummary::opened`] and its metric.
+    pub fn count_opened(&self) {
+        self.stats.opened.fetch_add(1, Ordering::Relaxed);
+        self.telemetry.opened.increment(1);
+    }
 }
 
 /// Counters behind [`RunSummary`].

@@ -396,8 +396,7 @@ impl<'a, T: Transport, H: Handler> Worker<'a, T, H> {
         let tls = stream.tls_info();
         conn.mark_established(tls);
         drop(state);
-        self.core.stats.opened.fetch_add(1, Ordering::Relaxed);
-        self.core.telemetry.opened.increment(1);
+        self.core.count_opened();
         self.establishing(false);
         if conn.proxy_addr().is_some() {
             tracing::debug!(conn = conn.id, peer = %conn.addr(), proxy = %conn.peer, fd = conn.fd, "connection opened");
